@@ -1,0 +1,67 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "Baton",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "baton", targets: ["baton"]),
+        .library(name: "BatonKafka", targets: ["BatonKafka"]),
+        .library(name: "BatonTopics", targets: ["BatonTopics"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // librdkafka through pkg-config; `scripts/setup` installs a version >= 2.1.
+        .systemLibrary(
+            name: "CRdKafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+        // The only module that touches C: a Swift 6 wrapper over librdkafka.
+        .target(
+            name: "BatonKafka",
+            dependencies: ["CRdKafka", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        // Declared engine topics and `topics apply`.
+        .target(
+            name: "BatonTopics",
+            dependencies: [
+                "BatonKafka",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // Helpers shared by the test targets: broker address, unique names, waiting with a deadline.
+        .target(
+            name: "BatonTestSupport",
+            dependencies: ["BatonKafka", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/BatonTestSupport",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "baton",
+            dependencies: [
+                "BatonKafka", "BatonTopics",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "BatonKafkaIntegrationTests",
+            dependencies: ["BatonKafka", "BatonTopics", "BatonTestSupport"],
+            swiftSettings: strict
+        ),
+    ]
+)

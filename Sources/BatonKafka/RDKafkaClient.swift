@@ -1,0 +1,325 @@
+import CRdKafka
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+/// State the C callbacks reach through librdkafka's opaque pointer. Callbacks run only inside our own
+/// poll calls (logs go through `log.queue`, rebalances and delivery reports through the queues we poll),
+/// so none of them runs on a librdkafka thread, and none of them blocks: each takes a lock briefly.
+final class CallbackContext: Sendable {
+    let logger: Logger
+    struct State {
+        var lastError: KafkaError?
+        var pendingEvents: [KafkaConsumerEvent] = []
+        var deliveryFailures = 0
+        var firstDeliveryFailure: KafkaError?
+    }
+    let state = Mutex(State())
+
+    init(logger: Logger) { self.logger = logger }
+
+    static func from(_ opaque: UnsafeMutableRawPointer?) -> CallbackContext? {
+        opaque.map { Unmanaged<CallbackContext>.fromOpaque($0).takeUnretainedValue() }
+    }
+}
+
+/// One `rd_kafka_t` handle. Every C call on it lives in this module; librdkafka documents its public API
+/// as thread-safe, which is why the pointer may be shared between tasks (`@unchecked Sendable`).
+final class RDKafkaClient: @unchecked Sendable {
+    enum Kind { case producer, consumer }
+
+    let handle: OpaquePointer
+    let kind: Kind
+    let context: CallbackContext
+    let logger: Logger
+    let brokers: KafkaBrokers
+    private let poller: Poller?
+
+    init(kind: Kind, properties: [String: String], brokers: KafkaBrokers, logger: Logger, pollInBackground: Bool) throws {
+        self.kind = kind
+        self.logger = logger
+        self.brokers = brokers
+        let context = CallbackContext(logger: logger)
+        self.context = context
+
+        let conf = rd_kafka_conf_new()
+        var errstr = [CChar](repeating: 0, count: 512)
+        for (key, value) in properties.sorted(by: { $0.key < $1.key }) {
+            if rd_kafka_conf_set(conf, key, value, &errstr, errstr.count) != RD_KAFKA_CONF_OK {
+                rd_kafka_conf_destroy(conf)
+                throw KafkaError(
+                    code: .invalidConfiguration,
+                    message: "Kafka setting \(key)=\(value) is not valid: \(cString(errstr))")
+            }
+        }
+        rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(context).toOpaque())
+        rd_kafka_conf_set_log_cb(conf, logCallback)
+        rd_kafka_conf_set_error_cb(conf, errorCallback)
+        switch kind {
+        case .producer: rd_kafka_conf_set_dr_msg_cb(conf, deliveryCallback)
+        case .consumer:
+            rd_kafka_conf_set_rebalance_cb(conf, rebalanceCallback)
+        }
+        guard let handle = rd_kafka_new(kind == .producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER, conf, &errstr, errstr.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(code: .invalidConfiguration, message: "could not create a Kafka client: \(cString(errstr))")
+        }
+        self.handle = handle
+        // Logs to the main queue (which a consumer forwards to its consumer queue): served by our polls.
+        rd_kafka_set_log_queue(handle, nil)
+        if kind == .consumer { rd_kafka_poll_set_consumer(handle) }
+        self.poller = pollInBackground ? Poller(handle: handle, name: "baton-kafka-poll") : nil
+    }
+
+    deinit {
+        poller?.stop()
+        // Blocking, but a client is only released after `close`, which did the slow part off the cooperative pool.
+        rd_kafka_destroy(handle)
+    }
+
+    /// Stops the background poll thread (after a producer's final flush).
+    func stopPolling() { poller?.stop() }
+
+    /// The last connection-level error librdkafka reported, for a clearer message when an operation times out.
+    var lastError: KafkaError? { context.state.withLock { $0.lastError } }
+
+    /// Cluster metadata: every topic with its partition count, or an error naming the brokers when none answers.
+    func metadata(timeout: Duration) throws -> ClusterMetadata {
+        var metadata: UnsafePointer<rd_kafka_metadata>?
+        let err = rd_kafka_metadata(handle, 1, nil, &metadata, Int32(timeout.milliseconds))
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
+            throw unreachable(err, timeout: timeout)
+        }
+        defer { rd_kafka_metadata_destroy(metadata) }
+        var topics: [String: TopicMetadata] = [:]
+        for i in 0..<Int(metadata.pointee.topic_cnt) {
+            let t = metadata.pointee.topics[i]
+            let name = String(cString: t.topic)
+            topics[name] = TopicMetadata(
+                name: name, partitionCount: Int(t.partition_cnt),
+                error: t.err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(t.err, context: "topic \(name)"))
+        }
+        var clusterID: String?
+        if let id = rd_kafka_clusterid(handle, Int32(timeout.milliseconds)) {
+            clusterID = String(cString: id)
+            rd_kafka_mem_free(handle, id)
+        }
+        return ClusterMetadata(brokerCount: Int(metadata.pointee.broker_cnt), clusterID: clusterID, topics: topics)
+    }
+
+    func unreachable(_ err: rd_kafka_resp_err_t, timeout: Duration) -> KafkaError {
+        let code = KafkaError.Code(err)
+        guard code == .timedOut || code == .transport || code == .allBrokersDown else {
+            return KafkaError(err, context: "metadata request to \(brokers)")
+        }
+        let detail = lastError.map { " (last error: \($0.message))" } ?? ""
+        return KafkaError(
+            code: code,
+            message: "no Kafka broker at \(brokers) answered within \(timeout)\(detail); is it running? Set BATON_BROKERS to point elsewhere",
+            isRetriable: true)
+    }
+}
+
+public struct ClusterMetadata: Sendable {
+    public var brokerCount: Int
+    public var clusterID: String?
+    public var topics: [String: TopicMetadata]
+}
+
+public struct TopicMetadata: Sendable {
+    public var name: String
+    public var partitionCount: Int
+    public var error: KafkaError?
+}
+
+/// A thread that serves a handle's main queue (delivery reports, logs, errors) until stopped.
+final class Poller: Sendable {
+    private let stopped = Atomic<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(handle: OpaquePointer, name: String) {
+        let handle = UncheckedHandle(handle)
+        let thread = Thread { [self] in
+            while !stopped.load(ordering: .acquiring) {
+                rd_kafka_poll(handle.pointer, 100)
+            }
+            finished.signal()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Idempotent; waits for the thread's last poll to return.
+    func stop() {
+        if stopped.exchange(true, ordering: .acquiringAndReleasing) == false {
+            finished.wait()
+        }
+    }
+}
+
+/// A librdkafka handle crossing into a closure. Safe because the handle outlives every such closure
+/// (the owner stops them before destroying it) and librdkafka's API is thread-safe.
+struct UncheckedHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+}
+
+/// Runs a blocking librdkafka call on a Dispatch thread, never on Swift's cooperative pool.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+func runBlocking<T: Sendable>(on queue: DispatchQueue, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        queue.async { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+// MARK: - C callbacks
+
+private let logCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Void = {
+    handle, level, facility, message in
+    guard let handle, let context = CallbackContext.from(rd_kafka_opaque(handle)) else { return }
+    let logLevel: Logger.Level =
+        switch level {
+        case 0...2: .critical
+        // librdkafka logs transient connection failures at LOG_ERR; they also reach callers as errors.
+        case 3, 4: .warning
+        case 5: .notice
+        case 6: .info
+        default: .debug
+        }
+    let text = message.map { String(cString: $0) } ?? ""
+    context.logger.log(
+        level: logLevel, "\(text)",
+        metadata: ["kafka.facility": .string(facility.map { String(cString: $0) } ?? "")])
+}
+
+private let errorCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafeMutableRawPointer?) -> Void = {
+    _, err, reason, opaque in
+    guard let context = CallbackContext.from(opaque) else { return }
+    let error = KafkaError(rd_kafka_resp_err_t(err), context: reason.map { String(cString: $0) })
+    context.state.withLock {
+        $0.lastError = error
+        $0.pendingEvents.append(.error(error))
+        if $0.pendingEvents.count > 10_000 { $0.pendingEvents.removeFirst($0.pendingEvents.count - 10_000) }
+    }
+    context.logger.debug("kafka client error: \(error)")
+}
+
+private let deliveryCallback:
+    @convention(c) (OpaquePointer?, UnsafePointer<rd_kafka_message_t>?, UnsafeMutableRawPointer?) -> Void = {
+        _, message, opaque in
+        guard let message else { return }
+        let result: Result<DeliveryReport, KafkaError>
+        let topic = message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+        if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+            result = .success(
+                DeliveryReport(topicPartition: TopicPartition(topic, message.pointee.partition), offset: message.pointee.offset))
+        } else {
+            result = .failure(KafkaError(message.pointee.err, context: "delivery to \(topic)"))
+        }
+        if let promise = message.pointee._private {
+            Unmanaged<DeliveryPromise>.fromOpaque(promise).takeRetainedValue().resume(result)
+        } else if case .failure(let error) = result, let context = CallbackContext.from(opaque) {
+            context.state.withLock {
+                $0.deliveryFailures += 1
+                if $0.firstDeliveryFailure == nil { $0.firstDeliveryFailure = error }
+            }
+            context.logger.error("record not delivered: \(error)")
+        }
+    }
+
+private let rebalanceCallback:
+    @convention(c) (OpaquePointer?, rd_kafka_resp_err_t, UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?, UnsafeMutableRawPointer?) -> Void = {
+        handle, err, partitions, opaque in
+        guard let handle, let context = CallbackContext.from(opaque) else { return }
+        let list = partitions.map(TopicPartitionList.partitions(in:)) ?? []
+        let cooperative = String(cString: rd_kafka_rebalance_protocol(handle)) == "COOPERATIVE"
+        switch err {
+        case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            if cooperative {
+                if let error = rd_kafka_incremental_assign(handle, partitions) { _ = KafkaError(consuming: error) }
+            } else {
+                rd_kafka_assign(handle, partitions)
+            }
+            context.state.withLock { $0.pendingEvents.append(.assigned(list)) }
+            context.logger.info("partitions assigned", metadata: ["partitions": "\(list)"])
+        case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+            let lost = rd_kafka_assignment_lost(handle) != 0
+            if cooperative {
+                if let error = rd_kafka_incremental_unassign(handle, partitions) { _ = KafkaError(consuming: error) }
+            } else {
+                rd_kafka_assign(handle, nil)
+            }
+            context.state.withLock { $0.pendingEvents.append(.revoked(list, lost: lost)) }
+            context.logger.info("partitions revoked", metadata: ["partitions": "\(list)", "lost": "\(lost)"])
+        default:
+            rd_kafka_assign(handle, nil)
+            let error = KafkaError(err, context: "rebalance")
+            context.state.withLock { $0.pendingEvents.append(.error(error)) }
+            context.logger.warning("rebalance failed: \(error)")
+        }
+    }
+
+/// A once-only continuation handed to librdkafka with a record and resumed from its delivery report.
+final class DeliveryPromise: Sendable {
+    private let continuation: Mutex<CheckedContinuation<DeliveryReport, any Error>?>
+    init(_ continuation: CheckedContinuation<DeliveryReport, any Error>) {
+        self.continuation = Mutex(continuation)
+    }
+    func resume(_ result: Result<DeliveryReport, KafkaError>) {
+        let c = continuation.withLock { c -> CheckedContinuation<DeliveryReport, any Error>? in
+            defer { c = nil }
+            return c
+        }
+        c?.resume(with: result.mapError { $0 as any Error })
+    }
+}
+
+// MARK: - Partition lists
+
+enum TopicPartitionList {
+    static func partitions(in list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) -> [TopicPartition] {
+        (0..<Int(list.pointee.cnt)).map { i in
+            let e = list.pointee.elems[i]
+            return TopicPartition(String(cString: e.topic), e.partition)
+        }
+    }
+
+    static func offsets(in list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) -> [TopicPartitionOffset] {
+        (0..<Int(list.pointee.cnt)).map { i in
+            let e = list.pointee.elems[i]
+            return TopicPartitionOffset(String(cString: e.topic), e.partition, offset: e.offset)
+        }
+    }
+
+    /// The first per-partition error in a list that librdkafka filled in.
+    static func firstError(in list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) -> KafkaError? {
+        for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            let e = list.pointee.elems[i]
+            return KafkaError(e.err, context: "\(String(cString: e.topic))[\(e.partition)]")
+        }
+        return nil
+    }
+
+    static func with<T>(
+        _ offsets: [TopicPartitionOffset], _ body: (UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) throws -> T
+    ) rethrows -> T {
+        let list = rd_kafka_topic_partition_list_new(Int32(offsets.count))!
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for o in offsets {
+            rd_kafka_topic_partition_list_add(list, o.topicPartition.topic, o.topicPartition.partition).pointee.offset = o.offset
+        }
+        return try body(list)
+    }
+
+    static func with<T>(
+        _ partitions: [TopicPartition], _ body: (UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) throws -> T
+    ) rethrows -> T {
+        try with(partitions.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.stored) }, body)
+    }
+}
