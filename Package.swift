@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "baton", targets: ["baton"]),
+        .library(name: "BatonCore", targets: ["BatonCore"]),
         .library(name: "BatonKafka", targets: ["BatonKafka"]),
         .library(name: "BatonTopics", targets: ["BatonTopics"]),
     ],
@@ -18,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // librdkafka through pkg-config; `scripts/setup` installs a version >= 2.1.
@@ -25,6 +27,12 @@ let package = Package(
             name: "CRdKafka",
             pkgConfig: "rdkafka",
             providers: [.apt(["librdkafka-dev"])]
+        ),
+        // Pure core: definitions, validation, the saga state machine. No I/O, no clock.
+        .target(
+            name: "BatonCore",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: strict
         ),
         // The only module that touches C: a Swift 6 wrapper over librdkafka.
         .target(
@@ -36,7 +44,7 @@ let package = Package(
         .target(
             name: "BatonTopics",
             dependencies: [
-                "BatonKafka",
+                "BatonCore", "BatonKafka",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -52,9 +60,17 @@ let package = Package(
         .executableTarget(
             name: "baton",
             dependencies: [
-                "BatonKafka", "BatonTopics",
+                "BatonCore", "BatonKafka", "BatonTopics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "BatonCoreTests",
+            dependencies: [
+                "BatonCore",
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict
         ),

@@ -222,8 +222,12 @@ private let deliveryCallback:
         } else {
             result = .failure(KafkaError(message.pointee.err, context: "delivery to \(topic)"))
         }
+        let purged = message.pointee.err == RD_KAFKA_RESP_ERR__PURGE_QUEUE || message.pointee.err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT
         if let promise = message.pointee._private {
             Unmanaged<DeliveryPromise>.fromOpaque(promise).takeRetainedValue().resume(result)
+        } else if purged {
+            // An aborted transaction (or a close) purged the record on purpose: not a delivery failure.
+            CallbackContext.from(opaque)?.logger.debug("record purged before delivery", metadata: ["topic": "\(topic)"])
         } else if case .failure(let error) = result, let context = CallbackContext.from(opaque) {
             context.state.withLock {
                 $0.deliveryFailures += 1

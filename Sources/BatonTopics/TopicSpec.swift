@@ -1,3 +1,4 @@
+import BatonCore
 import Foundation
 import Yams
 
@@ -183,21 +184,3 @@ public enum TopicSpecLoader {
     }
 }
 
-/// The candidate nearest to `word` by edit distance, if it is close enough to be a likely typo.
-func closestMatch(to word: String, among candidates: some Collection<String>) -> String? {
-    let a = Array(word.lowercased())
-    func distance(_ other: String) -> Int {
-        let b = Array(other.lowercased())
-        var previous = Array(0...b.count)
-        for i in 1...max(a.count, 1) where !a.isEmpty {
-            var current = [i] + Array(repeating: 0, count: b.count)
-            for j in 1...max(b.count, 1) where !b.isEmpty {
-                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
-            }
-            previous = current
-        }
-        return previous[b.count]
-    }
-    guard let best = candidates.map({ ($0, distance($0)) }).min(by: { $0.1 < $1.1 }) else { return nil }
-    return best.1 <= max(2, word.count / 3) ? best.0 : nil
-}

@@ -1,0 +1,259 @@
+import Foundation
+
+/// Milliseconds since the Unix epoch. The core reads no clock: time always comes in as a value.
+public typealias Timestamp = Int64
+
+public enum InstanceStatus: String, Sendable, Hashable, Codable, CaseIterable {
+    /// Steps are running or about to.
+    case running
+    /// Nothing runs but open human tasks: the instance is suspended until a person decides.
+    case waiting
+    /// A step failed for good (or the instance was cancelled or timed out): in-flight steps finish, then
+    /// the completed steps are compensated.
+    case compensating
+    /// Waiting for an operator: `resume`, `retry`, `skip` or `cancel`.
+    case suspended
+    case completed
+    case failed
+    case cancelled
+
+    public var isFinished: Bool { self == .completed || self == .failed || self == .cancelled }
+}
+
+public enum StepStatus: String, Sendable, Hashable, Codable {
+    case pending, active, completed, failed, skipped
+}
+
+public enum UnitStatus: String, Sendable, Hashable, Codable {
+    /// Not dispatched yet (a for_each item waiting for a concurrency slot).
+    case pending
+    case running
+    /// Failed; waiting for its retry timer.
+    case backoff
+    case completed
+    case failed
+}
+
+public enum CompensationStatus: String, Sendable, Hashable, Codable {
+    case running, backoff, done, failed, skipped
+}
+
+/// One execution of a step: the step itself, or one item of a `for_each` step.
+public struct UnitState: Sendable, Hashable, Codable {
+    public var status: UnitStatus = .pending
+    /// The current (or last) attempt number; attempts only ever grow, also across manual retries.
+    public var attempt: Int = 0
+    public var output: JSON?
+    public var error: String?
+    /// Completion order within the instance.
+    public var completedSeq: Int?
+    public var compensation: CompensationStatus?
+    public var compensationAttempt: Int = 0
+    public var compensationError: String?
+}
+
+public struct StepState: Sendable, Hashable, Codable {
+    public var status: StepStatus = .pending
+    public var units: [UnitState] = []
+    /// A `for_each` step's items, as resolved when it started.
+    public var items: [JSON]?
+    public var output: JSON?
+    public var error: String?
+    public var completedSeq: Int?
+    public var startedAt: Timestamp?
+    public var finishedAt: Timestamp?
+    /// Attempts before the last manual retry; the retry policy counts from here.
+    public var attemptBase: Int = 0
+    public var compensationAttemptBase: Int = 0
+    /// A human task that timed out was handed to its escalation role.
+    public var escalated: Bool = false
+}
+
+public enum TimerKind: String, Sendable, Hashable, Codable {
+    case retry, stepTimeout, taskTimeout, compensationRetry, compensationTimeout, workflowTimeout
+}
+
+/// A durable timer, identified by what it is for; firing one that is no longer armed does nothing.
+public struct TimerKey: Sendable, Hashable, Codable, CustomStringConvertible {
+    public var kind: TimerKind
+    public var step: Int?
+    public var item: Int?
+    public var attempt: Int
+
+    public init(kind: TimerKind, step: Int? = nil, item: Int? = nil, attempt: Int = 0) {
+        self.kind = kind
+        self.step = step
+        self.item = item
+        self.attempt = attempt
+    }
+
+    public var description: String {
+        [kind.rawValue, step.map(String.init) ?? "-", item.map(String.init) ?? "-", String(attempt)].joined(separator: "/")
+    }
+}
+
+public struct ArmedTimer: Sendable, Hashable, Codable {
+    public var key: TimerKey
+    public var dueAt: Timestamp
+}
+
+public enum SuspensionReason: String, Sendable, Hashable, Codable {
+    /// The failure path ended in `then: suspend`.
+    case failure
+    /// A compensation failed on every attempt; what it should undo is still in place.
+    case compensationFailed
+}
+
+/// Everything the coordinator knows about one instance. It holds no history: its size grows with the
+/// number of steps (and their outputs), not with the number of events applied.
+public struct InstanceState: Sendable, Hashable, Codable {
+    public var instanceID: String
+    public var workflowID: String
+    public var version: Int
+    public var status: InstanceStatus
+    public var input: JSON
+    public var startedAt: Timestamp
+    public var finishedAt: Timestamp?
+    public var deadline: Timestamp?
+    public var steps: [StepState]
+    public var timers: [ArmedTimer] = []
+    public var completionCounter: Int = 0
+    /// Why the instance failed, was cancelled or is suspended.
+    public var reason: String?
+    public var failedStep: String?
+    public var suspension: SuspensionReason?
+    public var cancelRequested: Bool = false
+    public var output: JSON?
+}
+
+/// What happened to an instance, as the coordinator consumes it.
+public enum SagaEvent: Sendable, Hashable, Codable {
+    case stepCompleted(step: String, item: Int?, attempt: Int, output: JSON)
+    /// `retryable: false` (a validation error, a declined card) skips the remaining attempts.
+    case stepFailed(step: String, item: Int?, attempt: Int, error: String, retryable: Bool)
+    case compensationCompleted(step: String, item: Int?, attempt: Int)
+    case compensationFailed(step: String, item: Int?, attempt: Int, error: String)
+    case taskDecided(step: String, attempt: Int, approved: Bool, by: String, comment: String?)
+    case timerFired(TimerKey)
+    case cancel(reason: String, by: String)
+    /// Operator: continue a suspended instance (retry what failed).
+    case resume(by: String)
+    /// Operator: retry a suspended instance's failed step or compensation (nil: everything that failed).
+    case retry(step: String?, by: String)
+    /// Operator: treat a failed step as skipped (with an output for its dependents), or a failing compensation as done.
+    case skip(step: String, output: JSON?, by: String)
+}
+
+/// A command to a worker: run a step (or its compensation).
+public struct StepCommand: Sendable, Hashable, Codable {
+    public var instanceID: String
+    public var workflowID: String
+    public var workflowVersion: Int
+    public var step: String
+    public var type: String
+    /// The worker pool: its command topic is `<namespace>.commands.<pool>`.
+    public var pool: String
+    public var item: Int?
+    public var attempt: Int
+    public var input: JSON
+    /// When the coordinator stops waiting for this attempt.
+    public var deadline: Timestamp
+    /// The same for every attempt of a step (or item), so that a worker's side effects happen once.
+    public var idempotencyKey: String
+    public var isCompensation: Bool
+}
+
+public struct HumanTask: Sendable, Hashable, Codable {
+    public var taskID: String
+    public var instanceID: String
+    public var workflowID: String
+    public var step: String
+    public var attempt: Int
+    public var assignee: String
+    public var title: String
+    public var input: JSON
+    public var createdAt: Timestamp
+    public var dueAt: Timestamp
+}
+
+public enum TaskResolution: String, Sendable, Hashable, Codable {
+    case approved, rejected, timedOut = "timed_out", escalated, cancelled
+}
+
+public struct NotificationMessage: Sendable, Hashable, Codable {
+    public var recipient: String
+    public var subject: String
+    public var instanceID: String
+    public var taskID: String?
+
+    public init(recipient: String, subject: String, instanceID: String, taskID: String?) {
+        self.recipient = recipient
+        self.subject = subject
+        self.instanceID = instanceID
+        self.taskID = taskID
+    }
+}
+
+public struct Alert: Sendable, Hashable, Codable {
+    public enum Severity: String, Sendable, Hashable, Codable { case warning, error, critical }
+    public var severity: Severity
+    public var instanceID: String
+    public var workflowID: String
+    public var step: String?
+    public var message: String
+
+    public init(severity: Severity, instanceID: String, workflowID: String, step: String?, message: String) {
+        self.severity = severity
+        self.instanceID = instanceID
+        self.workflowID = workflowID
+        self.step = step
+        self.message = message
+    }
+}
+
+/// What the coordinator must do after a transition; the core only describes it.
+public enum SagaEffect: Sendable, Hashable, Codable {
+    case dispatch(StepCommand)
+    case compensate(StepCommand)
+    case armTimer(TimerKey, at: Timestamp)
+    case cancelTimer(TimerKey)
+    case createTask(HumanTask)
+    case closeTask(taskID: String, resolution: TaskResolution, by: String?)
+    case notify(NotificationMessage)
+    case alert(Alert)
+    case completed(output: JSON)
+    case failed(reason: String)
+    case suspended(reason: String)
+    case cancelled(reason: String)
+}
+
+public enum IgnoredReason: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The same event again: already applied.
+    case duplicate(String)
+    /// About an attempt that has been superseded.
+    case stale(String)
+    /// About something this instance does not have.
+    case unknown(String)
+    /// Not possible in the instance's current status.
+    case notApplicable(String)
+
+    public var description: String {
+        switch self {
+        case .duplicate(let s): "duplicate: \(s)"
+        case .stale(let s): "stale: \(s)"
+        case .unknown(let s): "unknown: \(s)"
+        case .notApplicable(let s): "not applicable: \(s)"
+        }
+    }
+}
+
+public enum Outcome: Sendable, Hashable {
+    case applied
+    case ignored(IgnoredReason)
+}
+
+public struct Transition: Sendable, Hashable {
+    public var state: InstanceState
+    public var effects: [SagaEffect]
+    public var outcome: Outcome
+}

@@ -1,0 +1,102 @@
+import Foundation
+
+/// The encoding of one instance's state, as stored on the compacted state topic: two header bytes
+/// (`0xBA`, the format version) and JSON with short keys in which default values are left out.
+public enum StateCodec {
+    public static let magic: UInt8 = 0xBA
+    public static let version: UInt8 = 1
+
+    public struct DecodeError: Error, Sendable, CustomStringConvertible {
+        public var reason: String
+        public var description: String { "cannot decode instance state: \(reason)" }
+    }
+
+    public static func encode(_ state: InstanceState) -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var data = Data([magic, version])
+        data.append((try? encoder.encode(state)) ?? Data())
+        return data
+    }
+
+    public static func decode(_ data: Data) throws(DecodeError) -> InstanceState {
+        guard data.count >= 2, data[data.startIndex] == magic else { throw DecodeError(reason: "not a Baton state record (bad header)") }
+        let v = data[data.startIndex + 1]
+        guard v == version else { throw DecodeError(reason: "format version \(v) is not supported (this build reads \(version))") }
+        do {
+            return try JSONDecoder().decode(InstanceState.self, from: data.dropFirst(2))
+        } catch {
+            throw DecodeError(reason: "\(error)")
+        }
+    }
+}
+
+extension UnitState {
+    enum CodingKeys: String, CodingKey {
+        case status = "s", attempt = "a", output = "o", error = "e", completedSeq = "q"
+        case compensation = "c", compensationAttempt = "ca", compensationError = "ce"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        status = try c.decodeIfPresent(UnitStatus.self, forKey: .status) ?? .pending
+        attempt = try c.decodeIfPresent(Int.self, forKey: .attempt) ?? 0
+        output = try c.decodeIfPresent(JSON.self, forKey: .output)
+        error = try c.decodeIfPresent(String.self, forKey: .error)
+        completedSeq = try c.decodeIfPresent(Int.self, forKey: .completedSeq)
+        compensation = try c.decodeIfPresent(CompensationStatus.self, forKey: .compensation)
+        compensationAttempt = try c.decodeIfPresent(Int.self, forKey: .compensationAttempt) ?? 0
+        compensationError = try c.decodeIfPresent(String.self, forKey: .compensationError)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        if status != .pending { try c.encode(status, forKey: .status) }
+        if attempt != 0 { try c.encode(attempt, forKey: .attempt) }
+        try c.encodeIfPresent(output, forKey: .output)
+        try c.encodeIfPresent(error, forKey: .error)
+        try c.encodeIfPresent(completedSeq, forKey: .completedSeq)
+        try c.encodeIfPresent(compensation, forKey: .compensation)
+        if compensationAttempt != 0 { try c.encode(compensationAttempt, forKey: .compensationAttempt) }
+        try c.encodeIfPresent(compensationError, forKey: .compensationError)
+    }
+}
+
+extension StepState {
+    enum CodingKeys: String, CodingKey {
+        case status = "s", units = "u", items = "i", output = "o", error = "e", completedSeq = "q"
+        case startedAt = "t0", finishedAt = "t1", attemptBase = "ab", compensationAttemptBase = "cb", escalated = "x"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        status = try c.decodeIfPresent(StepStatus.self, forKey: .status) ?? .pending
+        units = try c.decodeIfPresent([UnitState].self, forKey: .units) ?? []
+        items = try c.decodeIfPresent([JSON].self, forKey: .items)
+        completedSeq = try c.decodeIfPresent(Int.self, forKey: .completedSeq)
+        error = try c.decodeIfPresent(String.self, forKey: .error)
+        startedAt = try c.decodeIfPresent(Timestamp.self, forKey: .startedAt)
+        finishedAt = try c.decodeIfPresent(Timestamp.self, forKey: .finishedAt)
+        attemptBase = try c.decodeIfPresent(Int.self, forKey: .attemptBase) ?? 0
+        compensationAttemptBase = try c.decodeIfPresent(Int.self, forKey: .compensationAttemptBase) ?? 0
+        escalated = try c.decodeIfPresent(Bool.self, forKey: .escalated) ?? false
+        // A plain step's output is its single unit's; it is stored once.
+        output = try c.decodeIfPresent(JSON.self, forKey: .output) ?? (items == nil && status == .completed ? units.first?.output : nil)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        if status != .pending { try c.encode(status, forKey: .status) }
+        if !units.isEmpty { try c.encode(units, forKey: .units) }
+        try c.encodeIfPresent(items, forKey: .items)
+        let derivable = items == nil && status == .completed && units.count == 1 && units[0].output == output
+        if !derivable { try c.encodeIfPresent(output, forKey: .output) }
+        try c.encodeIfPresent(error, forKey: .error)
+        try c.encodeIfPresent(completedSeq, forKey: .completedSeq)
+        try c.encodeIfPresent(startedAt, forKey: .startedAt)
+        try c.encodeIfPresent(finishedAt, forKey: .finishedAt)
+        if attemptBase != 0 { try c.encode(attemptBase, forKey: .attemptBase) }
+        if compensationAttemptBase != 0 { try c.encode(compensationAttemptBase, forKey: .compensationAttemptBase) }
+        if escalated { try c.encode(escalated, forKey: .escalated) }
+    }
+}
