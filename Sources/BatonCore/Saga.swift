@@ -19,7 +19,7 @@ public enum Saga {
         var machine = Machine(workflow: workflow, state: state, now: now)
         if let timeout = workflow.definition.timeout {
             machine.state.deadline = now + timeout.value
-            machine.arm(TimerKey(kind: .workflowTimeout), at: now + timeout.value)
+            machine.arm(machine.workflowTimer, at: now + timeout.value)
         }
         machine.advance()
         return Transition(state: machine.state, effects: machine.effects, outcome: .applied)
@@ -51,6 +51,7 @@ struct Machine {
     }
 
     var steps: [StepDefinition] { workflow.steps }
+    var workflowTimer: TimerKey { TimerKey(kind: .workflowTimeout, attempt: state.generation) }
     var policy: FailurePolicy { workflow.definition.onFailure }
 
     // MARK: Events
@@ -59,6 +60,13 @@ struct Machine {
     mutating func handle(_ event: SagaEvent) -> IgnoredReason? {
         if state.status.isFinished {
             return .notApplicable("the instance is \(state.status.rawValue)")
+        }
+        if let request = event.request {
+            if state.requests.contains(request) { return .duplicate("operator request \(request) was applied already") }
+            if let reason = handleOperator(event) { return reason }
+            state.requests.append(request)
+            if state.requests.count > InstanceState.rememberedRequests { state.requests.removeFirst() }
+            return nil
         }
         switch event {
         case .stepCompleted(let step, let item, let attempt, let output):
@@ -73,14 +81,18 @@ struct Machine {
             return decide(step: step, attempt: attempt, approved: approved, by: by, comment: comment)
         case .timerFired(let key):
             return fire(key)
-        case .cancel(let reason, let by):
-            return cancel(reason: reason, by: by)
-        case .resume(let by):
-            return retry(step: nil, by: by)
-        case .retry(let step, let by):
-            return retry(step: step, by: by)
-        case .skip(let step, let output, let by):
-            return skip(step: step, output: output, by: by)
+        case .cancel, .resume, .retry, .skip:
+            return handleOperator(event)
+        }
+    }
+
+    mutating func handleOperator(_ event: SagaEvent) -> IgnoredReason? {
+        switch event {
+        case .cancel(let reason, let by, _): cancel(reason: reason, by: by)
+        case .resume(let by, _): retry(step: nil, by: by)
+        case .retry(let step, let by, _): retry(step: step, by: by)
+        case .skip(let step, let output, let by, _): skip(step: step, output: output, by: by)
+        default: .notApplicable("not an operator command")
         }
     }
 
@@ -198,7 +210,7 @@ struct Machine {
         state.status = .compensating
         state.reason = reason
         state.failedStep = step
-        disarm(TimerKey(kind: .workflowTimeout))
+        disarm(workflowTimer)
         for s in state.steps.indices {
             for u in state.steps[s].units.indices {
                 let unit = state.steps[s].units[u]
@@ -469,9 +481,10 @@ struct Machine {
         state.reason = nil
         state.failedStep = nil
         state.cancelRequested = false
+        state.generation += 1
         if let timeout = workflow.definition.timeout {
             state.deadline = now + timeout.value
-            arm(TimerKey(kind: .workflowTimeout), at: now + timeout.value)
+            arm(workflowTimer, at: now + timeout.value)
         }
     }
 
@@ -488,7 +501,7 @@ struct Machine {
                 for (s, deps) in workflow.dependents.enumerated() where deps.isEmpty && state.steps[s].status == .completed {
                     output[steps[s].id] = state.steps[s].output ?? .null
                 }
-                disarm(TimerKey(kind: .workflowTimeout))
+                disarm(workflowTimer)
                 state.output = .object(output)
                 finish(.completed, reason: nil)
                 return

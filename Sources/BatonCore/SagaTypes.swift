@@ -124,6 +124,12 @@ public struct InstanceState: Sendable, Hashable, Codable {
     public var suspension: SuspensionReason?
     public var cancelRequested: Bool = false
     public var output: JSON?
+    /// The most recent operator request ids (at most `InstanceState.rememberedRequests`), to apply each once.
+    public var requests: [String] = []
+    /// Grows on every manual restart, so that timers armed before it (the workflow timeout) cannot fire after it.
+    public var generation: Int = 0
+
+    public static let rememberedRequests = 16
 }
 
 /// What happened to an instance, as the coordinator consumes it.
@@ -135,13 +141,22 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     case compensationFailed(step: String, item: Int?, attempt: Int, error: String)
     case taskDecided(step: String, attempt: Int, approved: Bool, by: String, comment: String?)
     case timerFired(TimerKey)
-    case cancel(reason: String, by: String)
+    /// Operator commands carry a request id: the same request delivered twice is applied once.
+    case cancel(reason: String, by: String, request: String)
     /// Operator: continue a suspended instance (retry what failed).
-    case resume(by: String)
+    case resume(by: String, request: String)
     /// Operator: retry a suspended instance's failed step or compensation (nil: everything that failed).
-    case retry(step: String?, by: String)
+    case retry(step: String?, by: String, request: String)
     /// Operator: treat a failed step as skipped (with an output for its dependents), or a failing compensation as done.
-    case skip(step: String, output: JSON?, by: String)
+    case skip(step: String, output: JSON?, by: String, request: String)
+
+    /// The operator request id, for operator commands.
+    public var request: String? {
+        switch self {
+        case .cancel(_, _, let r), .resume(_, let r), .retry(_, _, let r), .skip(_, _, _, let r): r
+        default: nil
+        }
+    }
 }
 
 /// A command to a worker: run a step (or its compensation).

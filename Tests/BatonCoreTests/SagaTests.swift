@@ -95,7 +95,7 @@ struct SagaTests {
         #expect(sim.effects.last?.effect == .suspended(reason: "'charge' failed after 3 attempts: card gateway down"))
 
         // The operator fixed the gateway: retry. Undone steps run again, with new attempt numbers.
-        sim.send(.retry(step: nil, by: "ops"), at: 60_000)
+        sim.send(.retry(step: nil, by: "ops", request: "r-\(UUID().uuidString)"), at: 60_000)
         #expect(sim.state.status == .running)
         #expect(sim.command("reserve")?.attempt == 2)
         #expect(sim.status("validate") == .completed)
@@ -332,7 +332,7 @@ struct SagaTests {
         #expect(sim.state.suspension == .compensationFailed)
         #expect(sim.alerts.last?.severity == .critical)
         #expect(sim.alerts.last?.message == "the compensation of 'a' failed after 2 attempts: db down; the instance is suspended for manual intervention")
-        sim.send(.retry(step: "a", by: "ops"), at: 5_000)
+        sim.send(.retry(step: "a", by: "ops", request: "r-\(UUID().uuidString)"), at: 5_000)
         #expect(sim.compensations.map(\.attempt) == [1, 2, 3])
         sim.completeCompensation("a")
         #expect(sim.state.status == .failed)
@@ -348,7 +348,7 @@ struct SagaTests {
             """))
         sim.fail("a")
         #expect(sim.state.status == .suspended)
-        sim.send(.skip(step: "a", output: ["x": 42], by: "ops"))
+        sim.send(.skip(step: "a", output: ["x": 42], by: "ops", request: "r-1"))
         #expect(sim.status("a") == .skipped)
         #expect(sim.command("b")?.input == ["x": 42])
     }
@@ -357,7 +357,7 @@ struct SagaTests {
         var sim = Simulator(try workflow(Self.orderYAML), input: ["order_id": "o"])
         sim.complete("validate")
         sim.complete("reserve", output: ["reservation_id": "r"])
-        sim.send(.cancel(reason: "customer asked", by: "support"))
+        sim.send(.cancel(reason: "customer asked", by: "support", request: "c-1"))
         #expect(sim.state.status == .compensating)
         sim.complete("charge")  // in flight when cancelled: it finished, so it is undone too
         #expect(sim.compensations.map(\.step) == ["charge"])
@@ -366,7 +366,21 @@ struct SagaTests {
         sim.completeCompensation("reserve")
         #expect(sim.state.status == .cancelled)
         #expect(sim.effects.last?.effect == .cancelled(reason: "cancelled by support: customer asked"))
-        #expect(sim.send(.cancel(reason: "again", by: "x")).outcome == .ignored(.notApplicable("the instance is cancelled")))
+        #expect(sim.send(.cancel(reason: "again", by: "x", request: "c-2")).outcome == .ignored(.notApplicable("the instance is cancelled")))
+    }
+
+    @Test func anOperatorRequestDeliveredTwiceIsAppliedOnce() throws {
+        var sim = Simulator(try workflow("workflow_id: w\non_failure: { then: suspend }\nsteps: [{ id: a, type: t, retry: { max_attempts: 1 } }]"))
+        sim.fail("a")
+        sim.send(.resume(by: "ops", request: "req-1"))
+        #expect(sim.state.status == .running)
+        sim.fail("a")
+        #expect(sim.state.status == .suspended)
+        // The same request again (a client retried its send) must not resume the instance a second time.
+        #expect(sim.send(.resume(by: "ops", request: "req-1")).outcome == .ignored(.duplicate("operator request req-1 was applied already")))
+        #expect(sim.state.status == .suspended)
+        sim.send(.resume(by: "ops", request: "req-2"))
+        #expect(sim.state.status == .running)
     }
 
     @Test func theWorkflowTimeoutFailsWhatIsRunningAndCompensates() throws {
@@ -393,7 +407,7 @@ struct SagaTests {
             (.stepCompleted(step: "validate", item: nil, attempt: 2, output: [:]), .ignored(.unknown("attempt 2 of 'validate' was never dispatched (current: 1)"))),
             (.stepCompleted(step: "validate", item: 3, attempt: 1, output: [:]), .ignored(.unknown("step 'validate' has no items"))),
             (.timerFired(TimerKey(kind: .retry, step: 0, attempt: 1)), .ignored(.stale("timer retry/0/-/1 is not armed (it fired already or was cancelled)"))),
-            (.resume(by: "ops"), .ignored(.notApplicable("only a suspended instance can be resumed or retried; it is running"))),
+            (.resume(by: "ops", request: "r-\(UUID().uuidString)"), .ignored(.notApplicable("only a suspended instance can be resumed or retried; it is running"))),
             (.compensationCompleted(step: "validate", item: nil, attempt: 1), .ignored(.unknown("attempt 1 of 'validate' was never dispatched (current: 0)"))),
         ]
         for (event, outcome) in cases {
