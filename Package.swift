@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // librdkafka through pkg-config; `scripts/setup` installs a version >= 2.1.
@@ -50,6 +52,38 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The wire protocol: what every record on every engine topic looks like. Pure.
+        .target(name: "BatonWire", dependencies: ["BatonCore"], swiftSettings: strict),
+        // The saga coordinator: events in, commands, state and effects out, in Kafka transactions.
+        .target(
+            name: "BatonCoordinator",
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime",
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        // What the coordinator, the workers and the client share over Kafka (dead letters).
+        .target(name: "BatonRuntime", dependencies: ["BatonKafka", "BatonWire"], swiftSettings: strict),
+        // The worker SDK and the client (start, status, tasks, operators).
+        .target(
+            name: "BatonWorker",
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonWire", "BatonRuntime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "BatonClient",
+            dependencies: ["BatonCore", "BatonKafka", "BatonWire", "BatonTopics", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        // Workers for the examples (stand-ins for real services).
+        .target(name: "BatonExamples", dependencies: ["BatonCore", "BatonWorker"], swiftSettings: strict),
         // Helpers shared by the test targets: broker address, unique names, waiting with a deadline.
         .target(
             name: "BatonTestSupport",
@@ -60,7 +94,9 @@ let package = Package(
         .executableTarget(
             name: "baton",
             dependencies: [
-                "BatonCore", "BatonKafka", "BatonTopics",
+                "BatonCore", "BatonKafka", "BatonTopics", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonExamples", "BatonWire",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -72,6 +108,11 @@ let package = Package(
                 "BatonCore",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "BatonRuntimeIntegrationTests",
+            dependencies: ["BatonCore", "BatonKafka", "BatonTopics", "BatonWire", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

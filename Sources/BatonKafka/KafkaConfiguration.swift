@@ -65,6 +65,9 @@ public struct KafkaProducerConfiguration: Sendable {
         p["linger.ms"] = String(linger.milliseconds)
         p["message.timeout.ms"] = String(deliveryTimeout.milliseconds)
         p["compression.codec"] = compression
+        // Keyed records go where the Java client would put them (murmur2), so that producers in any
+        // language agree on a key's partition.
+        p["partitioner"] = "murmur2_random"
         if let transactionalID {
             p["transactional.id"] = transactionalID
             p["transaction.timeout.ms"] = String(transactionTimeout.milliseconds)
@@ -122,6 +125,8 @@ public struct KafkaConsumerConfiguration: Sendable {
 
 extension Duration {
     /// Whole milliseconds, rounded down, at least 0.
+    public var inMilliseconds: Int { milliseconds }
+
     var milliseconds: Int {
         let (seconds, attoseconds) = components
         return max(0, Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000))

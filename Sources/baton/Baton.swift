@@ -8,7 +8,10 @@ struct Baton: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baton",
         abstract: "Baton: a Kafka-native workflow and saga engine.",
-        subcommands: [Validate.self, Graph.self, Topics.self, KafkaCheck.self])
+        subcommands: [
+            Validate.self, Graph.self, Definitions.self, Start.self, Status.self, Tasks.self, Instances.self,
+            CoordinatorCommand.self, WorkersCommand.self, Topics.self, KafkaCheck.self,
+        ])
 }
 
 /// Options every command that talks to Kafka takes.

@@ -64,6 +64,7 @@ public enum TestKafka {
 
 public struct DeadlineExceeded: Error, CustomStringConvertible {
     public var what: String
+    public init(what: String) { self.what = what }
     public var description: String { "timed out waiting for \(what)" }
 }
 

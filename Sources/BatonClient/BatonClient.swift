@@ -1,0 +1,181 @@
+import BatonCore
+import BatonKafka
+import BatonWire
+import Foundation
+import Logging
+
+/// Starts workflows, registers definitions, reads instances and tasks, and sends decisions and operators'
+/// commands, all through Kafka.
+public final class BatonClient: Sendable {
+    public let names: TopicNames
+    let client: KafkaClientConfiguration
+    let producer: KafkaProducer
+    let admin: KafkaAdmin
+    let logger: Logger
+
+    public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger) throws {
+        self.client = client
+        self.names = names
+        self.logger = logger
+        var producerConfiguration = KafkaProducerConfiguration(client: client)
+        producerConfiguration.linger = .milliseconds(1)
+        producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
+        admin = try KafkaAdmin(configuration: client, logger: logger)
+    }
+
+    public func close() async { await producer.close() }
+
+    func partitionCount(_ topic: String) async throws -> Int {
+        guard let t = try await admin.metadata().topics[topic], t.partitionCount > 0 else {
+            throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(topic) does not exist; run `baton topics apply` first")
+        }
+        return t.partitionCount
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    func headers(_ kind: Wire.Kind) -> [KafkaHeader] {
+        [KafkaHeader(key: WireHeaders.kind, string: kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]
+    }
+
+    /// Sends a record keyed by instance id to the instance's events partition.
+    func sendEvent(instanceID: String, kind: Wire.Kind, value: Data, partitions: Int? = nil) async throws {
+        let count: Int
+        if let partitions { count = partitions } else { count = try await partitionCount(names.events) }
+        let partition = KafkaPartitioner.partition(forKey: instanceID, partitionCount: count)
+        try await producer.send(ProducerRecord(topic: names.events, partition: partition, key: Data(instanceID.utf8), value: value, headers: headers(kind)))
+    }
+
+    // MARK: Instances
+
+    /// Starts an instance and returns its id. Sending the same id again starts nothing new.
+    @discardableResult
+    public func start(workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, partitions: Int? = nil) async throws -> String {
+        let id = instanceID ?? UUID().uuidString.lowercased()
+        let message = StartMessage(instanceID: id, workflowID: workflowID, version: version, input: input, sentAt: Self.now())
+        try await sendEvent(instanceID: id, kind: .start, value: Wire.encode(message), partitions: partitions)
+        return id
+    }
+
+    /// The instance's latest state, read from its partition of the state topic (nil when unknown).
+    public func status(instanceID: String) async throws -> InstanceState? {
+        let count = try await partitionCount(names.state)
+        let partition = KafkaPartitioner.partition(forKey: instanceID, partitionCount: count)
+        var state: InstanceState?
+        try await readToEnd([TopicPartition(names.state, partition)]) { m in
+            guard m.keyString == instanceID else { return }
+            state = try m.value.map { try StateCodec.decode($0) }
+        }
+        return state
+    }
+
+    /// Cancel, resume, retry or skip; returns the request id (a request is applied once).
+    @discardableResult
+    public func operate(
+        instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String
+    ) async throws -> String {
+        let request = UUID().uuidString.lowercased()
+        let message = OperatorMessage(instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: request)
+        try await sendEvent(instanceID: instanceID, kind: .operatorCommand, value: Wire.encode(message))
+        return request
+    }
+
+    // MARK: Definitions
+
+    /// Checks a definition and registers it. A version is immutable: registering the same version with
+    /// another content is refused; registering it again unchanged does nothing.
+    @discardableResult
+    public func register(document: Data, source: String? = nil) async throws -> Workflow {
+        let workflow = try DefinitionLoader.load(document, source: source)
+        let key = DefinitionRecord.key(workflow.id, workflow.version)
+        let text = String(decoding: document, as: UTF8.self)
+        let count = try await partitionCount(names.definitions)
+        var existing: DefinitionRecord?
+        try await readToEnd((0..<Int32(count)).map { TopicPartition(names.definitions, $0) }) { m in
+            if m.keyString == key, let value = m.value { existing = try? Wire.decode(DefinitionRecord.self, from: value) }
+        }
+        if let existing {
+            if existing.document == text { return workflow }
+            throw ClientError("\(workflow.id) version \(workflow.version) is registered already with a different content; give the changed definition a new version")
+        }
+        let pools = Set(workflow.steps.flatMap { step in [step.isHumanTask ? nil : step.pool, step.compensation?.pool].compactMap { $0 } })
+        let metadata = try await admin.metadata()
+        let missing = pools.map { names.commands($0) }.filter { metadata.topics[$0] == nil }
+        if !missing.isEmpty {
+            let results = try await admin.createTopics(missing.map { NewTopic(name: $0, partitions: 6) })
+            for (_, error) in results { if let error, error.code != .topicAlreadyExists { throw error } }
+        }
+        let record = DefinitionRecord(workflowID: workflow.id, version: workflow.version, document: text, registeredAt: Self.now())
+        try await producer.send(ProducerRecord(topic: names.definitions, key: Data(key.utf8), value: Wire.encode(record), headers: headers(.definition)))
+        return workflow
+    }
+
+    /// A registered definition (the latest version when nil).
+    public func definition(_ workflowID: String, version: Int?) async throws -> Workflow? {
+        let count = try await partitionCount(names.definitions)
+        var found: [Int: DefinitionRecord] = [:]
+        try await readToEnd((0..<Int32(count)).map { TopicPartition(names.definitions, $0) }) { m in
+            guard let value = m.value, let record = try? Wire.decode(DefinitionRecord.self, from: value), record.workflowID == workflowID else { return }
+            found[record.version] = record
+        }
+        guard let record = version.flatMap({ found[$0] }) ?? (version == nil ? found.max(by: { $0.key < $1.key })?.value : nil) else { return nil }
+        return try DefinitionLoader.load(Data(record.document.utf8), source: DefinitionRecord.key(record.workflowID, record.version))
+    }
+
+    // MARK: Tasks
+
+    /// Every task's latest record; `open` ones wait for a decision.
+    public func tasks() async throws -> [TaskRecord] {
+        let count = try await partitionCount(names.tasks)
+        var latest: [String: TaskRecord] = [:]
+        var opened: [String: HumanTask] = [:]
+        try await readToEnd((0..<Int32(count)).map { TopicPartition(names.tasks, $0) }) { m in
+            guard let value = m.value, var record = try? Wire.decode(TaskRecord.self, from: value) else { return }
+            if let task = record.task { opened[record.taskID] = task } else { record.task = opened[record.taskID] }
+            latest[record.taskID] = record
+        }
+        return latest.values.sorted { $0.at < $1.at }
+    }
+
+    /// Approves or rejects an open task. Only a decision on the task's current attempt counts.
+    public func decide(taskID: String, approve: Bool, by: String, comment: String?) async throws {
+        guard let record = try await tasks().first(where: { $0.taskID == taskID }) else { throw ClientError("no task '\(taskID)'") }
+        guard record.status == .open, let task = record.task else { throw ClientError("task '\(taskID)' is \(record.status.rawValue), not open") }
+        let message = DecisionMessage(instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: approve, by: by, comment: comment)
+        try await producer.send(
+            ProducerRecord(topic: names.events, partition: record.partition, key: Data(task.instanceID.utf8), value: Wire.encode(message), headers: headers(.taskDecided)))
+    }
+
+    // MARK: Reading
+
+    /// Reads partitions from the beginning to their current end (partition EOF), read_committed.
+    public func readToEnd(_ partitions: [TopicPartition], timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws {
+        var configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
+        configuration.reportPartitionEOF = true
+        configuration.additional["fetch.wait.max.ms"] = "10"
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
+        try consumer.assign(partitions.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.beginning) })
+        var remaining = Set(partitions)
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while !remaining.isEmpty {
+            guard clock.now < deadline else {
+                await consumer.close()
+                throw ClientError("reading \(partitions.first?.topic ?? "") did not reach its end within \(timeout)")
+            }
+            for event in try await consumer.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
+                switch event {
+                case .message(let m): try body(m)
+                case .partitionEOF(let tp, _): remaining.remove(tp)
+                default: break
+                }
+            }
+        }
+        await consumer.close()
+    }
+}
+
+public struct ClientError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,173 @@
+import BatonCore
+import BatonKafka
+import BatonWire
+import Foundation
+import HeapModule
+import Logging
+import ServiceLifecycle
+
+public struct CoordinatorConfiguration: Sendable {
+    public var client: KafkaClientConfiguration
+    public var names: TopicNames
+    /// At most this many events go into one transaction.
+    public var maxBatch = 2000
+    /// How long a poll waits when nothing is due.
+    public var idleWait: Duration = .milliseconds(100)
+    public var sessionTimeout: Duration = .seconds(10)
+    public var maxPollInterval: Duration = .seconds(30)
+    /// Partitions of a command topic the coordinator creates for a new worker pool.
+    public var commandTopicPartitions = 6
+    /// Overrides the clock (milliseconds since the epoch); for tests that move time.
+    public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
+
+    public init(client: KafkaClientConfiguration, names: TopicNames) {
+        self.client = client
+        self.names = names
+    }
+}
+
+/// The saga coordinator: a member of the coordinators' group on the events topic. For each events
+/// partition it owns, it rebuilds the instances from the same partition of the state topic, then applies
+/// events (and due timers) in batches, writing commands, state snapshots, tasks, alerts and the consumed
+/// offsets in one Kafka transaction per partition and batch. Its transactional id is the partition's, so
+/// whoever takes a partition over fences the previous owner.
+public final class Coordinator: Service, Sendable {
+    public let configuration: CoordinatorConfiguration
+    let logger: Logger
+
+    public init(configuration: CoordinatorConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let names = configuration.names
+        let registry = try await DefinitionRegistry(client: configuration.client, names: names, logger: logger)
+        let admin = try KafkaAdmin(configuration: configuration.client, logger: logger)
+        let commandTopics = CommandTopics(admin: admin, names: names, partitions: configuration.commandTopicPartitions, logger: logger)
+        var consumerConfiguration = KafkaConsumerConfiguration(client: configuration.client, groupID: names.coordinatorGroup)
+        consumerConfiguration.isolationLevel = .readCommitted
+        consumerConfiguration.sessionTimeout = configuration.sessionTimeout
+        consumerConfiguration.maxPollInterval = configuration.maxPollInterval
+        consumerConfiguration.heartbeatInterval = .milliseconds(max(100, configuration.sessionTimeout.inMilliseconds / 10))
+        consumerConfiguration.additional["fetch.wait.max.ms"] = "5"
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
+        try consumer.subscribe([names.events])
+        logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)"])
+
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await self.loop(consumer: consumer, registry: registry, commandTopics: commandTopics)
+            }
+        } catch is CancellationError {
+        }
+        await consumer.close()
+        await registry.close()
+        logger.info("coordinator stopped")
+    }
+
+    func loop(consumer: KafkaConsumer, registry: DefinitionRegistry, commandTopics: CommandTopics) async throws {
+        let names = configuration.names
+        var owned: [Int32: OwnedPartition] = [:]
+        defer { for partition in owned.values { partition.releaseNow() } }
+                while !Task.isCancelled {
+                    let now = self.configuration.clock()
+                    let nextDue = owned.values.compactMap { $0.nextDue }.min()
+                    let wait = nextDue.map { Duration.milliseconds(max(0, min($0 - now, Int64(self.configuration.idleWait.inMilliseconds)))) } ?? self.configuration.idleWait
+                    let events = try await consumer.poll(maxEvents: self.configuration.maxBatch, timeout: wait)
+                    var batches: [Int32: [KafkaMessage]] = [:]
+                    for event in events {
+                        switch event {
+                        case .assigned(let partitions):
+                            // Rebuild the new partitions in parallel; none of their events is processed before.
+                            let new = partitions.filter { $0.topic == names.events && owned[$0.partition] == nil }.map(\.partition)
+                            let configuration = self.configuration
+                            let logger = self.logger
+                            try await withThrowingTaskGroup(of: (Int32, OwnedPartitionBox).self) { group in
+                                for p in new {
+                                    group.addTask {
+                                        let taken = try await OwnedPartition.take(p, configuration: configuration, registry: registry, commandTopics: commandTopics, logger: logger)
+                                        return (p, OwnedPartitionBox(taken))
+                                    }
+                                }
+                                for try await (p, box) in group { owned[p] = box.partition }
+                            }
+                        case .revoked(let partitions, let lost):
+                            for tp in partitions where tp.topic == names.events {
+                                batches[tp.partition] = nil
+                                if let partition = owned.removeValue(forKey: tp.partition) {
+                                    await partition.release()
+                                    self.logger.info("released partition", metadata: ["partition": "\(tp.partition)", "lost": "\(lost)"])
+                                }
+                            }
+                        case .message(let m):
+                            batches[m.partition, default: []].append(m)
+                        case .error(let error):
+                            self.logger.warning("consumer: \(error)")
+                        case .partitionEOF:
+                            break
+                        }
+                    }
+                    try await registry.catchUp()
+                    let at = self.configuration.clock()
+                    for (p, partition) in owned {
+                        let messages = batches[p] ?? []
+                        let due = partition.dueTimers(at: at)
+                        guard !messages.isEmpty || !due.isEmpty else { continue }
+                        do {
+                            try await partition.process(messages, timers: due, now: at, consumer: consumer)
+                        } catch let error as KafkaError where !error.isFatal {
+                            self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
+                            if let first = messages.first {
+                                try? await consumer.seek([TopicPartitionOffset(first.topicPartition, offset: first.offset)])
+                            }
+                        } catch {
+                            // Fenced, or the producer is unusable: stop owning the partition; a rebalance gives it to whoever may.
+                            self.logger.error("partition \(p) lost its producer: \(error); pausing it until the group rebalances")
+                            owned.removeValue(forKey: p)
+                            await partition.release()
+                            try? consumer.pause([TopicPartition(names.events, p)])
+                        }
+                    }
+                }
+    }
+}
+
+/// Hands a freshly built partition from the task that built it to the loop, which alone uses it from then on.
+struct OwnedPartitionBox: @unchecked Sendable {
+    let partition: OwnedPartition
+    init(_ partition: OwnedPartition) { self.partition = partition }
+}
+
+/// Creates the command topic of a worker pool the first time the coordinator sends it a command.
+final class CommandTopics: Sendable {
+    let admin: KafkaAdmin
+    let names: TopicNames
+    let partitions: Int
+    let logger: Logger
+    let known = Mutex<Set<String>>([])
+
+    init(admin: KafkaAdmin, names: TopicNames, partitions: Int, logger: Logger) {
+        self.admin = admin
+        self.names = names
+        self.partitions = partitions
+        self.logger = logger
+    }
+
+    func ensure(_ topics: Set<String>) async throws {
+        let missing = topics.subtracting(known.withLock { $0 })
+        guard !missing.isEmpty else { return }
+        let metadata = try await admin.metadata()
+        let create = missing.filter { metadata.topics[$0] == nil }
+        if !create.isEmpty {
+            let results = try await admin.createTopics(create.sorted().map { NewTopic(name: $0, partitions: partitions) })
+            for (topic, error) in results {
+                if let error, error.code != .topicAlreadyExists { throw error }
+                logger.info("created command topic", metadata: ["topic": "\(topic)"])
+            }
+        }
+        known.withLock { $0.formUnion(missing) }
+    }
+}
+
+import Synchronization

@@ -1,0 +1,84 @@
+import BatonCore
+import BatonKafka
+import BatonWire
+import Foundation
+import Logging
+import Synchronization
+
+/// Every registered workflow definition, read from the definitions topic and kept up to date.
+public final class DefinitionRegistry: Sendable {
+    let consumer: KafkaConsumer
+    let names: TopicNames
+    let logger: Logger
+    struct Known {
+        var workflows: [String: Workflow] = [:]
+        var latest: [String: Int] = [:]
+        var atEnd: [Int32: Bool] = [:]
+    }
+    let known = Mutex(Known())
+
+    public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger) async throws {
+        self.names = names
+        self.logger = logger
+        var configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
+        configuration.reportPartitionEOF = true
+        configuration.additional["fetch.wait.max.ms"] = "20"
+        consumer = try KafkaConsumer(configuration: configuration, logger: logger)
+        let metadata = try await consumer.metadata()
+        guard let topic = metadata.topics[names.definitions] else {
+            throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(names.definitions) does not exist; run `baton topics apply` first")
+        }
+        let partitions = (0..<Int32(topic.partitionCount)).map { TopicPartitionOffset(names.definitions, $0, offset: TopicPartitionOffset.beginning) }
+        try consumer.assign(partitions)
+        known.withLock { k in for p in partitions { k.atEnd[p.topicPartition.partition] = false } }
+        try await catchUp(within: .seconds(30))
+    }
+
+    /// Reads what is new; returns when every partition has been read to its end, or after `within`.
+    public func catchUp(within timeout: Duration = .zero) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        repeat {
+            let events = try await consumer.poll(maxEvents: 1000, timeout: timeout == .zero ? .zero : .milliseconds(50))
+            for event in events {
+                switch event {
+                case .message(let m):
+                    known.withLock { $0.atEnd[m.partition] = false }
+                    apply(m)
+                case .partitionEOF(let tp, _):
+                    known.withLock { $0.atEnd[tp.partition] = true }
+                default: break
+                }
+            }
+            if known.withLock({ $0.atEnd.values.allSatisfy { $0 } }) { return }
+        } while clock.now < deadline
+    }
+
+    func apply(_ message: KafkaMessage) {
+        guard let value = message.value else { return }
+        do {
+            guard try Wire.kind(of: value) == .definition else { throw Wire.DecodeError("not a definition record") }
+            let record = try Wire.decode(DefinitionRecord.self, from: value)
+            let workflow = try DefinitionLoader.load(Data(record.document.utf8), source: DefinitionRecord.key(record.workflowID, record.version))
+            guard workflow.id == record.workflowID, workflow.version == record.version else {
+                throw Wire.DecodeError("the record says \(record.workflowID)@\(record.version) but the document is \(workflow.id)@\(workflow.version)")
+            }
+            known.withLock { k in
+                k.workflows[DefinitionRecord.key(workflow.id, workflow.version)] = workflow
+                k.latest[workflow.id] = max(k.latest[workflow.id] ?? 0, workflow.version)
+            }
+        } catch {
+            logger.error("ignoring a bad definition record", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
+        }
+    }
+
+    /// The workflow at a version (the latest when nil).
+    public func workflow(_ id: String, version: Int?) -> Workflow? {
+        known.withLock { k in
+            guard let v = version ?? k.latest[id] else { return nil }
+            return k.workflows[DefinitionRecord.key(id, v)]
+        }
+    }
+
+    public func close() async { await consumer.close() }
+}

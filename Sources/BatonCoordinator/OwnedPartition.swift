@@ -1,0 +1,258 @@
+import BatonCore
+import BatonKafka
+import BatonWire
+import BatonRuntime
+import Foundation
+import HeapModule
+import Logging
+
+struct TimerEntry: Comparable, Hashable {
+    var dueAt: Timestamp
+    var instanceID: String
+    var key: TimerKey
+
+    static func < (a: TimerEntry, b: TimerEntry) -> Bool {
+        (a.dueAt, a.instanceID, a.key.description) < (b.dueAt, b.instanceID, b.key.description)
+    }
+}
+
+/// One events partition this coordinator owns: its instances, their timers, and its transactional producer.
+final class OwnedPartition {
+    let partition: Int32
+    let configuration: CoordinatorConfiguration
+    let registry: DefinitionRegistry
+    let commandTopics: CommandTopics
+    let logger: Logger
+    let producer: KafkaProducer
+    let partitionCount: Int
+    var instances: [String: InstanceState]
+    var timers = Heap<TimerEntry>()
+    var scheduled = Set<TimerEntry>()
+
+    var names: TopicNames { configuration.names }
+
+    init(
+        partition: Int32, configuration: CoordinatorConfiguration, registry: DefinitionRegistry, commandTopics: CommandTopics, logger: Logger,
+        producer: KafkaProducer, partitionCount: Int, instances: [String: InstanceState]
+    ) {
+        self.partition = partition
+        self.configuration = configuration
+        self.registry = registry
+        self.commandTopics = commandTopics
+        self.logger = logger
+        self.producer = producer
+        self.partitionCount = partitionCount
+        self.instances = instances
+        for state in instances.values { schedule(state) }
+    }
+
+    /// Fences the previous owner (its open transaction is aborted), then rebuilds the partition's instances
+    /// from the state topic, read to its end, before a single event is processed.
+    static func take(
+        _ partition: Int32, configuration: CoordinatorConfiguration, registry: DefinitionRegistry, commandTopics: CommandTopics, logger: Logger
+    ) async throws -> OwnedPartition {
+        let names = configuration.names
+        var producerConfiguration = KafkaProducerConfiguration(client: configuration.client)
+        producerConfiguration.transactionalID = "\(names.coordinatorGroup).\(partition)"
+        producerConfiguration.linger = .milliseconds(1)
+        let producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
+        try await producer.initTransactions()
+
+        let clock = ContinuousClock()
+        let started = clock.now
+        var stateConfiguration = KafkaConsumerConfiguration(client: configuration.client, groupID: nil)
+        stateConfiguration.reportPartitionEOF = true
+        stateConfiguration.isolationLevel = .readCommitted
+        stateConfiguration.additional["fetch.wait.max.ms"] = "10"
+        let reader = try KafkaConsumer(configuration: stateConfiguration, logger: logger)
+        let metadata = try await reader.metadata()
+        let partitionCount = metadata.topics[names.events]?.partitionCount ?? 0
+        try reader.assign([TopicPartitionOffset(names.state, partition, offset: TopicPartitionOffset.beginning)])
+        var instances: [String: InstanceState] = [:]
+        var records = 0
+        var atEnd = false
+        while !atEnd {
+            guard clock.now - started < .seconds(300) else {
+                throw KafkaError(code: .timedOut, message: "rebuilding \(names.state)[\(partition)] took more than 5 minutes", isRetriable: true)
+            }
+            for event in try await reader.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
+                switch event {
+                case .message(let m):
+                    records += 1
+                    guard let id = m.keyString else { continue }
+                    guard let value = m.value else {
+                        instances[id] = nil
+                        continue
+                    }
+                    do { instances[id] = try StateCodec.decode(value) } catch {
+                        logger.error("skipping an unreadable state record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
+                    }
+                case .partitionEOF: atEnd = true
+                default: break
+                }
+            }
+        }
+        await reader.close()
+        logger.info(
+            "took partition", metadata: ["partition": "\(partition)", "instances": "\(instances.count)", "records": "\(records)", "ms": "\((clock.now - started).components.seconds * 1000 + (clock.now - started).components.attoseconds / 1_000_000_000_000_000)"])
+        return OwnedPartition(
+            partition: partition, configuration: configuration, registry: registry, commandTopics: commandTopics, logger: logger,
+            producer: producer, partitionCount: partitionCount, instances: instances)
+    }
+
+    func release() async { await producer.close(timeout: .seconds(1)) }
+    /// Without waiting (the loop is exiting): the producer's deinit releases it.
+    func releaseNow() {}
+
+    var nextDue: Timestamp? { timers.min?.dueAt }
+
+    func schedule(_ state: InstanceState) {
+        for timer in state.timers {
+            let entry = TimerEntry(dueAt: timer.dueAt, instanceID: state.instanceID, key: timer.key)
+            if scheduled.insert(entry).inserted { timers.insert(entry) }
+        }
+    }
+
+    /// Timers that are due and still armed.
+    func dueTimers(at now: Timestamp) -> [TimerEntry] {
+        var due: [TimerEntry] = []
+        while let next = timers.min, next.dueAt <= now {
+            timers.removeMin()
+            scheduled.remove(next)
+            if instances[next.instanceID]?.timers.contains(where: { $0.key == next.key && $0.dueAt == next.dueAt }) == true {
+                due.append(next)
+            }
+        }
+        return due
+    }
+
+    /// Applies a batch of events and due timers, and writes everything that results in one transaction
+    /// with the consumed offsets. On failure nothing of it happened: the instances are restored.
+    func process(_ messages: [KafkaMessage], timers due: [TimerEntry], now: Timestamp, consumer: KafkaConsumer) async throws {
+        var originals: [String: InstanceState?] = [:]
+        var records: [ProducerRecord] = []
+        var pools = Set<String>()
+
+        func deadLetter(_ m: KafkaMessage, _ reason: String) {
+            logger.warning("dead letter", metadata: ["offset": "\(m.partition)/\(m.offset)", "reason": "\(reason)"])
+            records.append(deadLetterRecord(m, reason: reason, topic: names.deadletter))
+        }
+
+        func apply(_ id: String, _ transition: Transition) {
+            if originals[id] == nil { originals[id] = .some(instances[id]) }
+            instances[id] = transition.state
+            for effect in transition.effects { records += self.records(for: effect, instanceID: id, now: now, pools: &pools) }
+        }
+
+        for m in messages {
+            guard let value = m.value else {
+                deadLetter(m, "a record without a value")
+                continue
+            }
+            let decoded: EventMessage
+            do { decoded = try EventMessage.decode(value) } catch {
+                deadLetter(m, error.reason)
+                continue
+            }
+            let id = decoded.instanceID
+            switch decoded {
+            case .start(let start):
+                let home = KafkaPartitioner.partition(forKey: id, partitionCount: partitionCount)
+                guard home == partition else {
+                    deadLetter(m, "instance \(id) belongs on partition \(home) (murmur2 of its key), not \(partition)")
+                    continue
+                }
+                if instances[id] != nil {
+                    logger.debug("duplicate start ignored", metadata: ["instance": "\(id)"])
+                    continue
+                }
+                var workflow = registry.workflow(start.workflowID, version: start.version)
+                if workflow == nil {
+                    try await registry.catchUp(within: .seconds(2))
+                    workflow = registry.workflow(start.workflowID, version: start.version)
+                }
+                guard let workflow else {
+                    deadLetter(m, "unknown workflow '\(start.workflowID)'\(start.version.map { " version \($0)" } ?? ""): register it first")
+                    continue
+                }
+                apply(id, Saga.start(workflow, instanceID: id, input: start.input, now: now))
+            case .event(_, let event):
+                guard let state = instances[id] else {
+                    deadLetter(m, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")
+                    continue
+                }
+                guard let workflow = registry.workflow(state.workflowID, version: state.version) else {
+                    deadLetter(m, "the definition \(state.workflowID)@\(state.version) of instance '\(id)' is not registered")
+                    continue
+                }
+                let transition = Saga.apply(workflow, to: state, event: event, now: now)
+                if case .ignored(let reason) = transition.outcome {
+                    logger.debug("event ignored", metadata: ["instance": "\(id)", "reason": "\(reason)"])
+                    continue
+                }
+                apply(id, transition)
+            }
+        }
+        for entry in due {
+            guard let state = instances[entry.instanceID], let workflow = registry.workflow(state.workflowID, version: state.version) else { continue }
+            let transition = Saga.apply(workflow, to: state, event: .timerFired(entry.key), now: now)
+            if case .applied = transition.outcome { apply(entry.instanceID, transition) }
+        }
+
+        try await commandTopics.ensure(Set(pools.map { names.commands($0) }))
+        do {
+            try producer.beginTransaction()
+            for id in originals.keys.sorted() {
+                let value = instances[id].map { StateCodec.encode($0) }
+                try await producer.enqueue(ProducerRecord(topic: names.state, partition: partition, key: Data(id.utf8), value: value))
+            }
+            for record in records { try await producer.enqueue(record) }
+            if let last = messages.last {
+                try await producer.sendOffsetsToTransaction([last.nextOffset], consumer: consumer)
+            }
+            try await producer.commitTransaction()
+        } catch {
+            try? await producer.abortTransaction()
+            for (id, original) in originals { instances[id] = original }
+            for entry in due where scheduled.insert(entry).inserted { timers.insert(entry) }
+            throw error
+        }
+        for id in originals.keys { if let state = instances[id] { schedule(state) } }
+    }
+
+    /// The records an effect becomes. Timers live in the state itself.
+    func records(for effect: SagaEffect, instanceID: String, now: Timestamp, pools: inout Set<String>) -> [ProducerRecord] {
+        let key = Data(instanceID.utf8)
+        func record<T: Encodable>(_ topic: String, _ kind: Wire.Kind, _ value: T, key: Data) -> ProducerRecord {
+            ProducerRecord(
+                topic: topic, key: key, value: Wire.encode(value),
+                headers: [KafkaHeader(key: WireHeaders.kind, string: kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))])
+        }
+        switch effect {
+        case .dispatch(let command), .compensate(let command):
+            pools.insert(command.pool)
+            let message = CommandMessage(command, replyTo: ReplyTo(topic: names.events, partition: partition))
+            return [record(names.commands(command.pool), message.kind, message, key: key)]
+        case .createTask(let task):
+            let r = TaskRecord(taskID: task.taskID, status: .open, task: task, decidedBy: nil, partition: partition, at: now)
+            return [record(names.tasks, .task, r, key: Data(task.taskID.utf8))]
+        case .closeTask(let taskID, let resolution, let by):
+            let status: TaskRecord.Status =
+                switch resolution {
+                case .approved: .approved
+                case .rejected: .rejected
+                case .timedOut: .timedOut
+                case .escalated: .escalated
+                case .cancelled: .cancelled
+                }
+            let r = TaskRecord(taskID: taskID, status: status, task: nil, decidedBy: by, partition: partition, at: now)
+            return [record(names.tasks, .task, r, key: Data(taskID.utf8))]
+        case .notify(let notification):
+            return [record(names.notifications, .notification, NotificationRecord(notification: notification, at: now), key: key)]
+        case .alert(let alert):
+            return [record(names.alerts, .alert, AlertRecord(alert: alert, at: now), key: key)]
+        case .armTimer, .cancelTimer, .completed, .failed, .suspended, .cancelled:
+            return []
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import BatonCore
+import BatonWorker
+import Foundation
+
+/// Workers for the examples: they stand in for real services (inventory, payments, shipping), answer
+/// deterministically from their input, and fail on request so that retries and compensations can be seen:
+/// an order whose id contains `fail-charge` has its card declined on every attempt.
+public enum ExampleWorkers {
+    /// Handlers by worker pool.
+    public static let handlers: [String: StepHandler] = [
+        "service_call": { ctx in try simulate(ctx, as: ctx.step) },
+        "notification": { ctx in try simulate(ctx, as: "notify") },
+        "orders.validate": { ctx in try simulate(ctx, as: "validate") },
+        "inventory.reserve": { ctx in try simulate(ctx, as: "reserve") },
+        "inventory.release": { ctx in try simulate(ctx, as: "release") },
+        "payments.charge": { ctx in try simulate(ctx, as: "charge") },
+        "payments.refund": { ctx in try simulate(ctx, as: "refund") },
+        "shipping.create": { ctx in try simulate(ctx, as: "ship") },
+        "shipping.cancel": { ctx in try simulate(ctx, as: "cancel_shipment") },
+        "notifications.email": { ctx in try simulate(ctx, as: "notify") },
+    ]
+
+    static func simulate(_ ctx: StepContext, as action: String) throws -> JSON {
+        let input = ctx.input
+        let orderID = input["order_id"]?.stringValue ?? input["input"]?["order_id"]?.stringValue ?? ""
+        if !ctx.isCompensation, orderID.contains("fail-\(action)") || orderID.contains("fail-\(ctx.step)") {
+            throw StepFailure("\(action) declined for \(ctx.instanceID) (attempt \(ctx.attempt))", retryable: true)
+        }
+        // Derived from the idempotency key: every attempt of a step gets the same ids, as a real service would.
+        let token = String(ctx.idempotencyKey.utf8.reduce(UInt64(1_469_598_103_934_665_603)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 } % 1_000_000)
+        switch action {
+        case "validate": return ["valid": true]
+        case "reserve": return ["reservation_id": .string("res-\(token)")]
+        case "charge": return ["payment_id": .string("pay-\(token)"), "amount": input["amount"] ?? .null]
+        case "ship": return ["shipment_id": .string("shp-\(token)"), "tracking_number": .string("TRK\(token)")]
+        case "notify": return ["sent": true]
+        default: return ["done": .string(action)]
+        }
+    }
+}

@@ -1,0 +1,443 @@
+import BatonCore
+import Foundation
+
+/// Version 1 of the wire protocol. Every record value is a JSON object with `v` (this version) and `kind`;
+/// docs/wire-protocol.md describes each kind. Readers reject an unknown `v` and ignore unknown fields.
+public enum Wire {
+    public static let version = 1
+
+    public enum Kind: String, Sendable, Codable, CaseIterable {
+        // On the events topic (keyed by instance id):
+        case start
+        case stepCompleted = "step.completed"
+        case stepFailed = "step.failed"
+        case compensationCompleted = "compensation.completed"
+        case compensationFailed = "compensation.failed"
+        case taskDecided = "task.decided"
+        case operatorCommand = "operator"
+        // On command topics:
+        case stepCommand = "step.command"
+        case compensationCommand = "compensation.command"
+        // On the definitions, tasks, alerts and notifications topics:
+        case definition
+        case task
+        case alert
+        case notification
+    }
+
+    public struct DecodeError: Error, Sendable, CustomStringConvertible {
+        public var reason: String
+        public init(_ reason: String) { self.reason = reason }
+        public var description: String { reason }
+    }
+
+    /// The largest record value the engine reads; larger ones go to the dead-letter topic.
+    public static let maxRecordBytes = 1 << 20
+    /// The largest step result the engine accepts: a larger output fails the step (it would swell the state).
+    public static let maxResultBytes = 256 << 10
+    /// How much of a refused record the dead-letter topic keeps (the header `baton-dlq-size` gives its size).
+    public static let maxDeadLetterBytes = 512 << 10
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+
+    public static func encode<T: Encodable>(_ value: T) -> Data {
+        (try? encoder.encode(value)) ?? Data("{}".utf8)
+    }
+
+    struct Header: Decodable {
+        var v: Int?
+        var kind: String?
+    }
+
+    /// Reads `v` and `kind`, refusing what is not a version-1 Baton record.
+    public static func kind(of data: Data) throws(DecodeError) -> Kind {
+        guard data.count <= maxRecordBytes else { throw DecodeError("the record is \(data.count) bytes, more than the limit of \(maxRecordBytes)") }
+        if let depth = nestingDepthExceeded(data) { throw DecodeError("nested more than \(DocumentLimits.maxNesting) levels deep (\(depth))") }
+        let header: Header
+        do { header = try JSONDecoder().decode(Header.self, from: data) } catch {
+            throw DecodeError("not a JSON object: \(describe(error))")
+        }
+        guard let v = header.v else { throw DecodeError("field 'v' (the protocol version) is missing") }
+        guard v == version else { throw DecodeError("protocol version \(v) is not supported (this build reads \(version))") }
+        guard let raw = header.kind else { throw DecodeError("field 'kind' is missing") }
+        guard let kind = Kind(rawValue: raw) else {
+            throw DecodeError("unknown kind '\(raw)'; known: \(Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return kind
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws(DecodeError) -> T {
+        do { return try JSONDecoder().decode(type, from: data) } catch {
+            throw DecodeError("wrong schema for \(T.self): \(describe(error))")
+        }
+    }
+
+    static func nestingDepthExceeded(_ data: Data) -> Int? {
+        var depth = 0
+        var inString = false
+        var escaped = false
+        for byte in data {
+            if inString {
+                if escaped { escaped = false } else if byte == 0x5C { escaped = true } else if byte == 0x22 { inString = false }
+                continue
+            }
+            switch byte {
+            case 0x22: inString = true
+            case 0x5B, 0x7B:
+                depth += 1
+                if depth > DocumentLimits.maxNesting { return depth }
+            case 0x5D, 0x7D: depth -= 1
+            default: break
+            }
+        }
+        return nil
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, let context):
+            return "field '\((context.codingPath + [key]).map(\.stringValue).joined(separator: "."))' is missing"
+        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
+            return "field '\(context.codingPath.map(\.stringValue).joined(separator: "."))': \(context.debugDescription)"
+        case DecodingError.dataCorrupted(let context):
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return path.isEmpty ? "invalid JSON" : "field '\(path)': \(context.debugDescription)"
+        default:
+            return "\(error)"
+        }
+    }
+}
+
+/// Start an instance. A start for an instance id that exists already is ignored, so a client may resend it.
+public struct StartMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.start
+    public var instanceID: String
+    public var workflowID: String
+    /// Nil: the latest registered version.
+    public var version: Int?
+    public var input: JSON
+    /// Milliseconds since the epoch, when the client sent it.
+    public var sentAt: Int64?
+
+    public init(instanceID: String, workflowID: String, version: Int?, input: JSON, sentAt: Int64?) {
+        self.instanceID = instanceID
+        self.workflowID = workflowID
+        self.version = version
+        self.input = input
+        self.sentAt = sentAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case v, kind, instanceID = "instance_id", workflowID = "workflow_id", version, input, sentAt = "sent_at"
+    }
+}
+
+/// Where a worker sends its result: the events topic and the instance's partition.
+public struct ReplyTo: Codable, Sendable, Hashable {
+    public var topic: String
+    public var partition: Int32
+    public init(topic: String, partition: Int32) {
+        self.topic = topic
+        self.partition = partition
+    }
+}
+
+/// A command to a worker pool: run a step (or undo it).
+public struct CommandMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind: Wire.Kind
+    public var instanceID: String
+    public var workflowID: String
+    public var workflowVersion: Int
+    public var step: String
+    public var type: String
+    public var pool: String
+    public var item: Int?
+    public var attempt: Int
+    public var input: JSON
+    public var deadline: Int64
+    public var idempotencyKey: String
+    public var replyTo: ReplyTo
+
+    public init(_ command: StepCommand, replyTo: ReplyTo) {
+        kind = command.isCompensation ? .compensationCommand : .stepCommand
+        instanceID = command.instanceID
+        workflowID = command.workflowID
+        workflowVersion = command.workflowVersion
+        step = command.step
+        type = command.type
+        pool = command.pool
+        item = command.item
+        attempt = command.attempt
+        input = command.input
+        deadline = command.deadline
+        idempotencyKey = command.idempotencyKey
+        self.replyTo = replyTo
+    }
+
+    public var isCompensation: Bool { kind == .compensationCommand }
+
+    enum CodingKeys: String, CodingKey {
+        case v, kind, instanceID = "instance_id", workflowID = "workflow_id", workflowVersion = "workflow_version", step, type, pool, item
+        case attempt, input, deadline, idempotencyKey = "idempotency_key", replyTo = "reply_to"
+    }
+}
+
+/// A worker's answer to a command (step or compensation; completed or failed).
+public struct ResultMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind: Wire.Kind
+    public var instanceID: String
+    public var step: String
+    public var item: Int?
+    public var attempt: Int
+    public var output: JSON?
+    public var error: String?
+    /// For `step.failed`: false when trying again cannot help (a declined card). Default true.
+    public var retryable: Bool?
+    public var idempotencyKey: String?
+
+    public init(kind: Wire.Kind, instanceID: String, step: String, item: Int?, attempt: Int, output: JSON? = nil, error: String? = nil, retryable: Bool? = nil, idempotencyKey: String?) {
+        self.kind = kind
+        self.instanceID = instanceID
+        self.step = step
+        self.item = item
+        self.attempt = attempt
+        self.output = output
+        self.error = error
+        self.retryable = retryable
+        self.idempotencyKey = idempotencyKey
+    }
+
+    /// The answer to a command.
+    public static func completed(_ command: CommandMessage, output: JSON) -> ResultMessage {
+        ResultMessage(
+            kind: command.isCompensation ? .compensationCompleted : .stepCompleted, instanceID: command.instanceID, step: command.step,
+            item: command.item, attempt: command.attempt, output: command.isCompensation ? nil : output, idempotencyKey: command.idempotencyKey)
+    }
+
+    public static func failed(_ command: CommandMessage, error: String, retryable: Bool) -> ResultMessage {
+        ResultMessage(
+            kind: command.isCompensation ? .compensationFailed : .stepFailed, instanceID: command.instanceID, step: command.step,
+            item: command.item, attempt: command.attempt, error: error, retryable: command.isCompensation ? nil : retryable,
+            idempotencyKey: command.idempotencyKey)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case v, kind, instanceID = "instance_id", step, item, attempt, output, error, retryable, idempotencyKey = "idempotency_key"
+    }
+}
+
+/// A person's decision on a human task.
+public struct DecisionMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.taskDecided
+    public var instanceID: String
+    public var taskID: String?
+    public var step: String
+    public var attempt: Int
+    public var approved: Bool
+    public var by: String
+    public var comment: String?
+
+    public init(instanceID: String, taskID: String?, step: String, attempt: Int, approved: Bool, by: String, comment: String?) {
+        self.instanceID = instanceID
+        self.taskID = taskID
+        self.step = step
+        self.attempt = attempt
+        self.approved = approved
+        self.by = by
+        self.comment = comment
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, approved, by, comment }
+}
+
+/// An operator's command on an instance.
+public struct OperatorMessage: Codable, Sendable, Hashable {
+    public enum Command: String, Codable, Sendable, CaseIterable { case cancel, resume, retry, skip }
+    public var v = Wire.version
+    public var kind = Wire.Kind.operatorCommand
+    public var instanceID: String
+    public var command: Command
+    public var step: String?
+    public var output: JSON?
+    public var reason: String?
+    public var by: String
+    /// Unique per request: a request delivered twice is applied once.
+    public var requestID: String
+
+    public init(instanceID: String, command: Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String, requestID: String) {
+        self.instanceID = instanceID
+        self.command = command
+        self.step = step
+        self.output = output
+        self.reason = reason
+        self.by = by
+        self.requestID = requestID
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", command, step, output, reason, by, requestID = "request_id" }
+}
+
+/// What arrives on the events topic, decoded.
+public enum EventMessage: Sendable, Hashable {
+    case start(StartMessage)
+    case event(instanceID: String, SagaEvent)
+
+    public var instanceID: String {
+        switch self {
+        case .start(let s): s.instanceID
+        case .event(let id, _): id
+        }
+    }
+
+    /// Decodes an events-topic record, or says exactly what is wrong with it.
+    public static func decode(_ data: Data) throws(Wire.DecodeError) -> EventMessage {
+        let kind = try Wire.kind(of: data)
+        switch kind {
+        case .start:
+            let m = try Wire.decode(StartMessage.self, from: data)
+            guard !m.instanceID.isEmpty, !m.workflowID.isEmpty else { throw Wire.DecodeError("instance_id and workflow_id must not be empty") }
+            return .start(m)
+        case .stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed:
+            let m = try Wire.decode(ResultMessage.self, from: data)
+            let event: SagaEvent
+            if kind == .stepCompleted, data.count > Wire.maxResultBytes {
+                let error = "the step's output is \(data.count) bytes, more than the limit of \(Wire.maxResultBytes)"
+                return .event(instanceID: m.instanceID, .stepFailed(step: m.step, item: m.item, attempt: m.attempt, error: error, retryable: false))
+            }
+            switch kind {
+            case .stepCompleted: event = .stepCompleted(step: m.step, item: m.item, attempt: m.attempt, output: m.output ?? .null)
+            case .stepFailed: event = .stepFailed(step: m.step, item: m.item, attempt: m.attempt, error: m.error ?? "failed", retryable: m.retryable ?? true)
+            case .compensationCompleted: event = .compensationCompleted(step: m.step, item: m.item, attempt: m.attempt)
+            default: event = .compensationFailed(step: m.step, item: m.item, attempt: m.attempt, error: m.error ?? "failed")
+            }
+            return .event(instanceID: m.instanceID, event)
+        case .taskDecided:
+            let m = try Wire.decode(DecisionMessage.self, from: data)
+            return .event(instanceID: m.instanceID, .taskDecided(step: m.step, attempt: m.attempt, approved: m.approved, by: m.by, comment: m.comment))
+        case .operatorCommand:
+            let m = try Wire.decode(OperatorMessage.self, from: data)
+            let event: SagaEvent
+            switch m.command {
+            case .cancel: event = .cancel(reason: m.reason ?? "cancelled", by: m.by, request: m.requestID)
+            case .resume: event = .resume(by: m.by, request: m.requestID)
+            case .retry: event = .retry(step: m.step, by: m.by, request: m.requestID)
+            case .skip:
+                guard let step = m.step else { throw Wire.DecodeError("skip needs a step") }
+                event = .skip(step: step, output: m.output, by: m.by, request: m.requestID)
+            }
+            return .event(instanceID: m.instanceID, event)
+        default:
+            throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on the events topic")
+        }
+    }
+}
+
+/// A human task as stored on the tasks topic (keyed by task id); the latest record of a task is its state.
+public struct TaskRecord: Codable, Sendable, Hashable {
+    public enum Status: String, Codable, Sendable { case open, approved, rejected, timedOut = "timed_out", escalated, cancelled }
+    public var v = Wire.version
+    public var kind = Wire.Kind.task
+    public var taskID: String
+    public var status: Status
+    /// The whole task while it is open; closing records carry only the id and the outcome.
+    public var task: HumanTask?
+    public var decidedBy: String?
+    /// The events partition of the instance, where a decision must be sent.
+    public var partition: Int32
+    public var at: Int64
+
+    public init(taskID: String, status: Status, task: HumanTask?, decidedBy: String?, partition: Int32, at: Int64) {
+        self.taskID = taskID
+        self.status = status
+        self.task = task
+        self.decidedBy = decidedBy
+        self.partition = partition
+        self.at = at
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, taskID = "task_id", status, task, decidedBy = "decided_by", partition, at }
+}
+
+/// A registered definition, keyed `<workflow_id>@<version>` on the definitions topic.
+public struct DefinitionRecord: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.definition
+    public var workflowID: String
+    public var version: Int
+    /// The document as registered (JSON or YAML text).
+    public var document: String
+    public var registeredAt: Int64
+
+    public init(workflowID: String, version: Int, document: String, registeredAt: Int64) {
+        self.workflowID = workflowID
+        self.version = version
+        self.document = document
+        self.registeredAt = registeredAt
+    }
+
+    public static func key(_ workflowID: String, _ version: Int) -> String { "\(workflowID)@\(version)" }
+
+    enum CodingKeys: String, CodingKey { case v, kind, workflowID = "workflow_id", version, document, registeredAt = "registered_at" }
+}
+
+public struct AlertRecord: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.alert
+    public var alert: Alert
+    public var at: Int64
+    public init(alert: Alert, at: Int64) {
+        self.alert = alert
+        self.at = at
+    }
+}
+
+public struct NotificationRecord: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.notification
+    public var notification: NotificationMessage
+    public var at: Int64
+    public init(notification: NotificationMessage, at: Int64) {
+        self.notification = notification
+        self.at = at
+    }
+}
+
+/// Headers every Baton record carries.
+public enum WireHeaders {
+    public static let kind = "baton-kind"
+    public static let version = "baton-v"
+    /// On dead letters: why the record was refused, and where it came from.
+    public static let deadLetterReason = "baton-dlq-reason"
+    public static let deadLetterTopic = "baton-dlq-topic"
+    public static let deadLetterPartition = "baton-dlq-partition"
+    public static let deadLetterOffset = "baton-dlq-offset"
+    public static let deadLetterSize = "baton-dlq-size"
+
+    /// A dead letter for a refused record: its key, headers and (at most `Wire.maxDeadLetterBytes` of) its
+    /// value, with why it was refused and where it came from.
+    public static func deadLetter(
+        topic: String, key: Data?, value: Data?, headers: [KafkaHeaderFields], reason: String, source: String, partition: Int32, offset: Int64
+    ) -> (key: Data?, value: Data?, headers: [KafkaHeaderFields]) {
+        var out = headers
+        out.append((deadLetterReason, Data(reason.utf8)))
+        out.append((deadLetterTopic, Data(source.utf8)))
+        out.append((deadLetterPartition, Data(String(partition).utf8)))
+        out.append((deadLetterOffset, Data(String(offset).utf8)))
+        var kept = value
+        if let value, value.count > Wire.maxDeadLetterBytes {
+            out.append((deadLetterSize, Data(String(value.count).utf8)))
+            kept = value.prefix(Wire.maxDeadLetterBytes)
+        }
+        return (key, kept, out)
+    }
+}
+
+public typealias KafkaHeaderFields = (key: String, value: Data?)

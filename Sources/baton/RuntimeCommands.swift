@@ -1,0 +1,226 @@
+import ArgumentParser
+import BatonClient
+import BatonCore
+import BatonCoordinator
+import BatonExamples
+import BatonKafka
+import BatonWire
+import BatonWorker
+import Foundation
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+extension ConnectionOptions {
+    var names: TopicNames { TopicNames(namespace: resolvedNamespace) }
+    func makeClient() throws -> BatonClient {
+        try BatonClient(client: clientConfiguration, names: names, logger: makeLogger("baton.client"))
+    }
+}
+
+/// Runs services until SIGINT or SIGTERM, then shuts them down gracefully.
+func runServices(_ services: [any Service], logger: Logger) async throws {
+    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+}
+
+struct CoordinatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Run a saga coordinator: a member of the coordinators' group on the events topic.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() async throws {
+        var logger = connection.makeLogger("baton.coordinator")
+        if connection.logLevel == .error { logger.logLevel = .info }
+        let coordinator = Coordinator(configuration: CoordinatorConfiguration(client: connection.clientConfiguration, names: connection.names), logger: logger)
+        try await runServices([coordinator], logger: logger)
+    }
+}
+
+struct WorkersCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "example-workers",
+        abstract: "Run the example workers (stand-ins for inventory, payments, shipping, ...) for the examples.")
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Worker pools to run (default: all the examples').") var pool: [String] = []
+    @Option(help: "Commands each pool handles at once.") var concurrency = 64
+
+    func run() async throws {
+        var logger = connection.makeLogger("baton.workers")
+        if connection.logLevel == .error { logger.logLevel = .info }
+        let pools = pool.isEmpty ? ExampleWorkers.handlers.keys.sorted() : pool
+        var services: [any Service] = []
+        for name in pools {
+            guard let handler = ExampleWorkers.handlers[name] else {
+                throw CLIFailure("no example worker for pool '\(name)'; known: \(ExampleWorkers.handlers.keys.sorted().joined(separator: ", "))")
+            }
+            var configuration = WorkerConfiguration(client: connection.clientConfiguration, names: connection.names, pool: name)
+            configuration.concurrency = concurrency
+            services.append(StepWorker(configuration: configuration, logger: logger, handler: handler))
+        }
+        try await runServices(services, logger: logger)
+    }
+}
+
+struct Start: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Start a workflow instance; prints its id.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The workflow id.") var workflow: String
+    @Option(help: "The input, as JSON.") var input: String = "{}"
+    @Option(help: "A definition version (default: the latest).") var version: Int?
+    @Option(help: "The instance id (default: a new UUID). Starting an existing id again does nothing.") var id: String?
+
+    func run() async throws {
+        let value: JSON
+        do { value = try JSON.parse(Data(input.utf8)) } catch { throw CLIFailure("--input is not valid JSON: \(error)") }
+        let client = try connection.makeClient()
+        let instance = try await client.start(workflowID: workflow, version: version, input: value, instanceID: id)
+        await client.close()
+        print(instance)
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show an instance: every step's state, attempts, outputs and errors.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The instance id.") var id: String
+    @Flag(help: "Print the state as JSON.") var json = false
+
+    func run() async throws {
+        let client = try connection.makeClient()
+        defer { Task { await client.close() } }
+        guard let state = try await client.status(instanceID: id) else { throw CLIFailure("no instance '\(id)' (yet)") }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(state), as: UTF8.self))
+        } else {
+            let workflow = try? await client.definition(state.workflowID, version: state.version)
+            print(StatusReport.render(state, workflow: workflow))
+        }
+    }
+}
+
+enum StatusReport {
+    static func render(_ state: InstanceState, workflow: Workflow?) -> String {
+        var lines = ["\(state.instanceID)  \(state.workflowID) v\(state.version)  \(state.status.rawValue)"]
+        if let reason = state.reason { lines.append("  reason: \(reason)") }
+        if let output = state.output { lines.append("  output: \(output.jsonText)") }
+        for (i, step) in state.steps.enumerated() {
+            let name = workflow.map { i < $0.steps.count ? $0.steps[i].id : "step \(i + 1)" } ?? "step \(i + 1)"
+            var line = "  \(name): \(step.status.rawValue)"
+            let attempts = step.units.map(\.attempt).max() ?? 0
+            if attempts > 0 { line += ", attempt \(attempts)" }
+            if step.units.count > 1 { line += ", \(step.units.count) items" }
+            let compensated = step.units.filter { $0.compensation == .done }.count
+            if compensated > 0 { line += ", compensated" }
+            if let e = step.error ?? step.units.compactMap(\.error).last { line += "  error: \(e)" }
+            if let o = step.output { line += "  output: \(o.jsonText)" }
+            lines.append(line)
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+struct Definitions: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Register workflow definitions.", subcommands: [Register.self])
+
+    struct Register: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Check and register definitions (a version, once registered, is immutable).")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Definition files.") var files: [String]
+
+        func run() async throws {
+            let client = try connection.makeClient()
+            for file in files {
+                let data: Data
+                do { data = try Data(contentsOf: URL(fileURLWithPath: file)) } catch { throw CLIFailure("\(file): cannot read: \(error.localizedDescription)") }
+                do {
+                    let workflow = try await client.register(document: data, source: file)
+                    print("\(file): registered \(workflow.id) v\(workflow.version)")
+                } catch let errors as DefinitionErrors {
+                    throw CLIFailure(errors.description)
+                }
+            }
+            await client.close()
+        }
+    }
+}
+
+struct Tasks: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Human tasks: list, approve, reject.", subcommands: [List.self, Approve.self, Reject.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List open tasks.")
+        @OptionGroup var connection: ConnectionOptions
+        @Option(help: "Only tasks for this assignee, as role:credit_manager.") var assignee: String?
+        @Flag(help: "Closed tasks too.") var all = false
+
+        func run() async throws {
+            let client = try connection.makeClient()
+            let tasks = try await client.tasks().filter { all || $0.status == .open }.filter { assignee == nil || $0.task?.assignee == assignee }
+            await client.close()
+            if tasks.isEmpty { print("no \(all ? "" : "open ")tasks") }
+            for t in tasks {
+                let task = t.task
+                print("\(t.taskID)  \(t.status.rawValue)  \(task?.assignee ?? "")  \(task?.title ?? "")  input: \(task?.input.jsonText ?? "")")
+            }
+        }
+    }
+
+    struct Approve: AsyncParsableCommand {
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "The task id.") var task: String
+        @Option(help: "Who decides.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
+        @Option(help: "A comment.") var comment: String?
+        func run() async throws {
+            let client = try connection.makeClient()
+            try await client.decide(taskID: task, approve: true, by: by, comment: comment)
+            await client.close()
+            print("approved \(task)")
+        }
+    }
+
+    struct Reject: AsyncParsableCommand {
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "The task id.") var task: String
+        @Option(help: "Who decides.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
+        @Option(help: "A comment.") var comment: String?
+        func run() async throws {
+            let client = try connection.makeClient()
+            try await client.decide(taskID: task, approve: false, by: by, comment: comment)
+            await client.close()
+            print("rejected \(task)")
+        }
+    }
+}
+
+struct Instances: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Operators' commands on an instance.", subcommands: [Operate.self])
+
+    struct Operate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "do", abstract: "cancel, resume, retry [--step], or skip --step [--output JSON] an instance.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "cancel, resume, retry or skip.") var command: String
+        @Argument(help: "The instance id.") var id: String
+        @Option(help: "The step (retry, skip).") var step: String?
+        @Option(help: "The output a skipped step gives its dependents, as JSON.") var output: String?
+        @Option(help: "Why (cancel).") var reason: String?
+        @Option(help: "Who.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
+
+        func run() async throws {
+            guard let c = OperatorMessage.Command(rawValue: command) else {
+                throw CLIFailure("unknown command '\(command)'; use cancel, resume, retry or skip")
+            }
+            if c == .skip && step == nil { throw CLIFailure("skip needs --step") }
+            let out: JSON?
+            do { out = try output.map { try JSON.parse(Data($0.utf8)) } } catch { throw CLIFailure("--output is not valid JSON: \(error)") }
+            let client = try connection.makeClient()
+            let request = try await client.operate(instanceID: id, c, step: step, output: out, reason: reason, by: by)
+            await client.close()
+            print("sent \(command) to \(id) (request \(request))")
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import BatonClient
+import BatonCore
+import BatonCoordinator
+import BatonKafka
+import BatonTestSupport
+import BatonTopics
+import BatonWire
+import BatonWorker
+import Foundation
+import Logging
+import Synchronization
+
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// A whole engine for one test: its own namespace (topics), coordinators and workers running as services
+/// in this process, and a client. Everything talks to the real broker.
+final class Engine: Sendable {
+    let names: TopicNames
+    let client: BatonClient
+    let partitions: Int
+    let coordinators = Mutex<[Task<Void, any Error>]>([])
+    let workers = Mutex<[(StepWorker, Task<Void, any Error>)]>([])
+
+    init(partitions: Int = 3) async throws {
+        names = TopicNames(namespace: TestKafka.uniqueName("e"))
+        self.partitions = partitions
+        var specs = try TopicSpecLoader.load(directory: repositoryRoot.appendingPathComponent("topics"))
+        for i in specs.indices where specs[i].isKeyed { specs[i].partitions = partitions }
+        let applier = TopicApplier(admin: try TestKafka.admin(), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger)
+        _ = try await applier.apply(specs)
+        client = try BatonClient(client: TestKafka.client, names: names, logger: TestKafka.logger)
+    }
+
+    var coordinatorConfiguration: CoordinatorConfiguration {
+        var c = CoordinatorConfiguration(client: TestKafka.client, names: names)
+        c.sessionTimeout = .seconds(6)
+        c.maxPollInterval = .seconds(6)
+        c.idleWait = .milliseconds(20)
+        return c
+    }
+
+    @discardableResult
+    func startCoordinator() -> Int {
+        let coordinator = Coordinator(configuration: coordinatorConfiguration, logger: TestKafka.logger)
+        return coordinators.withLock {
+            $0.append(Task { try await coordinator.run() })
+            return $0.count - 1
+        }
+    }
+
+    func stopCoordinator(_ index: Int) async {
+        let task = coordinators.withLock { $0[index] }
+        task.cancel()
+        _ = await task.result
+    }
+
+    func startWorker(_ pool: String, concurrency: Int = 16, handler: @escaping StepHandler) {
+        var c = WorkerConfiguration(client: TestKafka.client, names: names, pool: pool)
+        c.concurrency = concurrency
+        c.sessionTimeout = .seconds(6)
+        c.maxPollInterval = .seconds(6)
+        c.shutdownGrace = .seconds(2)
+        let worker = StepWorker(configuration: c, logger: TestKafka.logger, handler: handler)
+        workers.withLock { $0.append((worker, Task { try await worker.run() })) }
+    }
+
+    func register(_ yaml: String) async throws -> Workflow {
+        try await client.register(document: Data(yaml.utf8))
+    }
+
+    func start(_ workflow: String, input: JSON = [:], id: String? = nil) async throws -> String {
+        try await client.start(workflowID: workflow, input: input, instanceID: id, partitions: partitions)
+    }
+
+    /// Waits until the instance reaches one of `statuses`, and returns its state.
+    @discardableResult
+    func wait(_ id: String, for statuses: Set<InstanceStatus>, timeout: Duration = .seconds(60)) async throws -> InstanceState {
+        var last: InstanceState?
+        do {
+            try await waitUntil("\(id) to be \(statuses.map(\.rawValue).sorted())", timeout: timeout) {
+                last = try await client.status(instanceID: id)
+                return last.map { statuses.contains($0.status) } ?? false
+            }
+        } catch {
+            throw DeadlineExceeded(what: "\(id) to be \(statuses.map(\.rawValue).sorted()); last seen \(last.map { "\($0.status): \($0.reason ?? "")" } ?? "nothing")")
+        }
+        return last!
+    }
+
+    /// Every record of a topic so far (all partitions).
+    func records(_ topic: String) async throws -> [KafkaMessage] {
+        let count = try await TestKafka.admin().metadata().topics[topic]?.partitionCount ?? 0
+        var out: [KafkaMessage] = []
+        try await client.readToEnd((0..<Int32(count)).map { TopicPartition(topic, $0) }) { out.append($0) }
+        return out
+    }
+
+    func shutdown() async {
+        for (worker, _) in workers.withLock({ $0 }) { worker.stop() }
+        for (_, task) in workers.withLock({ $0 }) { _ = await task.result }
+        for task in coordinators.withLock({ $0 }) { task.cancel() }
+        for task in coordinators.withLock({ $0 }) { _ = await task.result }
+        await client.close()
+    }
+}
+
+/// A thread-safe log of what handlers saw, for the assertions.
+final class Recorder<T: Sendable>: Sendable {
+    let items = Mutex<[T]>([])
+    func add(_ item: T) { items.withLock { $0.append(item) } }
+    var all: [T] { items.withLock { $0 } }
+}
+
+func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }

@@ -1,0 +1,199 @@
+import BatonClient
+import BatonCore
+import BatonKafka
+import BatonTestSupport
+import BatonWire
+import BatonWorker
+import Foundation
+import Testing
+
+@Suite("Runtime: coordinator and workers on the real broker", .serialized, .timeLimit(.minutes(3)))
+struct RuntimeTests {
+    static let seed = #"{"workflow_id":"order_fulfillment","steps":[{"id":"validate","type":"service_call","depends_on":[]},{"id":"reserve","type":"service_call","depends_on":["validate"]},{"id":"charge","type":"service_call","depends_on":["reserve"]},{"id":"ship","type":"service_call","depends_on":["charge"]},{"id":"notify","type":"notification","depends_on":["ship"]}]}"#
+
+    @Test func orderFulfillmentCompletes() async throws {
+        let engine = try await Engine()
+        _ = try await engine.register(Self.seed)
+        engine.startCoordinator()
+        let seen = Recorder<String>()
+        engine.startWorker("service_call") { ctx in
+            seen.add("\(ctx.instanceID)/\(ctx.step)")
+            return ["done": .string(ctx.step), "order": ctx.input["order_id"] ?? .null]
+        }
+        engine.startWorker("notification") { ctx in
+            seen.add("\(ctx.instanceID)/\(ctx.step)")
+            return ["sent": true]
+        }
+        var ids: [String] = []
+        for i in 0..<20 { ids.append(try await engine.start("order_fulfillment", input: ["order_id": .string("o-\(i)")])) }
+        for id in ids {
+            let state = try await engine.wait(id, for: [.completed, .failed])
+            #expect(state.status == .completed)
+            #expect(state.steps.map(\.status) == Array(repeating: .completed, count: 5))
+            #expect(state.steps[3].output?["order"] != nil)
+        }
+        // Each step of each instance ran once, in order.
+        for id in ids {
+            #expect(seen.all.filter { $0.hasPrefix(id) } == ["validate", "reserve", "charge", "ship", "notify"].map { "\(id)/\($0)" })
+        }
+        await engine.shutdown()
+    }
+
+    @Test func independentBranchesRunInParallel() async throws {
+        let engine = try await Engine()
+        _ = try await engine.register("""
+            workflow_id: fan
+            steps:
+              - { id: A, type: work, input: { ms: 400 } }
+              - { id: B, type: work, input: { ms: 600 } }
+              - { id: C, type: work, input: { ms: 200 } }
+              - { id: D, type: work, depends_on: [A, B, C], input: { ms: 0 } }
+            """)
+        engine.startCoordinator()
+        let spans = Recorder<(String, Int64, Int64)>()
+        engine.startWorker("work") { ctx in
+            let start = nowMillis()
+            try await Task.sleep(for: .milliseconds(ctx.input["ms"]?.intValue ?? 0))  // the work itself takes this long
+            spans.add((ctx.step, start, nowMillis()))
+            return [:]
+        }
+        let id = try await engine.start("fan")
+        #expect(try await engine.wait(id, for: [.completed, .failed]).status == .completed)
+        let byStep = Dictionary(uniqueKeysWithValues: spans.all.map { ($0.0, ($0.1, $0.2)) })
+        let (a, b, c, d) = (byStep["A"]!, byStep["B"]!, byStep["C"]!, byStep["D"]!)
+        // A, B and C overlapped: each started before the others ended.
+        #expect(max(a.0, b.0, c.0) < min(a.1, b.1, c.1))
+        // D started after the last of them ended, and not after the sum of their durations.
+        #expect(d.0 >= max(a.1, b.1, c.1))
+        #expect(d.0 - min(a.0, b.0, c.0) < 1200)
+        await engine.shutdown()
+    }
+
+    @Test func aStepThatKeepsFailingIsRetriedWithGrowingDelaysThenCompensatedInReverseAndAlerted() async throws {
+        let engine = try await Engine()
+        _ = try await engine.register("""
+            workflow_id: saga
+            on_failure: { compensate: true, alert: true, then: suspend }
+            steps:
+              - { id: reserve, type: svc, compensation: { type: undo } }
+              - { id: hold, type: svc, depends_on: [reserve], compensation: { type: undo } }
+              - id: charge
+                type: svc
+                depends_on: [hold]
+                retry: { max_attempts: 3, initial_backoff: 300ms, multiplier: 3, jitter: 0 }
+            """)
+        engine.startCoordinator()
+        let attempts = Recorder<Int64>()
+        let undone = Recorder<String>()
+        engine.startWorker("svc") { ctx in
+            if ctx.step == "charge" {
+                attempts.add(nowMillis())
+                throw StepFailure("gateway down")
+            }
+            return ["id": .string("\(ctx.step)-1")]
+        }
+        engine.startWorker("undo") { ctx in
+            undone.add(ctx.step)
+            #expect(ctx.isCompensation)
+            return [:]
+        }
+        let id = try await engine.start("saga")
+        let state = try await engine.wait(id, for: [.suspended, .failed, .completed])
+        #expect(state.status == .suspended)
+        #expect(state.reason == "'charge' failed after 3 attempts: gateway down")
+        let times = attempts.all
+        #expect(times.count == 3)
+        if times.count == 3 {
+            let (first, second) = (times[1] - times[0], times[2] - times[1])
+            #expect(first >= 300 && second >= 900, "delays \(first) ms then \(second) ms")
+            #expect(second > first)
+        }
+        #expect(undone.all == ["hold", "reserve"])
+        let alerts = try await engine.records(engine.names.alerts).compactMap { $0.value.flatMap { try? JSONDecoder().decode(AlertRecord.self, from: $0) } }
+        #expect(alerts.count == 1)
+        #expect(alerts.first?.alert.instanceID == id)
+        #expect(alerts.first?.alert.message.contains("compensated: reserve, hold") == true)
+        await engine.shutdown()
+    }
+
+    @Test func aHumanTaskWaitsForADecision() async throws {
+        let engine = try await Engine()
+        _ = try await engine.register("""
+            workflow_id: loan
+            steps:
+              - { id: score, type: svc }
+              - { id: approve, type: human_task, depends_on: [score], assignee: role:credit_manager, input: { score: $.steps.score.output.score } }
+              - { id: disburse, type: svc, depends_on: [approve] }
+            """)
+        engine.startCoordinator()
+        engine.startWorker("svc") { ctx in ctx.step == "score" ? ["score": 710] : ["paid": true] }
+        let id = try await engine.start("loan")
+        #expect(try await engine.wait(id, for: [.waiting]).status == .waiting)
+        let task = try #require(try await engine.client.tasks().first { $0.task?.instanceID == id && $0.status == .open })
+        #expect(task.task?.assignee == "role:credit_manager")
+        #expect(task.task?.input == ["score": 710])
+        let notifications = try await engine.records(engine.names.notifications)
+        #expect(notifications.contains { $0.keyString == id })
+        try await engine.client.decide(taskID: task.taskID, approve: true, by: "alice", comment: "ok")
+        let state = try await engine.wait(id, for: [.completed, .failed])
+        #expect(state.status == .completed)
+        #expect(state.steps[1].output?["by"] == "alice")
+        try await waitUntil("the task to be closed") {
+            try await engine.client.tasks().first { $0.taskID == task.taskID }?.status == .approved
+        }
+        await engine.shutdown()
+    }
+
+    @Test func poisonInputGoesToTheDeadLetterTopicAndNoConsumerStops() async throws {
+        let engine = try await Engine(partitions: 1)
+        _ = try await engine.register(Self.seed)
+        engine.startCoordinator()
+        engine.startWorker("service_call") { _ in [:] }
+        engine.startWorker("notification") { _ in [:] }
+        var producerConfiguration = KafkaProducerConfiguration(client: TestKafka.client)
+        producerConfiguration.additional["message.max.bytes"] = "3000000"
+        let producer = try KafkaProducer(configuration: producerConfiguration, logger: TestKafka.logger)
+        let events = engine.names.events
+        let huge = Data(("{\"v\":1,\"kind\":\"start\",\"instance_id\":\"x\",\"workflow_id\":\"order_fulfillment\",\"input\":\"" + String(repeating: "a", count: 1_100_000) + "\"}").utf8)
+        let poison: [(String, Data?)] = [
+            ("not json", Data("hello".utf8)),
+            ("wrong schema", Data(#"{"v":1,"kind":"step.completed","instance_id":"i"}"#.utf8)),
+            ("unknown kind", Data(#"{"v":1,"kind":"teleport","instance_id":"i"}"#.utf8)),
+            ("future version", Data(#"{"v":7,"kind":"start"}"#.utf8)),
+            ("unknown instance", Data(#"{"v":1,"kind":"step.completed","instance_id":"ghost","step":"validate","attempt":1,"output":{}}"#.utf8)),
+            ("unknown workflow", Data(#"{"v":1,"kind":"start","instance_id":"nobody","workflow_id":"nope","input":{}}"#.utf8)),
+            ("no value", nil),
+            ("huge", huge),
+        ]
+        for (name, value) in poison {
+            try await producer.send(ProducerRecord(topic: events, partition: 0, key: Data(name.utf8), value: value))
+        }
+        try await producer.send(ProducerRecord(topic: engine.names.commands("service_call"), key: "bad", value: Data("{\"v\":1,\"kind\":\"step.command\"}".utf8)))
+        await producer.close()
+
+        // The engine goes on: a real instance still completes.
+        let id = try await engine.start("order_fulfillment", input: ["order_id": "o"])
+        #expect(try await engine.wait(id, for: [.completed, .failed]).status == .completed)
+
+        var letters: [KafkaMessage] = []
+        try await waitUntil("every poison record in the dead-letter topic") {
+            letters = try await engine.records(engine.names.deadletter)
+            return letters.count >= poison.count + 1
+        }
+        func reason(_ key: String) -> String? {
+            letters.first { $0.keyString == key }?.header(WireHeaders.deadLetterReason).map { String(decoding: $0, as: UTF8.self) }
+        }
+        #expect(reason("not json")?.hasPrefix("not a JSON object") == true)
+        #expect(reason("wrong schema")?.contains("field 'step' is missing") == true)
+        #expect(reason("unknown kind")?.hasPrefix("unknown kind 'teleport'") == true)
+        #expect(reason("future version") == "protocol version 7 is not supported (this build reads 1)")
+        #expect(reason("unknown instance")?.hasPrefix("unknown instance 'ghost'") == true)
+        #expect(reason("unknown workflow") == "unknown workflow 'nope': register it first")
+        #expect(reason("no value") == "a record without a value")
+        #expect(reason("huge")?.contains("more than the limit") == true)
+        #expect(reason("bad")?.contains("field 'instance_id' is missing") == true)
+        let source = letters.first { $0.keyString == "not json" }?.header(WireHeaders.deadLetterTopic)
+        #expect(source.map { String(decoding: $0, as: UTF8.self) } == events)
+        await engine.shutdown()
+    }
+}
