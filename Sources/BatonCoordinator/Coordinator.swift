@@ -52,21 +52,25 @@ public final class Coordinator: Service, Sendable {
         consumerConfiguration.heartbeatInterval = .milliseconds(max(100, configuration.sessionTimeout.inMilliseconds / 10))
         consumerConfiguration.additional["fetch.wait.max.ms"] = "5"
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
+        var timerConfiguration = KafkaProducerConfiguration(client: configuration.client)
+        timerConfiguration.linger = .milliseconds(1)
+        let timerProducer = try KafkaProducer(configuration: timerConfiguration, logger: logger)
         try consumer.subscribe([names.events])
         logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)"])
 
         do {
             try await cancelWhenGracefulShutdown {
-                try await self.loop(consumer: consumer, registry: registry, commandTopics: commandTopics)
+                try await self.loop(consumer: consumer, registry: registry, commandTopics: commandTopics, timerProducer: timerProducer)
             }
         } catch is CancellationError {
         }
         await consumer.close()
+        await timerProducer.close()
         await registry.close()
         logger.info("coordinator stopped")
     }
 
-    func loop(consumer: KafkaConsumer, registry: DefinitionRegistry, commandTopics: CommandTopics) async throws {
+    func loop(consumer: KafkaConsumer, registry: DefinitionRegistry, commandTopics: CommandTopics, timerProducer: KafkaProducer) async throws {
         let names = configuration.names
         var owned: [Int32: OwnedPartition] = [:]
         defer { for partition in owned.values { partition.releaseNow() } }
@@ -86,7 +90,9 @@ public final class Coordinator: Service, Sendable {
                             try await withThrowingTaskGroup(of: (Int32, OwnedPartitionBox).self) { group in
                                 for p in new {
                                     group.addTask {
-                                        let taken = try await OwnedPartition.take(p, configuration: configuration, registry: registry, commandTopics: commandTopics, logger: logger)
+                                        let taken = try await OwnedPartition.take(
+                                            p, configuration: configuration, registry: registry, commandTopics: commandTopics, timerProducer: timerProducer,
+                                            group: consumer, logger: logger)
                                         return (p, OwnedPartitionBox(taken))
                                     }
                                 }
@@ -113,9 +119,10 @@ public final class Coordinator: Service, Sendable {
                     for (p, partition) in owned {
                         let messages = batches[p] ?? []
                         let due = partition.dueTimers(at: at)
-                        guard !messages.isEmpty || !due.isEmpty else { continue }
+                        if !due.isEmpty { try await partition.fire(due) }
+                        guard !messages.isEmpty else { continue }
                         do {
-                            try await partition.process(messages, timers: due, now: at, consumer: consumer)
+                            try await partition.process(messages, now: at, consumer: consumer)
                         } catch let error as KafkaError where !error.isFatal {
                             self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
                             if let first = messages.first {

@@ -24,17 +24,22 @@ final class OwnedPartition {
     let commandTopics: CommandTopics
     let logger: Logger
     let producer: KafkaProducer
+    /// Sends due timers to the events partition (outside transactions: a duplicate is harmless).
+    let timerProducer: KafkaProducer
     let partitionCount: Int
     var instances: [String: InstanceState]
     var timers = Heap<TimerEntry>()
     var scheduled = Set<TimerEntry>()
+    /// Timers sent to the events topic and not yet seen back.
+    var fired = Set<TimerEntry>()
 
     var names: TopicNames { configuration.names }
 
     init(
         partition: Int32, configuration: CoordinatorConfiguration, registry: DefinitionRegistry, commandTopics: CommandTopics, logger: Logger,
-        producer: KafkaProducer, partitionCount: Int, instances: [String: InstanceState]
+        producer: KafkaProducer, timerProducer: KafkaProducer, partitionCount: Int, instances: [String: InstanceState]
     ) {
+        self.timerProducer = timerProducer
         self.partition = partition
         self.configuration = configuration
         self.registry = registry
@@ -49,7 +54,8 @@ final class OwnedPartition {
     /// Fences the previous owner (its open transaction is aborted), then rebuilds the partition's instances
     /// from the state topic, read to its end, before a single event is processed.
     static func take(
-        _ partition: Int32, configuration: CoordinatorConfiguration, registry: DefinitionRegistry, commandTopics: CommandTopics, logger: Logger
+        _ partition: Int32, configuration: CoordinatorConfiguration, registry: DefinitionRegistry, commandTopics: CommandTopics,
+        timerProducer: KafkaProducer, group: KafkaConsumer, logger: Logger
     ) async throws -> OwnedPartition {
         let names = configuration.names
         var producerConfiguration = KafkaProducerConfiguration(client: configuration.client)
@@ -57,6 +63,8 @@ final class OwnedPartition {
         producerConfiguration.linger = .milliseconds(1)
         let producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
         try await producer.initTransactions()
+        // After the fence: what the group committed is exactly what committed transactions wrote.
+        let committed = try await group.committed([TopicPartition(names.events, partition)]).first?.offset ?? -1
 
         let clock = ContinuousClock()
         let started = clock.now
@@ -70,6 +78,7 @@ final class OwnedPartition {
         try reader.assign([TopicPartitionOffset(names.state, partition, offset: TopicPartitionOffset.beginning)])
         var instances: [String: InstanceState] = [:]
         var records = 0
+        var skipped = 0
         var atEnd = false
         while !atEnd {
             guard clock.now - started < .seconds(300) else {
@@ -80,6 +89,10 @@ final class OwnedPartition {
                 case .message(let m):
                     records += 1
                     guard let id = m.keyString else { continue }
+                    if let header = m.header(WireHeaders.eventsOffset), let offset = Int64(String(decoding: header, as: UTF8.self)), offset > max(committed, 0) {
+                        skipped += 1
+                        continue  // written by a transaction that never committed (visible on brokers that do not hide aborted records)
+                    }
                     guard let value = m.value else {
                         instances[id] = nil
                         continue
@@ -94,10 +107,10 @@ final class OwnedPartition {
         }
         await reader.close()
         logger.info(
-            "took partition", metadata: ["partition": "\(partition)", "instances": "\(instances.count)", "records": "\(records)", "ms": "\((clock.now - started).components.seconds * 1000 + (clock.now - started).components.attoseconds / 1_000_000_000_000_000)"])
+            "took partition", metadata: ["partition": "\(partition)", "instances": "\(instances.count)", "records": "\(records)", "uncommitted": "\(skipped)", "ms": "\((clock.now - started).components.seconds * 1000 + (clock.now - started).components.attoseconds / 1_000_000_000_000_000)"])
         return OwnedPartition(
             partition: partition, configuration: configuration, registry: registry, commandTopics: commandTopics, logger: logger,
-            producer: producer, partitionCount: partitionCount, instances: instances)
+            producer: producer, timerProducer: timerProducer, partitionCount: partitionCount, instances: instances)
     }
 
     func release() async { await producer.close(timeout: .seconds(1)) }
@@ -109,8 +122,21 @@ final class OwnedPartition {
     func schedule(_ state: InstanceState) {
         for timer in state.timers {
             let entry = TimerEntry(dueAt: timer.dueAt, instanceID: state.instanceID, key: timer.key)
-            if scheduled.insert(entry).inserted { timers.insert(entry) }
+            if !fired.contains(entry), scheduled.insert(entry).inserted { timers.insert(entry) }
         }
+    }
+
+    /// Sends due timers to the events partition; they are applied when they come back, in a transaction.
+    func fire(_ due: [TimerEntry]) async throws {
+        for entry in due {
+            let message = TimerMessage(instanceID: entry.instanceID, timer: entry.key, dueAt: entry.dueAt)
+            try await timerProducer.enqueue(
+                ProducerRecord(
+                    topic: names.events, partition: partition, key: Data(entry.instanceID.utf8), value: Wire.encode(message),
+                    headers: [KafkaHeader(key: WireHeaders.kind, string: Wire.Kind.timerFired.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]))
+            fired.insert(entry)
+        }
+        try await timerProducer.flush()
     }
 
     /// Timers that are due and still armed.
@@ -128,7 +154,7 @@ final class OwnedPartition {
 
     /// Applies a batch of events and due timers, and writes everything that results in one transaction
     /// with the consumed offsets. On failure nothing of it happened: the instances are restored.
-    func process(_ messages: [KafkaMessage], timers due: [TimerEntry], now: Timestamp, consumer: KafkaConsumer) async throws {
+    func process(_ messages: [KafkaMessage], now: Timestamp, consumer: KafkaConsumer) async throws {
         var originals: [String: InstanceState?] = [:]
         var records: [ProducerRecord] = []
         var pools = Set<String>()
@@ -193,18 +219,17 @@ final class OwnedPartition {
                 apply(id, transition)
             }
         }
-        for entry in due {
-            guard let state = instances[entry.instanceID], let workflow = registry.workflow(state.workflowID, version: state.version) else { continue }
-            let transition = Saga.apply(workflow, to: state, event: .timerFired(entry.key), now: now)
-            if case .applied = transition.outcome { apply(entry.instanceID, transition) }
-        }
 
         try await commandTopics.ensure(Set(pools.map { names.commands($0) }))
         do {
             try producer.beginTransaction()
+            let committedOffset = messages.last.map { String($0.offset + 1) } ?? ""
             for id in originals.keys.sorted() {
                 let value = instances[id].map { StateCodec.encode($0) }
-                try await producer.enqueue(ProducerRecord(topic: names.state, partition: partition, key: Data(id.utf8), value: value))
+                try await producer.enqueue(
+                    ProducerRecord(
+                        topic: names.state, partition: partition, key: Data(id.utf8), value: value,
+                        headers: [KafkaHeader(key: WireHeaders.eventsOffset, string: committedOffset)]))
             }
             for record in records { try await producer.enqueue(record) }
             if let last = messages.last {
@@ -214,10 +239,13 @@ final class OwnedPartition {
         } catch {
             try? await producer.abortTransaction()
             for (id, original) in originals { instances[id] = original }
-            for entry in due where scheduled.insert(entry).inserted { timers.insert(entry) }
             throw error
         }
-        for id in originals.keys { if let state = instances[id] { schedule(state) } }
+        for id in originals.keys {
+            guard let state = instances[id] else { continue }
+            fired = fired.filter { entry in entry.instanceID != id || state.timers.contains { $0.key == entry.key && $0.dueAt == entry.dueAt } }
+            schedule(state)
+        }
     }
 
     /// The records an effect becomes. Timers live in the state itself.

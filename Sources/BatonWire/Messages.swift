@@ -15,6 +15,7 @@ public enum Wire {
         case compensationFailed = "compensation.failed"
         case taskDecided = "task.decided"
         case operatorCommand = "operator"
+        case timerFired = "timer.fired"
         // On command topics:
         case stepCommand = "step.command"
         case compensationCommand = "compensation.command"
@@ -285,6 +286,24 @@ public struct OperatorMessage: Codable, Sendable, Hashable {
     enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", command, step, output, reason, by, requestID = "request_id" }
 }
 
+/// A durable timer that came due, sent by the coordinator to the instance's events partition and applied
+/// like any other event (a duplicate finds the timer disarmed and changes nothing).
+public struct TimerMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.timerFired
+    public var instanceID: String
+    public var timer: TimerKey
+    public var dueAt: Int64
+
+    public init(instanceID: String, timer: TimerKey, dueAt: Int64) {
+        self.instanceID = instanceID
+        self.timer = timer
+        self.dueAt = dueAt
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", timer, dueAt = "due_at" }
+}
+
 /// What arrives on the events topic, decoded.
 public enum EventMessage: Sendable, Hashable {
     case start(StartMessage)
@@ -334,6 +353,9 @@ public enum EventMessage: Sendable, Hashable {
                 event = .skip(step: step, output: m.output, by: m.by, request: m.requestID)
             }
             return .event(instanceID: m.instanceID, event)
+        case .timerFired:
+            let m = try Wire.decode(TimerMessage.self, from: data)
+            return .event(instanceID: m.instanceID, .timerFired(m.timer))
         default:
             throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on the events topic")
         }
@@ -420,6 +442,9 @@ public enum WireHeaders {
     public static let deadLetterPartition = "baton-dlq-partition"
     public static let deadLetterOffset = "baton-dlq-offset"
     public static let deadLetterSize = "baton-dlq-size"
+    /// On state snapshots: the events offset committed in the same transaction. A rebuild ignores snapshots
+    /// past the group's committed offset: they come from a transaction that did not commit.
+    public static let eventsOffset = "baton-events-offset"
 
     /// A dead letter for a refused record: its key, headers and (at most `Wire.maxDeadLetterBytes` of) its
     /// value, with why it was refused and where it came from.

@@ -17,6 +17,7 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 final class Engine: Sendable {
     let names: TopicNames
     let client: BatonClient
+    let watcher: InstanceWatcher
     let partitions: Int
     let coordinators = Mutex<[Task<Void, any Error>]>([])
     let workers = Mutex<[(StepWorker, Task<Void, any Error>)]>([])
@@ -29,6 +30,7 @@ final class Engine: Sendable {
         let applier = TopicApplier(admin: try TestKafka.admin(), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger)
         _ = try await applier.apply(specs)
         client = try BatonClient(client: TestKafka.client, names: names, logger: TestKafka.logger)
+        watcher = try await InstanceWatcher(client: TestKafka.client, names: names, logger: TestKafka.logger)
     }
 
     var coordinatorConfiguration: CoordinatorConfiguration {
@@ -75,16 +77,11 @@ final class Engine: Sendable {
     /// Waits until the instance reaches one of `statuses`, and returns its state.
     @discardableResult
     func wait(_ id: String, for statuses: Set<InstanceStatus>, timeout: Duration = .seconds(60)) async throws -> InstanceState {
-        var last: InstanceState?
-        do {
-            try await waitUntil("\(id) to be \(statuses.map(\.rawValue).sorted())", timeout: timeout) {
-                last = try await client.status(instanceID: id)
-                return last.map { statuses.contains($0.status) } ?? false
-            }
-        } catch {
+        guard await watcher.wait(for: [id], toBe: statuses, timeout: timeout), let state = watcher.state(id) else {
+            let last = watcher.state(id)
             throw DeadlineExceeded(what: "\(id) to be \(statuses.map(\.rawValue).sorted()); last seen \(last.map { "\($0.status): \($0.reason ?? "")" } ?? "nothing")")
         }
-        return last!
+        return state
     }
 
     /// Every record of a topic so far (all partitions).
@@ -100,6 +97,7 @@ final class Engine: Sendable {
         for (_, task) in workers.withLock({ $0 }) { _ = await task.result }
         for task in coordinators.withLock({ $0 }) { task.cancel() }
         for task in coordinators.withLock({ $0 }) { _ = await task.result }
+        await watcher.close()
         await client.close()
     }
 }
