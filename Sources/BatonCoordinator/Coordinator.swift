@@ -19,6 +19,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var commandTopicPartitions = 6
     /// Overrides the clock (milliseconds since the epoch); for tests that move time.
     public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
+    /// Names this coordinator in the records it writes.
+    public var identity = "\(ProcessInfo.processInfo.hostName)/\(ProcessInfo.processInfo.processIdentifier)"
 
     public init(client: KafkaClientConfiguration, names: TopicNames) {
         self.client = client
@@ -79,6 +81,7 @@ public final class Coordinator: Service, Sendable {
                     let nextDue = owned.values.compactMap { $0.nextDue }.min()
                     let wait = nextDue.map { Duration.milliseconds(max(0, min($0 - now, Int64(self.configuration.idleWait.inMilliseconds)))) } ?? self.configuration.idleWait
                     let events = try await consumer.poll(maxEvents: self.configuration.maxBatch, timeout: wait)
+                    let polledAt = ContinuousClock.now
                     var batches: [Int32: [KafkaMessage]] = [:]
                     for event in events {
                         switch event {
@@ -121,6 +124,14 @@ public final class Coordinator: Service, Sendable {
                         let due = partition.dueTimers(at: at)
                         if !due.isEmpty { try await partition.fire(due) }
                         guard !messages.isEmpty else { continue }
+                        // Frozen since the poll (SIGSTOP, a stall) for long enough to have lost the partition? Then
+                        // write nothing: poll again, which tells. A broker that fences by transactional id would
+                        // refuse the writes anyway, but not every Kafka-compatible broker hides a fenced producer's.
+                        if ContinuousClock.now - polledAt > self.configuration.sessionTimeout / 3 {
+                            self.logger.warning("stalled since the poll; re-reading the batch", metadata: ["partition": "\(p)"])
+                            try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
+                            continue
+                        }
                         do {
                             try await partition.process(messages, now: at, consumer: consumer)
                         } catch let error as KafkaError where !error.isFatal {

@@ -229,7 +229,10 @@ final class OwnedPartition {
                 try await producer.enqueue(
                     ProducerRecord(
                         topic: names.state, partition: partition, key: Data(id.utf8), value: value,
-                        headers: [KafkaHeader(key: WireHeaders.eventsOffset, string: committedOffset)]))
+                        headers: [
+                            KafkaHeader(key: WireHeaders.eventsOffset, string: committedOffset),
+                            KafkaHeader(key: WireHeaders.coordinator, string: configuration.identity),
+                        ]))
             }
             for record in records { try await producer.enqueue(record) }
             if let last = messages.last {

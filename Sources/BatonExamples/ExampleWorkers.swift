@@ -8,20 +8,24 @@ import Foundation
 public enum ExampleWorkers {
     /// Handlers by worker pool.
     public static let handlers: [String: StepHandler] = [
-        "service_call": { ctx in try simulate(ctx, as: ctx.step) },
-        "notification": { ctx in try simulate(ctx, as: "notify") },
-        "orders.validate": { ctx in try simulate(ctx, as: "validate") },
-        "inventory.reserve": { ctx in try simulate(ctx, as: "reserve") },
-        "inventory.release": { ctx in try simulate(ctx, as: "release") },
-        "payments.charge": { ctx in try simulate(ctx, as: "charge") },
-        "payments.refund": { ctx in try simulate(ctx, as: "refund") },
-        "shipping.create": { ctx in try simulate(ctx, as: "ship") },
-        "shipping.cancel": { ctx in try simulate(ctx, as: "cancel_shipment") },
-        "notifications.email": { ctx in try simulate(ctx, as: "notify") },
+        "service_call": { ctx in try await simulate(ctx, as: ctx.step) },
+        "notification": { ctx in try await simulate(ctx, as: "notify") },
+        "orders.validate": { ctx in try await simulate(ctx, as: "validate") },
+        "inventory.reserve": { ctx in try await simulate(ctx, as: "reserve") },
+        "inventory.release": { ctx in try await simulate(ctx, as: "release") },
+        "payments.charge": { ctx in try await simulate(ctx, as: "charge") },
+        "payments.refund": { ctx in try await simulate(ctx, as: "refund") },
+        "shipping.create": { ctx in try await simulate(ctx, as: "ship") },
+        "shipping.cancel": { ctx in try await simulate(ctx, as: "cancel_shipment") },
+        "notifications.email": { ctx in try await simulate(ctx, as: "notify") },
     ]
 
-    static func simulate(_ ctx: StepContext, as action: String) throws -> JSON {
+    static func simulate(_ ctx: StepContext, as action: String) async throws -> JSON {
         let input = ctx.input
+        let id = input["order_id"]?.stringValue ?? input["input"]?["order_id"]?.stringValue ?? ""
+        if id.contains("slow") {
+            try await Task.sleep(for: .seconds(300))  // a service that hangs (to show redelivery when a worker dies)
+        }
         let orderID = input["order_id"]?.stringValue ?? input["input"]?["order_id"]?.stringValue ?? ""
         if !ctx.isCompensation, orderID.contains("fail-\(action)") || orderID.contains("fail-\(ctx.step)") {
             throw StepFailure("\(action) declined for \(ctx.instanceID) (attempt \(ctx.attempt))", retryable: true)

@@ -445,6 +445,8 @@ public enum WireHeaders {
     /// On state snapshots: the events offset committed in the same transaction. A rebuild ignores snapshots
     /// past the group's committed offset: they come from a transaction that did not commit.
     public static let eventsOffset = "baton-events-offset"
+    /// On state snapshots: which coordinator (host and process) wrote it.
+    public static let coordinator = "baton-coordinator"
 
     /// A dead letter for a refused record: its key, headers and (at most `Wire.maxDeadLetterBytes` of) its
     /// value, with why it was refused and where it came from.

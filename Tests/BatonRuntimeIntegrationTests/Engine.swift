@@ -43,7 +43,9 @@ final class Engine: Sendable {
 
     @discardableResult
     func startCoordinator() -> Int {
-        let coordinator = Coordinator(configuration: coordinatorConfiguration, logger: TestKafka.logger)
+        var configuration = coordinatorConfiguration
+        configuration.identity = "in-process-\(coordinators.withLock { $0.count })"
+        let coordinator = Coordinator(configuration: configuration, logger: TestKafka.logger)
         return coordinators.withLock {
             $0.append(Task { try await coordinator.run() })
             return $0.count - 1
