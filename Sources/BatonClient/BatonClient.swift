@@ -38,22 +38,29 @@ public final class BatonClient: Sendable {
         [KafkaHeader(key: WireHeaders.kind, string: kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]
     }
 
-    /// Sends a record keyed by instance id to the instance's events partition.
-    func sendEvent(instanceID: String, kind: Wire.Kind, value: Data, partitions: Int? = nil) async throws {
+    /// Sends a record keyed by instance id to the instance's events partition; waits for the broker's
+    /// acknowledgement unless `wait` is false (then `flush` does).
+    func sendEvent(instanceID: String, kind: Wire.Kind, value: Data, partitions: Int? = nil, wait: Bool = true) async throws {
         let count: Int
         if let partitions { count = partitions } else { count = try await partitionCount(names.events) }
         let partition = KafkaPartitioner.partition(forKey: instanceID, partitionCount: count)
-        try await producer.send(ProducerRecord(topic: names.events, partition: partition, key: Data(instanceID.utf8), value: value, headers: headers(kind)))
+        let record = ProducerRecord(topic: names.events, partition: partition, key: Data(instanceID.utf8), value: value, headers: headers(kind))
+        if wait { try await producer.send(record) } else { try await producer.enqueue(record) }
     }
+
+    /// Waits until everything sent without waiting is acknowledged.
+    public func flush() async throws { try await producer.flush() }
 
     // MARK: Instances
 
     /// Starts an instance and returns its id. Sending the same id again starts nothing new.
     @discardableResult
-    public func start(workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, partitions: Int? = nil) async throws -> String {
+    public func start(
+        workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, partitions: Int? = nil, wait: Bool = true
+    ) async throws -> String {
         let id = instanceID ?? UUID().uuidString.lowercased()
         let message = StartMessage(instanceID: id, workflowID: workflowID, version: version, input: input, sentAt: Self.now())
-        try await sendEvent(instanceID: id, kind: .start, value: Wire.encode(message), partitions: partitions)
+        try await sendEvent(instanceID: id, kind: .start, value: Wire.encode(message), partitions: partitions, wait: wait)
         return id
     }
 

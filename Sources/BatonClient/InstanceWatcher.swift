@@ -11,6 +11,8 @@ import Synchronization
 public final class InstanceWatcher: Sendable {
     struct Seen {
         var states: [String: InstanceState] = [:]
+        /// In light mode, only statuses are kept.
+        var statuses: [String: InstanceStatus] = [:]
         /// When each instance was first seen finished, in this process's clock (milliseconds since the epoch).
         var finishedSeenAt: [String: Int64] = [:]
     }
@@ -18,9 +20,12 @@ public final class InstanceWatcher: Sendable {
     let consumer: KafkaConsumer
     let task: Mutex<Task<Void, Never>?> = Mutex(nil)
     let logger: Logger
+    /// Keeps only each instance's status (no full decode): for watching many instances cheaply.
+    let light: Bool
 
-    public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger) async throws {
+    public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger, light: Bool = false) async throws {
         self.logger = logger
+        self.light = light
         var configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
         configuration.additional["fetch.wait.max.ms"] = "5"
         consumer = try KafkaConsumer(configuration: configuration, logger: logger)
@@ -36,17 +41,22 @@ public final class InstanceWatcher: Sendable {
         while !Task.isCancelled {
             guard let events = try? await consumer.poll(maxEvents: 5000, timeout: .milliseconds(50)) else { return }
             let now = Int64(Date().timeIntervalSince1970 * 1000)
-            var decoded: [InstanceState] = []
+            var decoded: [(String, InstanceStatus, InstanceState?)] = []
             for case .message(let m) in events {
-                guard let value = m.value, let state = try? StateCodec.decode(value) else { continue }
-                decoded.append(state)
+                guard let value = m.value, let id = m.keyString else { continue }
+                if light {
+                    if let status = StateCodec.status(value) { decoded.append((id, status, nil)) }
+                } else if let state = try? StateCodec.decode(value) {
+                    decoded.append((id, state.status, state))
+                }
             }
             guard !decoded.isEmpty else { continue }
             seen.withLock { s in
-                for state in decoded {
-                    s.states[state.instanceID] = state
-                    if state.status.isFinished || state.status == .suspended, s.finishedSeenAt[state.instanceID] == nil {
-                        s.finishedSeenAt[state.instanceID] = now
+                for (id, status, state) in decoded {
+                    s.statuses[id] = status
+                    if let state { s.states[id] = state }
+                    if status.isFinished || status == .suspended, s.finishedSeenAt[id] == nil {
+                        s.finishedSeenAt[id] = now
                     }
                 }
             }
@@ -54,6 +64,7 @@ public final class InstanceWatcher: Sendable {
     }
 
     public func state(_ id: String) -> InstanceState? { seen.withLock { $0.states[id] } }
+    public func status(_ id: String) -> InstanceStatus? { seen.withLock { $0.statuses[id] } }
     public func finishedSeenAt(_ id: String) -> Int64? { seen.withLock { $0.finishedSeenAt[id] } }
     public var all: [InstanceState] { seen.withLock { Array($0.states.values) } }
 
@@ -62,7 +73,7 @@ public final class InstanceWatcher: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while clock.now < deadline {
-            let done = seen.withLock { s in ids.allSatisfy { s.states[$0].map { statuses.contains($0.status) } ?? false } }
+            let done = seen.withLock { s in ids.allSatisfy { s.statuses[$0].map { statuses.contains($0) } ?? false } }
             if done { return true }
             try? await Task.sleep(for: .milliseconds(10))
         }

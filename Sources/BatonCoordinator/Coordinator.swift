@@ -119,6 +119,8 @@ public final class Coordinator: Service, Sendable {
                     }
                     try await registry.catchUp()
                     let at = self.configuration.clock()
+                    // Each partition has its own transactional producer: their transactions run concurrently.
+                    var work: [(Int32, OwnedPartitionBox, [KafkaMessage])] = []
                     for (p, partition) in owned {
                         let messages = batches[p] ?? []
                         let due = partition.dueTimers(at: at)
@@ -132,18 +134,31 @@ public final class Coordinator: Service, Sendable {
                             try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
                             continue
                         }
-                        do {
-                            try await partition.process(messages, now: at, consumer: consumer)
-                        } catch let error as KafkaError where !error.isFatal {
-                            self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
-                            if let first = messages.first {
-                                try? await consumer.seek([TopicPartitionOffset(first.topicPartition, offset: first.offset)])
+                        work.append((p, OwnedPartitionBox(partition), messages))
+                    }
+                    let failures = await withTaskGroup(of: (Int32, [KafkaMessage], (any Error)?).self) { group in
+                        for (p, box, messages) in work {
+                            group.addTask {
+                                do {
+                                    try await box.partition.process(messages, now: at, consumer: consumer)
+                                    return (p, messages, nil)
+                                } catch {
+                                    return (p, messages, error)
+                                }
                             }
-                        } catch {
+                        }
+                        var failures: [(Int32, [KafkaMessage], any Error)] = []
+                        for await (p, messages, error) in group { if let error { failures.append((p, messages, error)) } }
+                        return failures
+                    }
+                    for (p, messages, error) in failures {
+                        if let error = error as? KafkaError, !error.isFatal {
+                            self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
+                            try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
+                        } else {
                             // Fenced, or the producer is unusable: stop owning the partition; a rebalance gives it to whoever may.
                             self.logger.error("partition \(p) lost its producer: \(error); pausing it until the group rebalances")
-                            owned.removeValue(forKey: p)
-                            await partition.release()
+                            if let partition = owned.removeValue(forKey: p) { await partition.release() }
                             try? consumer.pause([TopicPartition(names.events, p)])
                         }
                     }
@@ -164,6 +179,12 @@ final class CommandTopics: Sendable {
     let partitions: Int
     let logger: Logger
     let known = Mutex<Set<String>>([])
+    let counts = Mutex<[String: Int]>([:])
+
+    /// The command partition for commands from an events partition (nil, the key's, if unknown).
+    func partition(for topic: String, eventsPartition: Int32) -> Int32? {
+        counts.withLock { $0[topic] }.map { Int32(Int(eventsPartition) % max(1, $0)) }
+    }
 
     init(admin: KafkaAdmin, names: TopicNames, partitions: Int, logger: Logger) {
         self.admin = admin
@@ -175,7 +196,7 @@ final class CommandTopics: Sendable {
     func ensure(_ topics: Set<String>) async throws {
         let missing = topics.subtracting(known.withLock { $0 })
         guard !missing.isEmpty else { return }
-        let metadata = try await admin.metadata()
+        var metadata = try await admin.metadata()
         let create = missing.filter { metadata.topics[$0] == nil }
         if !create.isEmpty {
             let results = try await admin.createTopics(create.sorted().map { NewTopic(name: $0, partitions: partitions) })
@@ -183,6 +204,13 @@ final class CommandTopics: Sendable {
                 if let error, error.code != .topicAlreadyExists { throw error }
                 logger.info("created command topic", metadata: ["topic": "\(topic)"])
             }
+            metadata = try await admin.metadata()
+        }
+        for topic in missing {
+            guard let count = metadata.topics[topic]?.partitionCount, count > 0 else {
+                throw KafkaError(code: .unknownTopicOrPartition, message: "command topic \(topic) has no partitions yet", isRetriable: true)
+            }
+            counts.withLock { $0[topic] = count }
         }
         known.withLock { $0.formUnion(missing) }
     }

@@ -221,6 +221,7 @@ final class OwnedPartition {
         }
 
         try await commandTopics.ensure(Set(pools.map { names.commands($0) }))
+        let began = ContinuousClock.now
         do {
             try producer.beginTransaction()
             let committedOffset = messages.last.map { String($0.offset + 1) } ?? ""
@@ -235,10 +236,20 @@ final class OwnedPartition {
                         ]))
             }
             for record in records { try await producer.enqueue(record) }
+            let produced = ContinuousClock.now
             if let last = messages.last {
                 try await producer.sendOffsetsToTransaction([last.nextOffset], consumer: consumer)
             }
+            let offsetsSent = ContinuousClock.now
             try await producer.commitTransaction()
+            let end = ContinuousClock.now
+            logger.debug(
+                "committed",
+                metadata: [
+                    "partition": "\(partition)", "events": "\(messages.count)", "records": "\(records.count + originals.count)",
+                    "ms": "\((end - began).inMilliseconds)", "produce_ms": "\((produced - began).inMilliseconds)",
+                    "offsets_ms": "\((offsetsSent - produced).inMilliseconds)", "commit_ms": "\((end - offsetsSent).inMilliseconds)",
+                ])
         } catch {
             try? await producer.abortTransaction()
             for (id, original) in originals { instances[id] = original }
@@ -263,7 +274,11 @@ final class OwnedPartition {
         case .dispatch(let command), .compensate(let command):
             pools.insert(command.pool)
             let message = CommandMessage(command, replyTo: ReplyTo(topic: names.events, partition: partition))
-            return [record(names.commands(command.pool), message.kind, message, key: key)]
+            var r = record(names.commands(command.pool), message.kind, message, key: key)
+            // One command partition per events partition: a transaction then touches few partitions (each
+            // gets a commit marker), and the pool's members still share the work evenly.
+            r.partition = commandTopics.partition(for: names.commands(command.pool), eventsPartition: partition)
+            return [r]
         case .createTask(let task):
             let r = TaskRecord(taskID: task.taskID, status: .open, task: task, decidedBy: nil, partition: partition, at: now)
             return [record(names.tasks, .task, r, key: Data(task.taskID.utf8))]

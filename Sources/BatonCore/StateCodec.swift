@@ -19,6 +19,55 @@ public enum StateCodec {
         return data
     }
 
+    /// Only the instance's status, read without decoding the whole snapshot (for watchers of many
+    /// instances): a scan of the top-level object's keys that skips over every nested value.
+    public static func status(_ data: Data) -> InstanceStatus? {
+        guard data.count >= 2, data[data.startIndex] == magic, data[data.startIndex + 1] == version else { return nil }
+        let bytes = [UInt8](data.dropFirst(2))
+        let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+        var depth = 0
+        var i = 0
+        var expectKey = false
+        /// The end (exclusive) of the string starting at `start` (its opening quote).
+        func stringEnd(_ start: Int) -> Int? {
+            var j = start + 1
+            while j < bytes.count {
+                if bytes[j] == backslash { j += 2; continue }
+                if bytes[j] == quote { return j + 1 }
+                j += 1
+            }
+            return nil
+        }
+        while i < bytes.count {
+            let b = bytes[i]
+            if b == quote {
+                guard let end = stringEnd(i) else { return nil }
+                if depth == 1 && expectKey {
+                    let key = bytes[(i + 1)..<(end - 1)]
+                    if key.elementsEqual("status".utf8) {
+                        var v = end
+                        while v < bytes.count, bytes[v] == UInt8(ascii: ":") || bytes[v] == UInt8(ascii: " ") { v += 1 }
+                        guard v < bytes.count, bytes[v] == quote, let valueEnd = stringEnd(v) else { return nil }
+                        return InstanceStatus(rawValue: String(decoding: bytes[(v + 1)..<(valueEnd - 1)], as: UTF8.self))
+                    }
+                    expectKey = false
+                }
+                i = end
+                continue
+            }
+            switch b {
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                depth += 1
+                expectKey = b == UInt8(ascii: "{") && depth == 1
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
+            case UInt8(ascii: ","): expectKey = depth == 1
+            default: break
+            }
+            i += 1
+        }
+        return nil
+    }
+
     public static func decode(_ data: Data) throws(DecodeError) -> InstanceState {
         guard data.count >= 2, data[data.startIndex] == magic else { throw DecodeError(reason: "not a Baton state record (bad header)") }
         let v = data[data.startIndex + 1]

@@ -186,7 +186,7 @@ public final class StepWorker: Service, Sendable {
         logger[metadataKey: "instance"] = "\(command.instanceID)"
         logger[metadataKey: "step"] = "\(command.step)"
         logger[metadataKey: "attempt"] = "\(command.attempt)"
-        logger.info("handling command", metadata: ["instance": "\(command.instanceID)"])
+        logger.debug("handling command", metadata: ["instance": "\(command.instanceID)"])
         let result: ResultMessage
         do {
             let output = try await handler(StepContext(command: command, logger: logger))

@@ -10,7 +10,7 @@ struct Baton: AsyncParsableCommand {
         abstract: "Baton: a Kafka-native workflow and saga engine.",
         subcommands: [
             Validate.self, Graph.self, Definitions.self, Start.self, Status.self, Tasks.self, Instances.self,
-            CoordinatorCommand.self, WorkersCommand.self, Topics.self, KafkaCheck.self,
+            CoordinatorCommand.self, WorkersCommand.self, Demo.self, Bench.self, Topics.self, KafkaCheck.self,
         ])
 }
 

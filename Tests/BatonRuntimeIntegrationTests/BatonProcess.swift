@@ -25,7 +25,8 @@ final class BatonProcess: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         process.executableURL = Self.binary
-        process.arguments = arguments + ["--namespace", namespace, "--brokers", TestKafka.brokers.bootstrapServers, "--log-level", "info"]
+        let level = arguments.contains("--log-level") ? [] : ["--log-level", "info"]
+        process.arguments = arguments + ["--namespace", namespace, "--brokers", TestKafka.brokers.bootstrapServers] + level
         process.standardOutput = handle
         process.standardError = handle
         try process.run()

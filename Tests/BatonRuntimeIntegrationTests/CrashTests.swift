@@ -123,7 +123,7 @@ struct CrashTests {
         engine.startCoordinator()
         engine.startWorker("notification") { _ in [:] }
         // The example workers hold a command whose order id contains "slow" for a long time.
-        let worker = try BatonProcess(["example-workers", "--pool", "service_call"], namespace: engine.names.namespace)
+        let worker = try BatonProcess(["example-workers", "--pool", "service_call", "--log-level", "debug"], namespace: engine.names.namespace)
         let id = try await engine.start("order_fulfillment", input: ["order_id": "o-slow-1"])
         try await waitUntil("the worker to be running the command", timeout: .seconds(60)) {
             worker.output.contains("handling command") && worker.output.contains(id)

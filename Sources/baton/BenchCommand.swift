@@ -1,0 +1,102 @@
+import ArgumentParser
+import BatonClient
+import BatonCore
+import BatonKafka
+import BatonTopics
+import BatonWire
+import Foundation
+import Logging
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure throughput and latency through the real broker (not a test).",
+        discussion: """
+            Creates a fresh namespace, starts coordinators and the example workers as child processes (as they are \
+            deployed), offers N instances of a workflow at a rate, and reports workflows/s, steps/s and \
+            start-to-finish latency percentiles (from sending the start to seeing the completed state).
+            """)
+
+    enum Shape: String, ExpressibleByArgument, CaseIterable {
+        /// The seed's 5-step order fulfillment: validate, reserve, charge, ship, notify.
+        case order
+        /// A fan-out/fan-in DAG: one step, four in parallel, one after them.
+        case fanout
+    }
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "order (5 steps in a chain) or fanout (1, then 4 in parallel, then 1).") var workflow: Shape = .order
+    @Option(help: "Instances to run.") var instances = 5000
+    @Option(help: "Instances offered per second; 0 sends them as fast as possible.") var rate = 0
+    @Option(help: "Coordinator processes.") var coordinators = 1
+    @Option(help: "Partitions of the events and state topics in the bench namespace.") var partitions = 12
+    @Option(help: "Seconds to wait for the instances to finish.") var deadline = 300
+
+    static let definitions: [Shape: String] = [
+        .order: #"{"workflow_id":"bench_order","steps":[{"id":"validate","type":"service_call","depends_on":[]},{"id":"reserve","type":"service_call","depends_on":["validate"]},{"id":"charge","type":"service_call","depends_on":["reserve"]},{"id":"ship","type":"service_call","depends_on":["charge"]},{"id":"notify","type":"notification","depends_on":["ship"]}]}"#,
+        .fanout: #"{"workflow_id":"bench_fanout","steps":[{"id":"split","type":"service_call"},{"id":"a","type":"service_call","depends_on":["split"]},{"id":"b","type":"service_call","depends_on":["split"]},{"id":"c","type":"service_call","depends_on":["split"]},{"id":"d","type":"service_call","depends_on":["split"]},{"id":"join","type":"notification","depends_on":["a","b","c","d"]}]}"#,
+    ]
+
+    func run() async throws {
+        let logger = connection.makeLogger("baton.bench")
+        let namespace = connection.namespace ?? "bench-\(UUID().uuidString.prefix(8).lowercased())"
+        let names = TopicNames(namespace: namespace)
+        let clientConfiguration = connection.clientConfiguration
+        let admin = try KafkaAdmin(configuration: clientConfiguration, logger: logger)
+        var specs = try loadSpecs("topics")
+        for i in specs.indices where specs[i].isKeyed { specs[i].partitions = partitions }
+        _ = try await TopicApplier(admin: admin, namespace: namespace, replicationFactor: 1, logger: logger).apply(specs)
+        let client = try BatonClient(client: clientConfiguration, names: names, logger: logger)
+        let workflow = try await client.register(document: Data(Self.definitions[workflow]!.utf8))
+        let steps = workflow.steps.count
+        let watcher = try await InstanceWatcher(client: clientConfiguration, names: names, logger: logger, light: true)
+
+        let children = ChildProcesses()
+        let common = ["--namespace", namespace, "--brokers", connection.resolvedBrokers.bootstrapServers, "--log-level", connection.logLevel.rawValue]
+        for i in 0..<coordinators { try children.spawn("coordinator-\(i)", ["coordinator"] + common) }
+        try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
+        print("namespace \(namespace); \(coordinators) coordinator(s) and the example workers running (logs in \(children.logDirectory.path))")
+
+        // Warm up until the whole pipeline answers: groups joined, partitions taken.
+        let warm = (0..<20).map { "warmup-\($0)" }
+        for id in warm { try await client.start(workflowID: workflow.id, input: [:], instanceID: id, partitions: partitions) }
+        guard await watcher.wait(for: Set(warm), toBe: [.completed], timeout: .seconds(120)) else {
+            children.stopAll()
+            throw CLIFailure("the warm-up instances did not complete within 120 s; see the logs in \(children.logDirectory.path)")
+        }
+
+        print("offering \(instances) instances of \(workflow.id) (\(steps) steps) \(rate > 0 ? "at \(rate)/s" : "as fast as possible")")
+        var sentAt: [String: Int64] = [:]
+        sentAt.reserveCapacity(instances)
+        let clock = ContinuousClock()
+        let began = clock.now
+        let firstSend = nowMillis()
+        for i in 0..<instances {
+            if rate > 0 {
+                let due = began + .milliseconds(Int64(i) * 1000 / Int64(rate))
+                if due > clock.now { try await Task.sleep(until: due, clock: clock) }
+            }
+            let id = "b\(i)-\(UUID().uuidString.prefix(8))"
+            sentAt[id] = nowMillis()
+            try await client.start(workflowID: workflow.id, input: ["order_id": .string(id)], instanceID: id, partitions: partitions, wait: false)
+        }
+        try await client.flush()
+        let offeredFor = clock.now - began
+        let done = await watcher.wait(for: Set(sentAt.keys), toBe: [.completed, .failed], timeout: .seconds(deadline))
+        children.stopAll()
+        await watcher.close()
+        await client.close()
+
+        let finished = sentAt.keys.compactMap { id in watcher.finishedSeenAt(id).map { (id, $0) } }
+        let latencies = finished.map { Double($0.1 - sentAt[$0.0]!) }.sorted()
+        guard let lastFinish = finished.map(\.1).max(), !latencies.isEmpty else { throw CLIFailure("no instance finished") }
+        let seconds = Double(lastFinish - firstSend) / 1000
+        let completed = sentAt.keys.filter { watcher.status($0) == .completed }.count
+        func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int((p * Double(latencies.count)).rounded(.up)) - 1)] }
+        print(String(format: "offered %d in %.2f s (%.0f/s); %d of them finished%@", instances, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18,
+                     Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
+        print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
+        print(String(format: "latency start-to-finish: p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
+    }
+}
+
+func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }

@@ -1,0 +1,39 @@
+import Foundation
+
+/// Baton services run as child processes of this one (the same binary), as they are deployed.
+final class ChildProcesses: @unchecked Sendable {
+    private var processes: [Process] = []
+    let logDirectory: URL
+
+    init() {
+        logDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("baton-\(ProcessInfo.processInfo.processIdentifier)")
+        try? FileManager.default.createDirectory(at: logDirectory, withIntermediateDirectories: true)
+    }
+
+    static var executable: URL {
+        URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0])
+    }
+
+    /// Starts `baton <arguments>`, its output going to `<name>.log` in the log directory.
+    func spawn(_ name: String, _ arguments: [String]) throws {
+        let log = logDirectory.appendingPathComponent("\(name).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes.append(process)
+    }
+
+    /// SIGTERM to each (graceful shutdown), then wait for them.
+    func stopAll() {
+        for p in processes where p.isRunning { p.terminate() }
+        for p in processes { p.waitUntilExit() }
+        processes.removeAll()
+    }
+
+    deinit { stopAll() }
+}
