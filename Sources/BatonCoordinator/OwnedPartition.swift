@@ -247,6 +247,7 @@ final class OwnedPartition {
                 "committed",
                 metadata: [
                     "partition": "\(partition)", "events": "\(messages.count)", "records": "\(records.count + originals.count)",
+                    "oldest_ms": "\(messages.compactMap(\.timestamp).min().map { now - $0 } ?? -1)",
                     "ms": "\((end - began).inMilliseconds)", "produce_ms": "\((produced - began).inMilliseconds)",
                     "offsets_ms": "\((offsetsSent - produced).inMilliseconds)", "commit_ms": "\((end - offsetsSent).inMilliseconds)",
                 ])

@@ -186,7 +186,7 @@ public final class StepWorker: Service, Sendable {
         logger[metadataKey: "instance"] = "\(command.instanceID)"
         logger[metadataKey: "step"] = "\(command.step)"
         logger[metadataKey: "attempt"] = "\(command.attempt)"
-        logger.debug("handling command", metadata: ["instance": "\(command.instanceID)"])
+        logger.debug("handling command", metadata: ["instance": "\(command.instanceID)", "age_ms": "\(message.timestamp.map { Int64(Date().timeIntervalSince1970 * 1000) - $0 } ?? -1)"])
         let result: ResultMessage
         do {
             let output = try await handler(StepContext(command: command, logger: logger))
