@@ -212,9 +212,17 @@ final class OwnedPartition {
                     continue
                 }
                 let transition = Saga.apply(workflow, to: state, event: event, now: now)
-                if case .ignored(let reason) = transition.outcome {
+                switch transition.outcome {
+                case .ignored(.unknown(let what)):
+                    // About a step or attempt the instance does not have: the sender is broken; keep it for a person.
+                    deadLetter(m, "instance '\(id)': \(what)")
+                    continue
+                case .ignored(let reason):
+                    // Duplicates, superseded attempts, commands that do not fit the status: expected, and harmless.
                     logger.debug("event ignored", metadata: ["instance": "\(id)", "reason": "\(reason)"])
                     continue
+                case .applied:
+                    break
                 }
                 apply(id, transition)
             }

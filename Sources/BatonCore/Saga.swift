@@ -118,19 +118,26 @@ struct Machine {
         return .success((s, u))
     }
 
-    mutating func completeUnit(step: String, item: Int?, attempt: Int, output: JSON) -> IgnoredReason? {
+    /// The running attempt a worker's answer is about (its step timeout disarmed), or why the answer does not fit.
+    mutating func answeredUnit(step: String, item: Int?, attempt: Int, verb: String) -> Result<(Int, Int), IgnoredReason> {
         let (s, u): (Int, Int)
         switch locate(step: step, item: item, attempt: attempt) {
-        case .failure(let reason): return reason
+        case .failure(let reason): return .failure(reason)
         case .success(let found): (s, u) = found
         }
-        guard state.steps[s].units[u].status == .running, !steps[s].isHumanTask else {
-            return steps[s].isHumanTask
-                ? .notApplicable("'\(step)' is a human task: it completes by a decision")
-                : .duplicate("attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].status.rawValue)")
+        if steps[s].isHumanTask { return .failure(.notApplicable("'\(step)' is a human task: it \(verb)")) }
+        guard state.steps[s].units[u].status == .running else {
+            return .failure(.duplicate("attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].status.rawValue)"))
         }
         disarm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt))
-        finishUnit(s, u, output: output)
+        return .success((s, u))
+    }
+
+    mutating func completeUnit(step: String, item: Int?, attempt: Int, output: JSON) -> IgnoredReason? {
+        switch answeredUnit(step: step, item: item, attempt: attempt, verb: "completes by a decision") {
+        case .failure(let reason): return reason
+        case .success(let (s, u)): finishUnit(s, u, output: output)
+        }
         return nil
     }
 
@@ -157,18 +164,10 @@ struct Machine {
     }
 
     mutating func failUnit(step: String, item: Int?, attempt: Int, error: String, retryable: Bool) -> IgnoredReason? {
-        let (s, u): (Int, Int)
-        switch locate(step: step, item: item, attempt: attempt) {
+        switch answeredUnit(step: step, item: item, attempt: attempt, verb: "fails by a rejection or a timeout") {
         case .failure(let reason): return reason
-        case .success(let found): (s, u) = found
+        case .success(let (s, u)): attemptFailed(s, u, error: error, retryable: retryable)
         }
-        guard state.steps[s].units[u].status == .running, !steps[s].isHumanTask else {
-            return steps[s].isHumanTask
-                ? .notApplicable("'\(step)' is a human task: it fails by a rejection or a timeout")
-                : .duplicate("attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].status.rawValue)")
-        }
-        disarm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt))
-        attemptFailed(s, u, error: error, retryable: retryable)
         return nil
     }
 

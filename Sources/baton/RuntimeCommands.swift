@@ -169,58 +169,80 @@ struct Tasks: AsyncParsableCommand {
         }
     }
 
-    struct Approve: AsyncParsableCommand {
+    /// What approving and rejecting share.
+    struct Decision: ParsableArguments {
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The task id.") var task: String
         @Option(help: "Who decides.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
         @Option(help: "A comment.") var comment: String?
-        func run() async throws {
+
+        func send(approve: Bool) async throws {
             let client = try connection.makeClient()
-            try await client.decide(taskID: task, approve: true, by: by, comment: comment)
+            try await client.decide(taskID: task, approve: approve, by: by, comment: comment)
             await client.close()
-            print("approved \(task)")
+            print("\(approve ? "approved" : "rejected") \(task)")
         }
     }
 
+    struct Approve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Approve an open task.")
+        @OptionGroup var decision: Decision
+        func run() async throws { try await decision.send(approve: true) }
+    }
+
     struct Reject: AsyncParsableCommand {
-        @OptionGroup var connection: ConnectionOptions
-        @Argument(help: "The task id.") var task: String
-        @Option(help: "Who decides.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
-        @Option(help: "A comment.") var comment: String?
-        func run() async throws {
-            let client = try connection.makeClient()
-            try await client.decide(taskID: task, approve: false, by: by, comment: comment)
-            await client.close()
-            print("rejected \(task)")
-        }
+        static let configuration = CommandConfiguration(abstract: "Reject an open task (the workflow takes its failure path).")
+        @OptionGroup var decision: Decision
+        func run() async throws { try await decision.send(approve: false) }
     }
 }
 
 struct Instances: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Operators' commands on an instance.", subcommands: [Operate.self])
+    static let configuration = CommandConfiguration(
+        abstract: "Operators' commands on an instance.", subcommands: [Resume.self, Retry.self, Skip.self, Cancel.self])
 
-    struct Operate: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "do", abstract: "cancel, resume, retry [--step], or skip --step [--output JSON] an instance.")
+    /// What every operator command shares.
+    struct Target: ParsableArguments {
         @OptionGroup var connection: ConnectionOptions
-        @Argument(help: "cancel, resume, retry or skip.") var command: String
         @Argument(help: "The instance id.") var id: String
-        @Option(help: "The step (retry, skip).") var step: String?
-        @Option(help: "The output a skipped step gives its dependents, as JSON.") var output: String?
-        @Option(help: "Why (cancel).") var reason: String?
-        @Option(help: "Who.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
+        @Option(help: "Who (recorded with the command).") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
 
-        func run() async throws {
-            guard let c = OperatorMessage.Command(rawValue: command) else {
-                throw CLIFailure("unknown command '\(command)'; use cancel, resume, retry or skip")
-            }
-            if c == .skip && step == nil { throw CLIFailure("skip needs --step") }
+        func send(_ command: OperatorMessage.Command, step: String? = nil, output: String? = nil, reason: String? = nil) async throws {
             let out: JSON?
             do { out = try output.map { try JSON.parse(Data($0.utf8)) } } catch { throw CLIFailure("--output is not valid JSON: \(error)") }
             let client = try connection.makeClient()
-            let request = try await client.operate(instanceID: id, c, step: step, output: out, reason: reason, by: by)
+            let request = try await client.operate(instanceID: id, command, step: step, output: out, reason: reason, by: by)
             await client.close()
-            print("sent \(command) to \(id) (request \(request))")
+            print("sent \(command.rawValue) to \(id) (request \(request))")
         }
+    }
+
+    struct Resume: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Continue a suspended instance: retry everything that failed.")
+        @OptionGroup var target: Target
+        func run() async throws { try await target.send(.resume) }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Retry a suspended instance's failed step or failed compensation.")
+        @OptionGroup var target: Target
+        @Option(help: "The step (default: everything that failed).") var step: String?
+        func run() async throws { try await target.send(.retry, step: step) }
+    }
+
+    struct Skip: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Treat a suspended instance's failed step as skipped (or its failing compensation as done).")
+        @OptionGroup var target: Target
+        @Option(help: "The step.") var step: String
+        @Option(help: "The output the skipped step gives its dependents, as JSON.") var output: String?
+        func run() async throws { try await target.send(.skip, step: step, output: output) }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel an instance: compensate what was done, then end cancelled.")
+        @OptionGroup var target: Target
+        @Option(help: "Why.") var reason: String = "cancelled by an operator"
+        func run() async throws { try await target.send(.cancel, reason: reason) }
     }
 }

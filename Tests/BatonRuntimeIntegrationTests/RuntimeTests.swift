@@ -63,9 +63,8 @@ struct RuntimeTests {
         let (a, b, c, d) = (byStep["A"]!, byStep["B"]!, byStep["C"]!, byStep["D"]!)
         // A, B and C overlapped: each started before the others ended.
         #expect(max(a.0, b.0, c.0) < min(a.1, b.1, c.1))
-        // D started after the last of them ended, and not after the sum of their durations.
+        // D started after the last of them ended.
         #expect(d.0 >= max(a.1, b.1, c.1))
-        #expect(d.0 - min(a.0, b.0, c.0) < 1200)
         await engine.shutdown()
     }
 
@@ -105,8 +104,8 @@ struct RuntimeTests {
         #expect(times.count == 3)
         if times.count == 3 {
             let (first, second) = (times[1] - times[0], times[2] - times[1])
+            // Timers never fire early: the delays are at least the policy's 300 ms, then 300 ms x 3.
             #expect(first >= 300 && second >= 900, "delays \(first) ms then \(second) ms")
-            #expect(second > first)
         }
         #expect(undone.all == ["hold", "reserve"])
         let alerts = try await engine.records(engine.names.alerts).compactMap { $0.value.flatMap { try? JSONDecoder().decode(AlertRecord.self, from: $0) } }
@@ -171,14 +170,24 @@ struct RuntimeTests {
         try await producer.send(ProducerRecord(topic: engine.names.commands("service_call"), key: "bad", value: Data("{\"v\":1,\"kind\":\"step.command\"}".utf8)))
         await producer.close()
 
+        // A definition record that is not one, on the definitions topic: the coordinator goes on without it.
+        let definitions = try KafkaProducer(configuration: .init(client: TestKafka.client), logger: TestKafka.logger)
+        try await definitions.send(ProducerRecord(topic: engine.names.definitions, key: "broken@1", value: Data("{not a definition".utf8)))
+        await definitions.close()
+
         // The engine goes on: a real instance still completes.
         let id = try await engine.start("order_fulfillment", input: ["order_id": "o"])
         #expect(try await engine.wait(id, for: [.completed, .failed]).status == .completed)
+        // A result for a step the instance does not have.
+        let stray = try KafkaProducer(configuration: .init(client: TestKafka.client), logger: TestKafka.logger)
+        let unknownStep = ResultMessage(kind: .stepCompleted, instanceID: id, step: "teleport", item: nil, attempt: 1, output: [:], idempotencyKey: nil)
+        try await stray.send(ProducerRecord(topic: events, partition: 0, key: Data("unknown step".utf8), value: Wire.encode(unknownStep)))
+        await stray.close()
 
         var letters: [KafkaMessage] = []
         try await waitUntil("every poison record in the dead-letter topic") {
             letters = try await engine.records(engine.names.deadletter)
-            return letters.count >= poison.count + 1
+            return letters.count >= poison.count + 2
         }
         func reason(_ key: String) -> String? {
             letters.first { $0.keyString == key }?.header(WireHeaders.deadLetterReason).map { String(decoding: $0, as: UTF8.self) }
@@ -192,6 +201,7 @@ struct RuntimeTests {
         #expect(reason("no value") == "a record without a value")
         #expect(reason("huge")?.contains("more than the limit") == true)
         #expect(reason("bad")?.contains("field 'instance_id' is missing") == true)
+        #expect(reason("unknown step") == "instance '\(id)': no step 'teleport' in order_fulfillment v1")
         let source = letters.first { $0.keyString == "not json" }?.header(WireHeaders.deadLetterTopic)
         #expect(source.map { String(decoding: $0, as: UTF8.self) } == events)
         await engine.shutdown()
