@@ -75,6 +75,7 @@ public final class Coordinator: Service, Sendable {
     func loop(consumer: KafkaConsumer, registry: DefinitionRegistry, commandTopics: CommandTopics, timerProducer: KafkaProducer) async throws {
         let names = configuration.names
         var owned: [Int32: OwnedPartition] = [:]
+        var expected: [Int32: Int64] = [:]
         defer { for partition in owned.values { partition.releaseNow() } }
                 while !Task.isCancelled {
                     let now = self.configuration.clock()
@@ -110,6 +111,10 @@ public final class Coordinator: Service, Sendable {
                                 }
                             }
                         case .message(let m):
+                            if let next = expected[m.partition], m.offset != next {
+                                self.logger.warning("offset gap on the events topic", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)"])
+                            }
+                            expected[m.partition] = m.offset + 1
                             batches[m.partition, default: []].append(m)
                         case .error(let error):
                             self.logger.warning("consumer: \(error)")

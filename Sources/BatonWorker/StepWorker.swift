@@ -86,7 +86,7 @@ public final class StepWorker: Service, Sendable {
         consumerConfiguration.additional["fetch.wait.max.ms"] = "5"
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         var producerConfiguration = KafkaProducerConfiguration(client: configuration.client)
-        producerConfiguration.linger = .milliseconds(1)
+        producerConfiguration.linger = .milliseconds(5)
         let producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
         try consumer.subscribe([topic])
         logger.info("worker started", metadata: ["pool": "\(configuration.pool)", "topic": "\(topic)"])

@@ -87,6 +87,10 @@ struct Bench: AsyncParsableCommand {
         await client.close()
 
         let finished = sentAt.keys.compactMap { id in watcher.finishedSeenAt(id).map { (id, $0) } }
+        let unfinished = sentAt.keys.filter { watcher.finishedSeenAt($0) == nil }.sorted()
+        for id in unfinished.prefix(10) {
+            print("not finished: \(id) (last seen: \(watcher.status(id)?.rawValue ?? "never"))")
+        }
         let latencies = finished.map { Double($0.1 - sentAt[$0.0]!) }.sorted()
         guard let lastFinish = finished.map(\.1).max(), !latencies.isEmpty else { throw CLIFailure("no instance finished") }
         let seconds = Double(lastFinish - firstSend) / 1000
