@@ -75,7 +75,10 @@ public final class Coordinator: Service, Sendable {
     func loop(consumer: KafkaConsumer, registry: DefinitionRegistry, commandTopics: CommandTopics, timerProducer: KafkaProducer) async throws {
         let names = configuration.names
         var owned: [Int32: OwnedPartition] = [:]
+        // Offsets on the events topic are contiguous (no transaction markers): a jump means records the broker
+        // has not made readable yet. Read from the expected offset again (a bounded number of times).
         var expected: [Int32: Int64] = [:]
+        var rewinds: [Int32: (offset: Int64, tries: Int)] = [:]
         defer { for partition in owned.values { partition.releaseNow() } }
                 while !Task.isCancelled {
                     let now = self.configuration.clock()
@@ -84,6 +87,7 @@ public final class Coordinator: Service, Sendable {
                     let events = try await consumer.poll(maxEvents: self.configuration.maxBatch, timeout: wait)
                     let polledAt = ContinuousClock.now
                     var batches: [Int32: [KafkaMessage]] = [:]
+                    var rewind: [Int32: Int64] = [:]
                     for event in events {
                         switch event {
                         case .assigned(let partitions):
@@ -105,14 +109,25 @@ public final class Coordinator: Service, Sendable {
                         case .revoked(let partitions, let lost):
                             for tp in partitions where tp.topic == names.events {
                                 batches[tp.partition] = nil
+                                expected[tp.partition] = nil
+                                rewind[tp.partition] = nil
                                 if let partition = owned.removeValue(forKey: tp.partition) {
                                     await partition.release()
                                     self.logger.info("released partition", metadata: ["partition": "\(tp.partition)", "lost": "\(lost)"])
                                 }
                             }
                         case .message(let m):
-                            if let next = expected[m.partition], m.offset != next {
-                                self.logger.warning("offset gap on the events topic", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)"])
+                            if rewind[m.partition] != nil { continue }  // read again after the rewind
+                            if let next = expected[m.partition], m.offset > next {
+                                let tries = rewinds[m.partition].map { $0.offset == next ? $0.tries + 1 : 1 } ?? 1
+                                if tries <= 3 {
+                                    self.logger.warning(
+                                        "offset gap on the events topic; reading again", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)", "try": "\(tries)"])
+                                    rewinds[m.partition] = (next, tries)
+                                    rewind[m.partition] = next
+                                    continue
+                                }
+                                self.logger.error("offset gap on the events topic persists; going on", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)"])
                             }
                             expected[m.partition] = m.offset + 1
                             batches[m.partition, default: []].append(m)
@@ -121,6 +136,9 @@ public final class Coordinator: Service, Sendable {
                         case .partitionEOF:
                             break
                         }
+                    }
+                    for (p, offset) in rewind {
+                        try? await consumer.seek([TopicPartitionOffset(names.events, p, offset: offset)])
                     }
                     try await registry.catchUp()
                     let at = self.configuration.clock()
@@ -137,6 +155,7 @@ public final class Coordinator: Service, Sendable {
                         if ContinuousClock.now - polledAt > self.configuration.sessionTimeout / 3 {
                             self.logger.warning("stalled since the poll; re-reading the batch", metadata: ["partition": "\(p)"])
                             try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
+                            expected[p] = messages[0].offset
                             continue
                         }
                         work.append((p, OwnedPartitionBox(partition), messages))
@@ -160,6 +179,7 @@ public final class Coordinator: Service, Sendable {
                         if let error = error as? KafkaError, !error.isFatal {
                             self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
                             try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
+                            expected[p] = messages[0].offset
                         } else {
                             // Fenced, or the producer is unusable: stop owning the partition; a rebalance gives it to whoever may.
                             self.logger.error("partition \(p) lost its producer: \(error); pausing it until the group rebalances")

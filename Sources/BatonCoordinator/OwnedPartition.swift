@@ -211,6 +211,10 @@ final class OwnedPartition {
                     deadLetter(m, "the definition \(state.workflowID)@\(state.version) of instance '\(id)' is not registered")
                     continue
                 }
+                if let step = event.step, workflow.index[step] == nil {
+                    deadLetter(m, "instance '\(id)': no step '\(step)' in \(workflow.id) v\(workflow.version)")
+                    continue
+                }
                 let transition = Saga.apply(workflow, to: state, event: event, now: now)
                 switch transition.outcome {
                 case .ignored(.unknown(let what)):

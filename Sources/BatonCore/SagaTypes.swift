@@ -150,6 +150,17 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     /// Operator: treat a failed step as skipped (with an output for its dependents), or a failing compensation as done.
     case skip(step: String, output: JSON?, by: String, request: String)
 
+    /// The step the event names, if it names one.
+    public var step: String? {
+        switch self {
+        case .stepCompleted(let step, _, _, _), .stepFailed(let step, _, _, _, _), .compensationCompleted(let step, _, _),
+            .compensationFailed(let step, _, _, _), .taskDecided(let step, _, _, _, _), .skip(let step, _, _, _):
+            step
+        case .retry(let step, _, _): step
+        case .timerFired, .cancel, .resume: nil
+        }
+    }
+
     /// The operator request id, for operator commands.
     public var request: String? {
         switch self {
