@@ -326,32 +326,35 @@ struct Machine {
         }
     }
 
-    mutating func compensationDone(step: String, item: Int?, attempt: Int) -> IgnoredReason? {
+    /// The running compensation attempt an answer is about (its timeout disarmed), or why the answer does not fit.
+    mutating func answeredCompensation(step: String, item: Int?, attempt: Int) -> Result<(Int, Int), IgnoredReason> {
         let (s, u): (Int, Int)
         switch locate(step: step, item: item, attempt: attempt, compensation: true) {
-        case .failure(let reason): return reason
+        case .failure(let reason): return .failure(reason)
         case .success(let found): (s, u) = found
         }
         guard state.steps[s].units[u].compensation == .running else {
-            return .duplicate("compensation attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].compensation?.rawValue ?? "not started")")
+            return .failure(.duplicate("compensation attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].compensation?.rawValue ?? "not started")"))
         }
         disarm(TimerKey(kind: .compensationTimeout, step: s, item: itemIndex(s, u), attempt: attempt))
-        state.steps[s].units[u].compensation = .done
-        state.steps[s].units[u].compensationError = nil
+        return .success((s, u))
+    }
+
+    mutating func compensationDone(step: String, item: Int?, attempt: Int) -> IgnoredReason? {
+        switch answeredCompensation(step: step, item: item, attempt: attempt) {
+        case .failure(let reason): return reason
+        case .success(let (s, u)):
+            state.steps[s].units[u].compensation = .done
+            state.steps[s].units[u].compensationError = nil
+        }
         return nil
     }
 
     mutating func compensationFailed(step: String, item: Int?, attempt: Int, error: String) -> IgnoredReason? {
-        let (s, u): (Int, Int)
-        switch locate(step: step, item: item, attempt: attempt, compensation: true) {
+        switch answeredCompensation(step: step, item: item, attempt: attempt) {
         case .failure(let reason): return reason
-        case .success(let found): (s, u) = found
+        case .success(let (s, u)): compensationAttemptFailed(s, u, error: error)
         }
-        guard state.steps[s].units[u].compensation == .running else {
-            return .duplicate("compensation attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].compensation?.rawValue ?? "not started")")
-        }
-        disarm(TimerKey(kind: .compensationTimeout, step: s, item: itemIndex(s, u), attempt: attempt))
-        compensationAttemptFailed(s, u, error: error)
         return nil
     }
 
