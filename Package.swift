@@ -66,7 +66,11 @@ let package = Package(
             swiftSettings: strict
         ),
         // What the coordinator, the workers and the client share over Kafka (dead letters).
-        .target(name: "BatonRuntime", dependencies: ["BatonKafka", "BatonWire"], swiftSettings: strict),
+        .target(
+            name: "BatonRuntime",
+            dependencies: ["BatonKafka", "BatonWire", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         // The worker SDK and the client (start, status, tasks, operators).
         .target(
             name: "BatonWorker",
@@ -79,7 +83,7 @@ let package = Package(
         ),
         .target(
             name: "BatonClient",
-            dependencies: ["BatonCore", "BatonKafka", "BatonWire", "BatonTopics", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Workers for the examples (stand-ins for real services).

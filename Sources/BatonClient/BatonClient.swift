@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonWire
 import Foundation
 import Logging
@@ -106,12 +107,7 @@ public final class BatonClient: Sendable {
             throw ClientError("\(workflow.id) version \(workflow.version) is registered already with a different content; give the changed definition a new version")
         }
         let pools = Set(workflow.steps.flatMap { step in [step.isHumanTask ? nil : step.pool, step.compensation?.pool].compactMap { $0 } })
-        let metadata = try await admin.metadata()
-        let missing = pools.map { names.commands($0) }.filter { metadata.topics[$0] == nil }
-        if !missing.isEmpty {
-            let results = try await admin.createTopics(missing.map { NewTopic(name: $0, partitions: 6) })
-            for (_, error) in results { if let error, error.code != .topicAlreadyExists { throw error } }
-        }
+        try await CommandTopics(admin: admin, logger: logger).ensure(Set(pools.map { names.commands($0) }))
         let record = DefinitionRecord(workflowID: workflow.id, version: workflow.version, document: text, registeredAt: Self.now())
         try await producer.send(ProducerRecord(topic: names.definitions, key: Data(key.utf8), value: Wire.encode(record), headers: headers(.definition)))
         return workflow

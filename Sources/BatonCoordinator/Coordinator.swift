@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonWire
 import Foundation
 import HeapModule
@@ -16,7 +17,7 @@ public struct CoordinatorConfiguration: Sendable {
     public var sessionTimeout: Duration = .seconds(10)
     public var maxPollInterval: Duration = .seconds(30)
     /// Partitions of a command topic the coordinator creates for a new worker pool.
-    public var commandTopicPartitions = 6
+    public var commandTopicPartitions = CommandTopics.defaultPartitions
     /// Overrides the clock (milliseconds since the epoch); for tests that move time.
     public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
     /// Names this coordinator in the records it writes.
@@ -46,14 +47,12 @@ public final class Coordinator: Service, Sendable {
         let names = configuration.names
         let registry = try await DefinitionRegistry(client: configuration.client, names: names, logger: logger)
         let admin = try KafkaAdmin(configuration: configuration.client, logger: logger)
-        let commandTopics = CommandTopics(admin: admin, names: names, partitions: configuration.commandTopicPartitions, logger: logger)
-        var consumerConfiguration = KafkaConsumerConfiguration(client: configuration.client, groupID: names.coordinatorGroup)
-        consumerConfiguration.isolationLevel = .readCommitted
-        consumerConfiguration.sessionTimeout = configuration.sessionTimeout
-        consumerConfiguration.maxPollInterval = configuration.maxPollInterval
-        consumerConfiguration.heartbeatInterval = .milliseconds(max(100, configuration.sessionTimeout.inMilliseconds / 10))
-        consumerConfiguration.additional["fetch.wait.max.ms"] = "5"
-        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
+        let commandTopics = CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger)
+        let consumer = try KafkaConsumer(
+            configuration: .engineMember(
+                client: configuration.client, group: names.coordinatorGroup, sessionTimeout: configuration.sessionTimeout,
+                maxPollInterval: configuration.maxPollInterval),
+            logger: logger)
         var timerConfiguration = KafkaProducerConfiguration(client: configuration.client)
         timerConfiguration.linger = .milliseconds(1)
         let timerProducer = try KafkaProducer(configuration: timerConfiguration, logger: logger)
@@ -79,7 +78,6 @@ public final class Coordinator: Service, Sendable {
         // has not made readable yet. Read from the expected offset again (a bounded number of times).
         var expected: [Int32: Int64] = [:]
         var rewinds: [Int32: (offset: Int64, tries: Int)] = [:]
-        defer { for partition in owned.values { partition.releaseNow() } }
                 while !Task.isCancelled {
                     let now = self.configuration.clock()
                     let nextDue = owned.values.compactMap { $0.nextDue }.min()
@@ -197,48 +195,3 @@ struct OwnedPartitionBox: @unchecked Sendable {
     init(_ partition: OwnedPartition) { self.partition = partition }
 }
 
-/// Creates the command topic of a worker pool the first time the coordinator sends it a command.
-final class CommandTopics: Sendable {
-    let admin: KafkaAdmin
-    let names: TopicNames
-    let partitions: Int
-    let logger: Logger
-    let known = Mutex<Set<String>>([])
-    let counts = Mutex<[String: Int]>([:])
-
-    /// The command partition for commands from an events partition (nil, the key's, if unknown).
-    func partition(for topic: String, eventsPartition: Int32) -> Int32? {
-        counts.withLock { $0[topic] }.map { Int32(Int(eventsPartition) % max(1, $0)) }
-    }
-
-    init(admin: KafkaAdmin, names: TopicNames, partitions: Int, logger: Logger) {
-        self.admin = admin
-        self.names = names
-        self.partitions = partitions
-        self.logger = logger
-    }
-
-    func ensure(_ topics: Set<String>) async throws {
-        let missing = topics.subtracting(known.withLock { $0 })
-        guard !missing.isEmpty else { return }
-        var metadata = try await admin.metadata()
-        let create = missing.filter { metadata.topics[$0] == nil }
-        if !create.isEmpty {
-            let results = try await admin.createTopics(create.sorted().map { NewTopic(name: $0, partitions: partitions) })
-            for (topic, error) in results {
-                if let error, error.code != .topicAlreadyExists { throw error }
-                logger.info("created command topic", metadata: ["topic": "\(topic)"])
-            }
-            metadata = try await admin.metadata()
-        }
-        for topic in missing {
-            guard let count = metadata.topics[topic]?.partitionCount, count > 0 else {
-                throw KafkaError(code: .unknownTopicOrPartition, message: "command topic \(topic) has no partitions yet", isRetriable: true)
-            }
-            counts.withLock { $0[topic] = count }
-        }
-        known.withLock { $0.formUnion(missing) }
-    }
-}
-
-import Synchronization

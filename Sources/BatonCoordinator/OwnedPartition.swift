@@ -114,8 +114,6 @@ final class OwnedPartition {
     }
 
     func release() async { await producer.close(timeout: .seconds(1)) }
-    /// Without waiting (the loop is exiting): the producer's deinit releases it.
-    func releaseNow() {}
 
     var nextDue: Timestamp? { timers.min?.dueAt }
 

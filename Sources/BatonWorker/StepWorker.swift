@@ -46,7 +46,7 @@ public struct WorkerConfiguration: Sendable {
     /// On graceful shutdown, in-flight commands get this long to finish; the rest are handed back.
     public var shutdownGrace: Duration = .seconds(10)
     /// Partitions of the command topic, if the worker has to create it.
-    public var commandTopicPartitions = 6
+    public var commandTopicPartitions = CommandTopics.defaultPartitions
 
     public init(client: KafkaClientConfiguration, names: TopicNames, pool: String) {
         self.client = client
@@ -75,16 +75,12 @@ public final class StepWorker: Service, Sendable {
         let names = configuration.names
         let topic = names.commands(configuration.pool)
         let admin = try KafkaAdmin(configuration: configuration.client, logger: logger)
-        if try await admin.metadata().topics[topic] == nil {
-            let result = try await admin.createTopics([NewTopic(name: topic, partitions: configuration.commandTopicPartitions)])
-            if let error = result[topic] ?? nil, error.code != .topicAlreadyExists { throw error }
-        }
-        var consumerConfiguration = KafkaConsumerConfiguration(client: configuration.client, groupID: names.workerGroup(configuration.pool))
-        consumerConfiguration.sessionTimeout = configuration.sessionTimeout
-        consumerConfiguration.maxPollInterval = configuration.maxPollInterval
-        consumerConfiguration.heartbeatInterval = .milliseconds(max(100, configuration.sessionTimeout.inMilliseconds / 10))
-        consumerConfiguration.additional["fetch.wait.max.ms"] = "5"
-        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
+        try await CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger).ensure([topic])
+        let consumer = try KafkaConsumer(
+            configuration: .engineMember(
+                client: configuration.client, group: names.workerGroup(configuration.pool), sessionTimeout: configuration.sessionTimeout,
+                maxPollInterval: configuration.maxPollInterval),
+            logger: logger)
         var producerConfiguration = KafkaProducerConfiguration(client: configuration.client)
         producerConfiguration.linger = .milliseconds(5)
         let producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)

@@ -1,0 +1,64 @@
+import BatonKafka
+import Logging
+import Synchronization
+
+/// Makes sure worker pools' command topics exist (creating the missing ones), and remembers their
+/// partition counts. The coordinator, the workers and `definitions register` all go through it.
+public final class CommandTopics: Sendable {
+    /// Partitions of a command topic created here.
+    public static let defaultPartitions = 6
+
+    let admin: KafkaAdmin
+    let partitions: Int
+    let logger: Logger
+    let counts = Mutex<[String: Int]>([:])
+
+    public init(admin: KafkaAdmin, partitions: Int = CommandTopics.defaultPartitions, logger: Logger) {
+        self.admin = admin
+        self.partitions = partitions
+        self.logger = logger
+    }
+
+    /// The command partition for commands from an events partition (nil, the key's, if unknown).
+    public func partition(for topic: String, eventsPartition: Int32) -> Int32? {
+        counts.withLock { $0[topic] }.map { Int32(Int(eventsPartition) % max(1, $0)) }
+    }
+
+    /// Creates the topics that do not exist yet; asks the brokers only about topics it has not seen.
+    public func ensure(_ topics: Set<String>) async throws {
+        let missing = topics.filter { topic in counts.withLock { $0[topic] == nil } }
+        guard !missing.isEmpty else { return }
+        var metadata = try await admin.metadata()
+        let create = missing.filter { metadata.topics[$0] == nil }
+        if !create.isEmpty {
+            let results = try await admin.createTopics(create.sorted().map { NewTopic(name: $0, partitions: partitions) })
+            for (topic, error) in results {
+                if let error, error.code != .topicAlreadyExists { throw error }
+                logger.info("created command topic", metadata: ["topic": "\(topic)"])
+            }
+            metadata = try await admin.metadata()
+        }
+        for topic in missing {
+            guard let count = metadata.topics[topic]?.partitionCount, count > 0 else {
+                throw KafkaError(code: .unknownTopicOrPartition, message: "command topic \(topic) has no partitions yet", isRetriable: true)
+            }
+            counts.withLock { $0[topic] = count }
+        }
+    }
+}
+
+extension KafkaConsumerConfiguration {
+    /// A member of an engine consumer group (coordinators, a worker pool): read_committed, heartbeats at a
+    /// tenth of the session timeout, and a short fetch wait, since every hop of a workflow goes through it.
+    public static func engineMember(
+        client: KafkaClientConfiguration, group: String, sessionTimeout: Duration, maxPollInterval: Duration
+    ) -> KafkaConsumerConfiguration {
+        var c = KafkaConsumerConfiguration(client: client, groupID: group)
+        c.isolationLevel = .readCommitted
+        c.sessionTimeout = sessionTimeout
+        c.maxPollInterval = maxPollInterval
+        c.heartbeatInterval = .milliseconds(max(100, sessionTimeout.inMilliseconds / 10))
+        c.additional["fetch.wait.max.ms"] = "5"
+        return c
+    }
+}
