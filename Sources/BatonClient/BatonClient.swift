@@ -4,6 +4,7 @@ import BatonRuntime
 import BatonWire
 import Foundation
 import Logging
+import Synchronization
 
 /// Starts workflows, registers definitions, reads instances and tasks, and sends decisions and operators'
 /// commands, all through Kafka.
@@ -13,6 +14,7 @@ public final class BatonClient: Sendable {
     let producer: KafkaProducer
     let admin: KafkaAdmin
     let logger: Logger
+    let partitionCounts = Mutex<[String: Int]>([:])
 
     public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger) throws {
         self.client = client
@@ -26,10 +28,13 @@ public final class BatonClient: Sendable {
 
     public func close() async { await producer.close() }
 
+    /// A topic's partition count, asked of the brokers once: the engine's topics keep theirs.
     func partitionCount(_ topic: String) async throws -> Int {
+        if let known = partitionCounts.withLock({ $0[topic] }) { return known }
         guard let t = try await admin.metadata().topics[topic], t.partitionCount > 0 else {
             throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(topic) does not exist; run `baton topics apply` first")
         }
+        partitionCounts.withLock { $0[topic] = t.partitionCount }
         return t.partitionCount
     }
 
@@ -97,9 +102,8 @@ public final class BatonClient: Sendable {
         let workflow = try DefinitionLoader.load(document, source: source)
         let key = DefinitionRecord.key(workflow.id, workflow.version)
         let text = String(decoding: document, as: UTF8.self)
-        let count = try await partitionCount(names.definitions)
         var existing: DefinitionRecord?
-        try await readToEnd((0..<Int32(count)).map { TopicPartition(names.definitions, $0) }) { m in
+        try await readAll(names.definitions) { m in
             if m.keyString == key, let value = m.value { existing = try? Wire.decode(DefinitionRecord.self, from: value) }
         }
         if let existing {
@@ -115,9 +119,8 @@ public final class BatonClient: Sendable {
 
     /// A registered definition (the latest version when nil).
     public func definition(_ workflowID: String, version: Int?) async throws -> Workflow? {
-        let count = try await partitionCount(names.definitions)
         var found: [Int: DefinitionRecord] = [:]
-        try await readToEnd((0..<Int32(count)).map { TopicPartition(names.definitions, $0) }) { m in
+        try await readAll(names.definitions) { m in
             guard let value = m.value, let record = try? Wire.decode(DefinitionRecord.self, from: value), record.workflowID == workflowID else { return }
             found[record.version] = record
         }
@@ -129,10 +132,9 @@ public final class BatonClient: Sendable {
 
     /// Every task's latest record; `open` ones wait for a decision.
     public func tasks() async throws -> [TaskRecord] {
-        let count = try await partitionCount(names.tasks)
         var latest: [String: TaskRecord] = [:]
         var opened: [String: HumanTask] = [:]
-        try await readToEnd((0..<Int32(count)).map { TopicPartition(names.tasks, $0) }) { m in
+        try await readAll(names.tasks) { m in
             guard let value = m.value, var record = try? Wire.decode(TaskRecord.self, from: value) else { return }
             if let task = record.task { opened[record.taskID] = task } else { record.task = opened[record.taskID] }
             latest[record.taskID] = record
@@ -150,6 +152,12 @@ public final class BatonClient: Sendable {
     }
 
     // MARK: Reading
+
+    /// Reads every partition of a topic from the beginning to its current end, read_committed.
+    public func readAll(_ topic: String, timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws {
+        let count = try await partitionCount(topic)
+        try await readToEnd((0..<Int32(count)).map { TopicPartition(topic, $0) }, timeout: timeout, body)
+    }
 
     /// Reads partitions from the beginning to their current end (partition EOF), read_committed.
     public func readToEnd(_ partitions: [TopicPartition], timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws {

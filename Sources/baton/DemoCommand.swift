@@ -70,9 +70,7 @@ struct Demo: AsyncParsableCommand {
 
     func alertsFor(client: BatonClient, names: TopicNames) async throws -> [AlertRecord] {
         var alerts: [AlertRecord] = []
-        let count = try await KafkaAdmin(configuration: connection.clientConfiguration, logger: connection.makeLogger("baton.demo"))
-            .metadata().topics[names.alerts]?.partitionCount ?? 0
-        try await client.readToEnd((0..<Int32(count)).map { TopicPartition(names.alerts, $0) }) { m in
+        try await client.readAll(names.alerts) { m in
             if let value = m.value, let alert = try? Wire.decode(AlertRecord.self, from: value) { alerts.append(alert) }
         }
         return alerts
