@@ -1,3 +1,5 @@
+import Foundation
+
 /// A workflow: a DAG of steps with their retries, timeouts, compensations and human tasks.
 public struct WorkflowDefinition: Sendable, Hashable, Codable {
     public var workflowID: String
@@ -199,17 +201,4 @@ func stableHash(_ parts: String...) -> UInt64 {
         h = h &* 0x100_0000_01b3
     }
     return h
-}
-
-func pow(_ base: Double, _ exponent: Double) -> Double {
-    var result = 1.0
-    var e = Int(exponent)
-    var b = base
-    while e > 0 {
-        if e & 1 == 1 { result *= b }
-        b *= b
-        e >>= 1
-        if result.isInfinite { return result }
-    }
-    return result
 }

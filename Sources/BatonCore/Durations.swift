@@ -1,3 +1,5 @@
+import Foundation
+
 /// A length of time in whole milliseconds, written as `500ms`, `30s`, `30m`, `48h`, `7d` or combined (`1h30m`).
 public struct Millis: Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
     public var value: Int64
@@ -22,7 +24,7 @@ public struct Millis: Sendable, Hashable, Comparable, Codable, CustomStringConve
     /// Parses `30m`, `48h`, `500ms`, `1h30m`. Nil for anything else (no sign, no fractions, no bare number).
     public static func parse(_ text: String) -> Millis? {
         var total: Int64 = 0
-        var rest = Substring(text.trimmingPrefixAndSuffixSpaces())
+        var rest = Substring(text.trimmingCharacters(in: .whitespacesAndNewlines))
         guard !rest.isEmpty else { return nil }
         while !rest.isEmpty {
             let digits = rest.prefix { $0.isASCII && $0.isNumber }
@@ -48,14 +50,5 @@ public struct Millis: Sendable, Hashable, Comparable, Codable, CustomStringConve
             rest %= size
         }
         return parts.joined()
-    }
-}
-
-extension String {
-    func trimmingPrefixAndSuffixSpaces() -> String {
-        var s = Substring(self)
-        while s.first?.isWhitespace == true { s = s.dropFirst() }
-        while s.last?.isWhitespace == true { s = s.dropLast() }
-        return String(s)
     }
 }

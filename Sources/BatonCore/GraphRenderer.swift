@@ -1,3 +1,5 @@
+import Foundation
+
 /// Draws a workflow's DAG: Graphviz DOT, Mermaid, or plain text for a terminal.
 public enum GraphRenderer {
     public static func dot(_ workflow: Workflow) -> String {
@@ -66,10 +68,4 @@ public enum GraphRenderer {
     }
 
     static func escape(_ s: String) -> String { s.replacingOccurrences(of: "\"", with: "#quot;") }
-}
-
-extension String {
-    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
-        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
-    }
 }

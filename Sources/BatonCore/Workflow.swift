@@ -107,9 +107,8 @@ public enum WorkflowValidator {
             if let input = step.input {
                 refs += InputTemplate.paths(in: input, at: "\(path).input").map { ($0.location, $0.text, .step) }
             }
-            if let when = step.when, let condition = conditions[i] {
+            if let condition = conditions[i] {
                 refs += condition.paths.map { ("\(path).when", $0.text, .condition) }
-                _ = when
             }
             if let forEach = step.forEach { refs.append(("\(path).for_each.items", forEach.items, .items)) }
             if let input = step.compensation?.input {

@@ -16,8 +16,13 @@ final class CallbackContext: Sendable {
         var firstDeliveryFailure: KafkaError?
     }
     let state = Mutex(State())
+    /// Only a consumer hands events to its caller (through `poll`); other clients only log them.
+    let collectsEvents: Bool
 
-    init(logger: Logger) { self.logger = logger }
+    init(logger: Logger, collectsEvents: Bool) {
+        self.logger = logger
+        self.collectsEvents = collectsEvents
+    }
 
     static func from(_ opaque: UnsafeMutableRawPointer?) -> CallbackContext? {
         opaque.map { Unmanaged<CallbackContext>.fromOpaque($0).takeUnretainedValue() }
@@ -40,7 +45,7 @@ final class RDKafkaClient: @unchecked Sendable {
         self.kind = kind
         self.logger = logger
         self.brokers = brokers
-        let context = CallbackContext(logger: logger)
+        let context = CallbackContext(logger: logger, collectsEvents: kind == .consumer)
         self.context = context
 
         let conf = rd_kafka_conf_new()
@@ -204,6 +209,7 @@ private let errorCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<
     let error = KafkaError(rd_kafka_resp_err_t(err), context: reason.map { String(cString: $0) })
     context.state.withLock {
         $0.lastError = error
+        guard context.collectsEvents else { return }
         $0.pendingEvents.append(.error(error))
         if $0.pendingEvents.count > 10_000 { $0.pendingEvents.removeFirst($0.pendingEvents.count - 10_000) }
     }
