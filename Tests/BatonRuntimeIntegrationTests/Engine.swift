@@ -110,4 +110,27 @@ final class Recorder<T: Sendable>: Sendable {
     var all: [T] { items.withLock { $0 } }
 }
 
+/// Holds handlers until the test opens it; a handler waits without polling.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let resumeNow = state.withLock { s in
+                if s.open { return true }
+                s.waiting.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+    func open() {
+        let waiting = state.withLock { s in
+            s.open = true
+            defer { s.waiting = [] }
+            return s.waiting
+        }
+        for continuation in waiting { continuation.resume() }
+    }
+}
+
 func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
