@@ -78,114 +78,114 @@ public final class Coordinator: Service, Sendable {
         // has not made readable yet. Read from the expected offset again (a bounded number of times).
         var expected: [Int32: Int64] = [:]
         var rewinds: [Int32: (offset: Int64, tries: Int)] = [:]
-                while !Task.isCancelled {
-                    let now = self.configuration.clock()
-                    let nextDue = owned.values.compactMap { $0.nextDue }.min()
-                    let wait = nextDue.map { Duration.milliseconds(max(0, min($0 - now, Int64(self.configuration.idleWait.inMilliseconds)))) } ?? self.configuration.idleWait
-                    let events = try await consumer.poll(maxEvents: self.configuration.maxBatch, timeout: wait)
-                    let polledAt = ContinuousClock.now
-                    var batches: [Int32: [KafkaMessage]] = [:]
-                    var rewind: [Int32: Int64] = [:]
-                    for event in events {
-                        switch event {
-                        case .assigned(let partitions):
-                            // Rebuild the new partitions in parallel; none of their events is processed before.
-                            let new = partitions.filter { $0.topic == names.events && owned[$0.partition] == nil }.map(\.partition)
-                            let configuration = self.configuration
-                            let logger = self.logger
-                            try await withThrowingTaskGroup(of: (Int32, OwnedPartitionBox).self) { group in
-                                for p in new {
-                                    group.addTask {
-                                        let taken = try await OwnedPartition.take(
-                                            p, configuration: configuration, registry: registry, commandTopics: commandTopics, timerProducer: timerProducer,
-                                            group: consumer, logger: logger)
-                                        return (p, OwnedPartitionBox(taken))
-                                    }
-                                }
-                                for try await (p, box) in group { owned[p] = box.partition }
+        while !Task.isCancelled {
+            let now = self.configuration.clock()
+            let nextDue = owned.values.compactMap { $0.nextDue }.min()
+            let wait = nextDue.map { Duration.milliseconds(max(0, min($0 - now, Int64(self.configuration.idleWait.inMilliseconds)))) } ?? self.configuration.idleWait
+            let events = try await consumer.poll(maxEvents: self.configuration.maxBatch, timeout: wait)
+            let polledAt = ContinuousClock.now
+            var batches: [Int32: [KafkaMessage]] = [:]
+            var rewind: [Int32: Int64] = [:]
+            for event in events {
+                switch event {
+                case .assigned(let partitions):
+                    // Rebuild the new partitions in parallel; none of their events is processed before.
+                    let new = partitions.filter { $0.topic == names.events && owned[$0.partition] == nil }.map(\.partition)
+                    let configuration = self.configuration
+                    let logger = self.logger
+                    try await withThrowingTaskGroup(of: (Int32, OwnedPartitionBox).self) { group in
+                        for p in new {
+                            group.addTask {
+                                let taken = try await OwnedPartition.take(
+                                    p, configuration: configuration, registry: registry, commandTopics: commandTopics, timerProducer: timerProducer,
+                                    group: consumer, logger: logger)
+                                return (p, OwnedPartitionBox(taken))
                             }
-                        case .revoked(let partitions, let lost):
-                            for tp in partitions where tp.topic == names.events {
-                                batches[tp.partition] = nil
-                                expected[tp.partition] = nil
-                                rewind[tp.partition] = nil
-                                if let partition = owned.removeValue(forKey: tp.partition) {
-                                    await partition.release()
-                                    self.logger.info("released partition", metadata: ["partition": "\(tp.partition)", "lost": "\(lost)"])
-                                }
-                            }
-                        case .message(let m):
-                            if rewind[m.partition] != nil { continue }  // read again after the rewind
-                            if let next = expected[m.partition], m.offset > next {
-                                let tries = rewinds[m.partition].map { $0.offset == next ? $0.tries + 1 : 1 } ?? 1
-                                if tries <= 3 {
-                                    self.logger.warning(
-                                        "offset gap on the events topic; reading again", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)", "try": "\(tries)"])
-                                    rewinds[m.partition] = (next, tries)
-                                    rewind[m.partition] = next
-                                    continue
-                                }
-                                self.logger.error("offset gap on the events topic persists; going on", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)"])
-                            }
-                            expected[m.partition] = m.offset + 1
-                            batches[m.partition, default: []].append(m)
-                        case .error(let error):
-                            self.logger.warning("consumer: \(error)")
-                        case .partitionEOF:
-                            break
+                        }
+                        for try await (p, box) in group { owned[p] = box.partition }
+                    }
+                case .revoked(let partitions, let lost):
+                    for tp in partitions where tp.topic == names.events {
+                        batches[tp.partition] = nil
+                        expected[tp.partition] = nil
+                        rewind[tp.partition] = nil
+                        if let partition = owned.removeValue(forKey: tp.partition) {
+                            await partition.release()
+                            self.logger.info("released partition", metadata: ["partition": "\(tp.partition)", "lost": "\(lost)"])
                         }
                     }
-                    for (p, offset) in rewind {
-                        try? await consumer.seek([TopicPartitionOffset(names.events, p, offset: offset)])
-                    }
-                    try await registry.catchUp()
-                    let at = self.configuration.clock()
-                    // Each partition has its own transactional producer: their transactions run concurrently.
-                    var work: [(Int32, OwnedPartitionBox, [KafkaMessage])] = []
-                    for (p, partition) in owned {
-                        let messages = batches[p] ?? []
-                        let due = partition.dueTimers(at: at)
-                        if !due.isEmpty { try await partition.fire(due) }
-                        guard !messages.isEmpty else { continue }
-                        // Frozen since the poll (SIGSTOP, a stall) for long enough to have lost the partition? Then
-                        // write nothing: poll again, which tells. A broker that fences by transactional id would
-                        // refuse the writes anyway, but not every Kafka-compatible broker hides a fenced producer's.
-                        if ContinuousClock.now - polledAt > self.configuration.sessionTimeout / 3 {
-                            self.logger.warning("stalled since the poll; re-reading the batch", metadata: ["partition": "\(p)"])
-                            try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
-                            expected[p] = messages[0].offset
+                case .message(let m):
+                    if rewind[m.partition] != nil { continue }  // read again after the rewind
+                    if let next = expected[m.partition], m.offset > next {
+                        let tries = rewinds[m.partition].map { $0.offset == next ? $0.tries + 1 : 1 } ?? 1
+                        if tries <= 3 {
+                            self.logger.warning(
+                                "offset gap on the events topic; reading again", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)", "try": "\(tries)"])
+                            rewinds[m.partition] = (next, tries)
+                            rewind[m.partition] = next
                             continue
                         }
-                        work.append((p, OwnedPartitionBox(partition), messages))
+                        self.logger.error("offset gap on the events topic persists; going on", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)"])
                     }
-                    let failures = await withTaskGroup(of: (Int32, [KafkaMessage], (any Error)?).self) { group in
-                        for (p, box, messages) in work {
-                            group.addTask {
-                                do {
-                                    try await box.partition.process(messages, now: at, consumer: consumer)
-                                    return (p, messages, nil)
-                                } catch {
-                                    return (p, messages, error)
-                                }
-                            }
-                        }
-                        var failures: [(Int32, [KafkaMessage], any Error)] = []
-                        for await (p, messages, error) in group { if let error { failures.append((p, messages, error)) } }
-                        return failures
-                    }
-                    for (p, messages, error) in failures {
-                        if let error = error as? KafkaError, !error.isFatal {
-                            self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
-                            try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
-                            expected[p] = messages[0].offset
-                        } else {
-                            // Fenced, or the producer is unusable: stop owning the partition; a rebalance gives it to whoever may.
-                            self.logger.error("partition \(p) lost its producer: \(error); pausing it until the group rebalances")
-                            if let partition = owned.removeValue(forKey: p) { await partition.release() }
-                            try? consumer.pause([TopicPartition(names.events, p)])
+                    expected[m.partition] = m.offset + 1
+                    batches[m.partition, default: []].append(m)
+                case .error(let error):
+                    self.logger.warning("consumer: \(error)")
+                case .partitionEOF:
+                    break
+                }
+            }
+            for (p, offset) in rewind {
+                try? await consumer.seek([TopicPartitionOffset(names.events, p, offset: offset)])
+            }
+            try await registry.catchUp()
+            let at = self.configuration.clock()
+            // Each partition has its own transactional producer: their transactions run concurrently.
+            var work: [(Int32, OwnedPartitionBox, [KafkaMessage])] = []
+            for (p, partition) in owned {
+                let messages = batches[p] ?? []
+                let due = partition.dueTimers(at: at)
+                if !due.isEmpty { try await partition.fire(due) }
+                guard !messages.isEmpty else { continue }
+                // Frozen since the poll (SIGSTOP, a stall) for long enough to have lost the partition? Then
+                // write nothing: poll again, which tells. A broker that fences by transactional id would
+                // refuse the writes anyway, but not every Kafka-compatible broker hides a fenced producer's.
+                if ContinuousClock.now - polledAt > self.configuration.sessionTimeout / 3 {
+                    self.logger.warning("stalled since the poll; re-reading the batch", metadata: ["partition": "\(p)"])
+                    try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
+                    expected[p] = messages[0].offset
+                    continue
+                }
+                work.append((p, OwnedPartitionBox(partition), messages))
+            }
+            let failures = await withTaskGroup(of: (Int32, [KafkaMessage], (any Error)?).self) { group in
+                for (p, box, messages) in work {
+                    group.addTask {
+                        do {
+                            try await box.partition.process(messages, now: at, consumer: consumer)
+                            return (p, messages, nil)
+                        } catch {
+                            return (p, messages, error)
                         }
                     }
                 }
+                var failures: [(Int32, [KafkaMessage], any Error)] = []
+                for await (p, messages, error) in group { if let error { failures.append((p, messages, error)) } }
+                return failures
+            }
+            for (p, messages, error) in failures {
+                if let error = error as? KafkaError, !error.isFatal {
+                    self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
+                    try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
+                    expected[p] = messages[0].offset
+                } else {
+                    // Fenced, or the producer is unusable: stop owning the partition; a rebalance gives it to whoever may.
+                    self.logger.error("partition \(p) lost its producer: \(error); pausing it until the group rebalances")
+                    if let partition = owned.removeValue(forKey: p) { await partition.release() }
+                    try? consumer.pause([TopicPartition(names.events, p)])
+                }
+            }
+        }
     }
 }
 
