@@ -163,7 +163,6 @@ public final class BatonClient: Sendable {
     public func readToEnd(_ partitions: [TopicPartition], timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws {
         var configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
         configuration.reportPartitionEOF = true
-        configuration.additional["fetch.wait.max.ms"] = "10"
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         try consumer.assign(partitions.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.beginning) })
         var remaining = Set(partitions)

@@ -26,8 +26,7 @@ public final class InstanceWatcher: Sendable {
     public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger, light: Bool = false) async throws {
         self.logger = logger
         self.light = light
-        var configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
-        configuration.additional["fetch.wait.max.ms"] = "5"
+        let configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
         consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         guard let topic = try await consumer.metadata().topics[names.state] else {
             throw ClientError("topic \(names.state) does not exist; run `baton topics apply` first")

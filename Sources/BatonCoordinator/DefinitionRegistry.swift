@@ -22,7 +22,8 @@ public final class DefinitionRegistry: Sendable {
         self.logger = logger
         var configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
         configuration.reportPartitionEOF = true
-        configuration.additional["fetch.wait.max.ms"] = "20"
+        // Definitions change rarely, and a start for one not seen yet makes the coordinator catch up first.
+        configuration.client.fetchWait = max(client.fetchWait, .milliseconds(20))
         consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         let metadata = try await consumer.metadata()
         guard let topic = metadata.topics[names.definitions] else {

@@ -71,7 +71,6 @@ final class OwnedPartition {
         var stateConfiguration = KafkaConsumerConfiguration(client: configuration.client, groupID: nil)
         stateConfiguration.reportPartitionEOF = true
         stateConfiguration.isolationLevel = .readCommitted
-        stateConfiguration.additional["fetch.wait.max.ms"] = "10"
         let reader = try KafkaConsumer(configuration: stateConfiguration, logger: logger)
         let metadata = try await reader.metadata()
         let partitionCount = metadata.topics[names.events]?.partitionCount ?? 0

@@ -25,6 +25,11 @@ public struct KafkaClientConfiguration: Sendable {
     public var requestTimeout: Duration = .seconds(10)
     /// librdkafka debug contexts (`broker,protocol`, `cgrp`, ...), logged at debug level.
     public var debug: String?
+    /// How long a consumer's fetch may wait at the broker for records (`fetch.wait.max.ms`). Every hop of a
+    /// workflow passes through a fetch. Apache Kafka and Redpanda answer as soon as a record arrives, so a long
+    /// wait costs them nothing; Tansu 0.6.0 holds each fetch for the whole wait, so a short one keeps latency
+    /// low there, at the price of a fetch every few milliseconds per consumer while idle.
+    public var fetchWait: Duration = .milliseconds(5)
     public var additional: [String: String] = [:]
 
     public init(brokers: KafkaBrokers) { self.brokers = brokers }
@@ -119,6 +124,7 @@ public struct KafkaConsumerConfiguration: Sendable {
         p["enable.partition.eof"] = reportPartitionEOF ? "true" : "false"
         p["enable.auto.commit"] = enableAutoCommit ? "true" : "false"
         p["enable.auto.offset.store"] = "false"
+        p["fetch.wait.max.ms"] = String(max(1, client.fetchWait.milliseconds))
         return p.merging(client.additional) { $1 }.merging(additional) { $1 }
     }
 }

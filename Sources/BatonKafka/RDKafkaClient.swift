@@ -39,12 +39,15 @@ final class RDKafkaClient: @unchecked Sendable {
     let context: CallbackContext
     let logger: Logger
     let brokers: KafkaBrokers
+    /// The `security.protocol` the client was given, when not plaintext: named when no broker answers.
+    let securityProtocol: String?
     private let poller: Poller?
 
     init(kind: Kind, properties: [String: String], brokers: KafkaBrokers, logger: Logger, pollInBackground: Bool) throws {
         self.kind = kind
         self.logger = logger
         self.brokers = brokers
+        self.securityProtocol = properties["security.protocol"].flatMap { $0.lowercased() == "plaintext" ? nil : $0 }
         let context = CallbackContext(logger: logger, collectsEvents: kind == .consumer)
         self.context = context
 
@@ -53,9 +56,11 @@ final class RDKafkaClient: @unchecked Sendable {
         for (key, value) in properties.sorted(by: { $0.key < $1.key }) {
             if rd_kafka_conf_set(conf, key, value, &errstr, errstr.count) != RD_KAFKA_CONF_OK {
                 rd_kafka_conf_destroy(conf)
+                let secret = Self.isSecret(key) && !value.isEmpty
+                let reason = secret ? cString(errstr).replacingOccurrences(of: value, with: "(redacted)") : cString(errstr)
                 throw KafkaError(
                     code: .invalidConfiguration,
-                    message: "Kafka setting \(key)=\(value) is not valid: \(cString(errstr))")
+                    message: "Kafka setting \(key)=\(secret ? "(redacted)" : value) is not valid: \(reason)")
             }
         }
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(context).toOpaque())
@@ -113,6 +118,11 @@ final class RDKafkaClient: @unchecked Sendable {
         return ClusterMetadata(brokerCount: Int(metadata.pointee.broker_cnt), clusterID: clusterID, topics: topics)
     }
 
+    /// Settings whose values must not appear in errors or logs.
+    static func isSecret(_ key: String) -> Bool {
+        ["password", "secret", "jaas", "pem", "token"].contains { key.lowercased().contains($0) }
+    }
+
     func unreachable(_ err: rd_kafka_resp_err_t, timeout: Duration) -> KafkaError {
         let code = KafkaError.Code(err)
         guard code == .timedOut || code == .transport || code == .allBrokersDown else {
@@ -121,7 +131,7 @@ final class RDKafkaClient: @unchecked Sendable {
         let detail = lastError.map { " (last error: \($0.message))" } ?? ""
         return KafkaError(
             code: code,
-            message: "no Kafka broker at \(brokers) answered within \(timeout)\(detail); is it running? Set BATON_BROKERS to point elsewhere",
+            message: "no Kafka broker at \(brokers) answered within \(timeout)\(detail); is it running\(securityProtocol.map { ", and does it speak security.protocol=\($0)" } ?? "")? Set BATON_BROKERS to point elsewhere",
             isRetriable: true)
     }
 }

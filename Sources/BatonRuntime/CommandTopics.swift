@@ -48,8 +48,8 @@ public final class CommandTopics: Sendable {
 }
 
 extension KafkaConsumerConfiguration {
-    /// A member of an engine consumer group (coordinators, a worker pool): read_committed, heartbeats at a
-    /// tenth of the session timeout, and a short fetch wait, since every hop of a workflow goes through it.
+    /// A member of an engine consumer group (coordinators, a worker pool): read_committed, and heartbeats at a
+    /// tenth of the session timeout. Its fetch wait is the client's (`KafkaClientConfiguration.fetchWait`).
     public static func engineMember(
         client: KafkaClientConfiguration, group: String, sessionTimeout: Duration, maxPollInterval: Duration
     ) -> KafkaConsumerConfiguration {
@@ -58,7 +58,6 @@ extension KafkaConsumerConfiguration {
         c.sessionTimeout = sessionTimeout
         c.maxPollInterval = maxPollInterval
         c.heartbeatInterval = .milliseconds(max(100, sessionTimeout.inMilliseconds / 10))
-        c.additional["fetch.wait.max.ms"] = "5"
         return c
     }
 }

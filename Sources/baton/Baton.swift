@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatonCore
 import BatonKafka
 import Foundation
 import Logging
@@ -25,6 +26,16 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "How long a request to the brokers may take before it fails, in seconds.")
     var timeout: Int = 10
 
+    @Option(help: ArgumentHelp(
+        "A file of librdkafka properties (key=value lines) for every Kafka client, such as security.protocol and sasl.* (default: $BATON_KAFKA_CONFIG).",
+        valueName: "file"))
+    var kafkaConfig: String?
+
+    @Option(help: ArgumentHelp(
+        "How long a fetch may wait at the broker for new records, such as 5ms or 500ms (default: $BATON_FETCH_WAIT, else 5ms). See docs/operations.md.",
+        valueName: "duration"))
+    var fetchWait: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .error
 
@@ -39,11 +50,38 @@ struct ConnectionOptions: ParsableArguments {
         return logger
     }
 
+    var resolvedKafkaConfig: String? { kafkaConfig ?? environment["BATON_KAFKA_CONFIG"].flatMap { $0.isEmpty ? nil : $0 } }
+    var resolvedFetchWait: String? { fetchWait ?? environment["BATON_FETCH_WAIT"].flatMap { $0.isEmpty ? nil : $0 } }
+
     var clientConfiguration: KafkaClientConfiguration {
-        var c = KafkaClientConfiguration(brokers: resolvedBrokers)
-        c.clientID = "baton-cli"
-        c.requestTimeout = .seconds(timeout)
-        return c
+        get throws {
+            var c = KafkaClientConfiguration(brokers: resolvedBrokers)
+            c.clientID = "baton-cli"
+            c.requestTimeout = .seconds(timeout)
+            if let text = resolvedFetchWait {
+                let source = fetchWait != nil ? "--fetch-wait" : "BATON_FETCH_WAIT"
+                guard let wait = Millis.parse(text), wait.value >= 1, wait.value <= 60_000 else {
+                    throw CLIFailure("\(source): '\(text)' is not a duration from 1ms to 60s, such as 5ms or 500ms")
+                }
+                c.fetchWait = .milliseconds(wait.value)
+            }
+            if let path = resolvedKafkaConfig {
+                do {
+                    c.additional = try KafkaPropertiesFile.load(path: path)
+                } catch {
+                    throw CLIFailure("\(kafkaConfig != nil ? "--kafka-config" : "BATON_KAFKA_CONFIG"): \(error)")
+                }
+            }
+            return c
+        }
+    }
+
+    /// The options that pass these settings on to a child process.
+    var childArguments: [String] {
+        var arguments = ["--brokers", resolvedBrokers.bootstrapServers, "--log-level", logLevel.rawValue, "--timeout", String(timeout)]
+        if let path = resolvedKafkaConfig { arguments += ["--kafka-config", path] }
+        if let wait = resolvedFetchWait { arguments += ["--fetch-wait", wait] }
+        return arguments
     }
 }
 

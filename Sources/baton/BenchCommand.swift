@@ -40,7 +40,7 @@ struct Bench: AsyncParsableCommand {
         let logger = connection.makeLogger("baton.bench")
         let namespace = connection.namespace ?? "bench-\(UUID().uuidString.prefix(8).lowercased())"
         let names = TopicNames(namespace: namespace)
-        let clientConfiguration = connection.clientConfiguration
+        let clientConfiguration = try connection.clientConfiguration
         let admin = try KafkaAdmin(configuration: clientConfiguration, logger: logger)
         var specs = try loadSpecs("topics")
         for i in specs.indices where specs[i].isKeyed { specs[i].partitions = partitions }
@@ -51,7 +51,7 @@ struct Bench: AsyncParsableCommand {
         let watcher = try await InstanceWatcher(client: clientConfiguration, names: names, logger: logger, light: true)
 
         let children = ChildProcesses()
-        let common = ["--namespace", namespace, "--brokers", connection.resolvedBrokers.bootstrapServers, "--log-level", connection.logLevel.rawValue]
+        let common = ["--namespace", namespace] + connection.childArguments
         for i in 0..<coordinators { try children.spawn("coordinator-\(i)", ["coordinator"] + common) }
         try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
         print("namespace \(namespace); \(coordinators) coordinator(s) and the example workers running (logs in \(children.logDirectory.path))")

@@ -34,7 +34,7 @@ struct Demo: AsyncParsableCommand {
         }
         let watcher = try await InstanceWatcher(client: connection.clientConfiguration, names: names, logger: logger)
         let children = ChildProcesses()
-        let common = ["--namespace", namespace, "--brokers", connection.resolvedBrokers.bootstrapServers]
+        let common = ["--namespace", namespace] + connection.childArguments
         try children.spawn("coordinator", ["coordinator"] + common)
         try children.spawn("workers", ["example-workers"] + common)
         print("namespace \(namespace): a coordinator and the example workers are running (logs in \(children.logDirectory.path))")

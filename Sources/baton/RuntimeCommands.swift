@@ -33,7 +33,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
     func run() async throws {
         var logger = connection.makeLogger("baton.coordinator")
         if connection.logLevel == .error { logger.logLevel = .info }
-        let coordinator = Coordinator(configuration: CoordinatorConfiguration(client: connection.clientConfiguration, names: connection.names), logger: logger)
+        let coordinator = Coordinator(configuration: CoordinatorConfiguration(client: try connection.clientConfiguration, names: connection.names), logger: logger)
         try await runServices([coordinator], logger: logger)
     }
 }
@@ -55,7 +55,7 @@ struct WorkersCommand: AsyncParsableCommand {
             guard let handler = ExampleWorkers.handlers[name] else {
                 throw CLIFailure("no example worker for pool '\(name)'; known: \(ExampleWorkers.handlers.keys.sorted().joined(separator: ", "))")
             }
-            var configuration = WorkerConfiguration(client: connection.clientConfiguration, names: connection.names, pool: name)
+            var configuration = WorkerConfiguration(client: try connection.clientConfiguration, names: connection.names, pool: name)
             configuration.concurrency = concurrency
             services.append(StepWorker(configuration: configuration, logger: logger, handler: handler))
         }
