@@ -65,10 +65,11 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // What the coordinator, the workers and the client share over Kafka (dead letters).
+        // What the coordinator, the workers and the client share over Kafka (dead letters, command topics,
+        // client settings from the environment).
         .target(
             name: "BatonRuntime",
-            dependencies: ["BatonKafka", "BatonWire", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BatonCore", "BatonKafka", "BatonWire", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // The worker SDK and the client (start, status, tasks, operators).
@@ -116,7 +117,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BatonRuntimeIntegrationTests",
-            dependencies: ["BatonCore", "BatonKafka", "BatonTopics", "BatonWire", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonTestSupport"],
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonTopics", "BatonWire", "BatonRuntime", "BatonCoordinator", "BatonWorker", "BatonClient",
+                "BatonTestSupport",
+            ],
             swiftSettings: strict
         ),
         .testTarget(

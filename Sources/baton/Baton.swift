@@ -1,6 +1,6 @@
 import ArgumentParser
-import BatonCore
 import BatonKafka
+import BatonRuntime
 import Foundation
 import Logging
 
@@ -58,20 +58,8 @@ struct ConnectionOptions: ParsableArguments {
             var c = KafkaClientConfiguration(brokers: resolvedBrokers)
             c.clientID = "baton-cli"
             c.requestTimeout = .seconds(timeout)
-            if let text = resolvedFetchWait {
-                let source = fetchWait != nil ? "--fetch-wait" : "BATON_FETCH_WAIT"
-                guard let wait = Millis.parse(text), wait.value >= 1, wait.value <= 60_000 else {
-                    throw CLIFailure("\(source): '\(text)' is not a duration from 1ms to 60s, such as 5ms or 500ms")
-                }
-                c.fetchWait = .milliseconds(wait.value)
-            }
-            if let path = resolvedKafkaConfig {
-                do {
-                    c.additional = try KafkaPropertiesFile.load(path: path)
-                } catch {
-                    throw CLIFailure("\(kafkaConfig != nil ? "--kafka-config" : "BATON_KAFKA_CONFIG"): \(error)")
-                }
-            }
+            if let text = resolvedFetchWait { try c.setFetchWait(text, source: fetchWait != nil ? "--fetch-wait" : "BATON_FETCH_WAIT") }
+            if let path = resolvedKafkaConfig { try c.loadProperties(path, source: kafkaConfig != nil ? "--kafka-config" : "BATON_KAFKA_CONFIG") }
             return c
         }
     }
