@@ -553,6 +553,8 @@ struct Machine {
         state.status = status
         state.finishedAt = now
         state.suspension = nil
+        // The state says why it ended (a cancellation's reason replaces the failure it may have followed).
+        if let reason, status != .completed { state.reason = reason }
         for timer in state.timers { effects.append(.cancelTimer(timer.key)) }
         state.timers.removeAll()
         switch status {

@@ -369,6 +369,21 @@ struct SagaTests {
         #expect(sim.send(.cancel(reason: "again", by: "x", request: "c-2")).outcome == .ignored(.notApplicable("the instance is cancelled")))
     }
 
+    @Test func aSuspendedInstanceThatIsCancelledSaysWhyItEnded() throws {
+        var sim = Simulator(try workflow("""
+            workflow_id: w
+            on_failure: { compensate: false, then: suspend }
+            steps:
+              - { id: a, type: t, retry: { max_attempts: 1 } }
+            """))
+        sim.fail("a", error: "declined")
+        #expect(sim.state.status == .suspended)
+        #expect(sim.state.reason == "'a' failed after 1 attempt: declined")
+        sim.send(.cancel(reason: "customer left", by: "ops", request: "c-1"))
+        #expect(sim.state.status == .cancelled)
+        #expect(sim.state.reason == "cancelled by ops: customer left")
+    }
+
     @Test func anOperatorRequestDeliveredTwiceIsAppliedOnce() throws {
         var sim = Simulator(try workflow("workflow_id: w\non_failure: { then: suspend }\nsteps: [{ id: a, type: t, retry: { max_attempts: 1 } }]"))
         sim.fail("a")
