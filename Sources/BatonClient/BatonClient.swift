@@ -82,15 +82,53 @@ public final class BatonClient: Sendable {
         return state
     }
 
-    /// Cancel, resume, retry or skip; returns the request id (a request is applied once).
+    /// Cancel, resume, retry or skip; returns the request id (a request is applied once). It is sent as it
+    /// is: `operateAndWait` checks it first and waits for the outcome.
     @discardableResult
     public func operate(
         instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String
     ) async throws -> String {
-        let request = UUID().uuidString.lowercased()
-        let message = OperatorMessage(instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: request)
+        let message = OperatorMessage(
+            instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
         try await sendEvent(instanceID: instanceID, kind: .operatorCommand, value: Wire.encode(message))
-        return request
+        return message.requestID
+    }
+
+    /// Checks an operator's command against the instance as it is now, exactly as the coordinator will
+    /// (the same pure transition), and refuses it with the reason when it would not apply: an unknown
+    /// instance or step, an instance that is not suspended, one that has finished. Otherwise sends it and
+    /// waits until the instance's state shows it applied, and returns that state.
+    public func operateAndWait(
+        instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String,
+        timeout: Duration = .seconds(30)
+    ) async throws -> InstanceState {
+        guard let state = try await status(instanceID: instanceID) else { throw ClientError("no instance '\(instanceID)' (nothing on \(names.state))") }
+        guard let workflow = try await definition(state.workflowID, version: state.version) else {
+            throw ClientError("instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not on \(names.definitions)")
+        }
+        let message = OperatorMessage(
+            instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
+        let value = Wire.encode(message)
+        guard case .event(_, let event) = try EventMessage.decode(value) else { throw ClientError("\(command.rawValue): not an instance event") }
+        if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
+            throw ClientError("\(command.rawValue) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
+        }
+        try await sendEvent(instanceID: instanceID, kind: .operatorCommand, value: value)
+        let partition = KafkaPartitioner.partition(forKey: instanceID, partitionCount: try await partitionCount(names.state))
+        var applied: InstanceState?
+        try await follow(TopicPartition(names.state, partition), timeout: timeout) { m in
+            guard m.keyString == instanceID, let value = m.value, let state = try? StateCodec.decode(value), state.requests.contains(message.requestID) else {
+                return false
+            }
+            applied = state
+            return true
+        }
+        guard let applied else {
+            throw ClientError(
+                "sent \(command.rawValue) to '\(instanceID)' (request \(message.requestID)), but no coordinator applied it within \(timeout): "
+                    + "is one running? `baton status \(instanceID)` shows whether it was applied since")
+        }
+        return applied
     }
 
     // MARK: Definitions
@@ -157,6 +195,26 @@ public final class BatonClient: Sendable {
     public func readAll(_ topic: String, timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws {
         let count = try await partitionCount(topic)
         try await readToEnd((0..<Int32(count)).map { TopicPartition(topic, $0) }, timeout: timeout, body)
+    }
+
+    /// Reads a partition from the beginning until `body` returns true (then returns) or `timeout` passes
+    /// (then returns too: the caller tells which from what `body` saw).
+    func follow(_ partition: TopicPartition, timeout: Duration, _ body: (KafkaMessage) throws -> Bool) async throws {
+        let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(client: client, groupID: nil), logger: logger)
+        do {
+            try consumer.assign([TopicPartitionOffset(partition, offset: TopicPartitionOffset.beginning)])
+            let clock = ContinuousClock()
+            let deadline = clock.now + timeout
+            reading: while clock.now < deadline {
+                for event in try await consumer.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
+                    if case .message(let m) = event, try body(m) { break reading }
+                }
+            }
+        } catch {
+            await consumer.close()
+            throw error
+        }
+        await consumer.close()
     }
 
     /// Reads partitions from the beginning to their current end (partition EOF), read_committed.

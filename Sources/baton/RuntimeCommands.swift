@@ -206,14 +206,28 @@ struct Instances: AsyncParsableCommand {
         @OptionGroup var connection: ConnectionOptions
         @Argument(help: "The instance id.") var id: String
         @Option(help: "Who (recorded with the command).") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
+        @Option(help: "Seconds to wait for a coordinator to apply it; 0 sends it unchecked and does not wait.") var wait = 30
 
+        /// Checks the command against the instance (as the coordinator will), sends it, and waits until it is
+        /// applied: a refusal or a command no coordinator applied is an error, with the reason.
         func send(_ command: OperatorMessage.Command, step: String? = nil, output: String? = nil, reason: String? = nil) async throws {
             let out: JSON?
             do { out = try output.map { try JSON.parse(Data($0.utf8)) } } catch { throw CLIFailure("--output is not valid JSON: \(error)") }
             let client = try connection.makeClient()
-            let request = try await client.operate(instanceID: id, command, step: step, output: out, reason: reason, by: by)
-            await client.close()
-            print("sent \(command.rawValue) to \(id) (request \(request))")
+            do {
+                if wait > 0 {
+                    let state = try await client.operateAndWait(
+                        instanceID: id, command, step: step, output: out, reason: reason, by: by, timeout: .seconds(wait))
+                    print("\(command.rawValue) applied to \(id): now \(state.status.rawValue)")
+                } else {
+                    let request = try await client.operate(instanceID: id, command, step: step, output: out, reason: reason, by: by)
+                    print("sent \(command.rawValue) to \(id) (request \(request))")
+                }
+                await client.close()
+            } catch {
+                await client.close()
+                throw (error as? ClientError).map { CLIFailure($0.description) } ?? error
+            }
         }
     }
 

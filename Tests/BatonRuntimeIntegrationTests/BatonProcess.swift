@@ -47,6 +47,17 @@ final class BatonProcess: @unchecked Sendable {
         }
     }
 
+    /// Waits (on a Dispatch thread, not the cooperative pool) for the process to exit; its exit status.
+    func exitStatus() async -> Int32 {
+        let process = self.process
+        return await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                process.waitUntilExit()
+                continuation.resume(returning: process.terminationStatus)
+            }
+        }
+    }
+
     var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
 
     deinit {
