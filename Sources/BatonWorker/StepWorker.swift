@@ -120,8 +120,9 @@ public final class StepWorker: Service, Sendable {
                         tracker.started(message)
                         limiter.take()
                         group.addTask {
-                            await self.handle(message, producer: producer)
-                            tracker.finished(message)
+                            // A command handed back (cancelled at the end of the grace period) stays uncommitted,
+                            // so that the next owner of its partition runs it.
+                            if await self.handle(message, producer: producer) { tracker.finished(message) }
                             limiter.give()
                         }
                     case .revoked(let partitions, _):
@@ -163,7 +164,8 @@ public final class StepWorker: Service, Sendable {
     }
 
     /// Runs one command and delivers its result; a record it cannot use goes to the dead-letter topic.
-    func handle(_ message: KafkaMessage, producer: KafkaProducer) async {
+    /// Returns whether it is done with the record (false: handed back, to be redelivered).
+    func handle(_ message: KafkaMessage, producer: KafkaProducer) async -> Bool {
         let names = configuration.names
         let command: CommandMessage
         do {
@@ -174,9 +176,8 @@ public final class StepWorker: Service, Sendable {
             }
             command = try Wire.decode(CommandMessage.self, from: value)
         } catch {
-            await deliver(deadLetterRecord(message, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), producer: producer)
             logger.warning("command sent to the dead-letter topic", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
-            return
+            return await deliver(deadLetterRecord(message, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), producer: producer)
         }
         var logger = self.logger
         logger[metadataKey: "instance"] = "\(command.instanceID)"
@@ -190,30 +191,32 @@ public final class StepWorker: Service, Sendable {
         } catch let failure as StepFailure {
             result = .failed(command, error: failure.message, retryable: failure.retryable)
         } catch is CancellationError {
-            return  // handed back: not committed, so redelivered
+            return false  // handed back: not committed, so redelivered
         } catch {
             result = .failed(command, error: "\(error)", retryable: true)
         }
-        await deliver(
+        return await deliver(
             ProducerRecord(
                 topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
                 headers: [KafkaHeader(key: WireHeaders.kind, string: result.kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]),
             producer: producer)
     }
 
-    /// Sends until the broker has it: a result must not be lost (the coordinator ignores duplicates).
-    func deliver(_ record: ProducerRecord, producer: KafkaProducer) async {
+    /// Sends until the broker has it: a result must not be lost (the coordinator ignores duplicates). False
+    /// when cancelled first (the grace period of a shutdown ran out): then the command is handed back.
+    func deliver(_ record: ProducerRecord, producer: KafkaProducer) async -> Bool {
         var backoff = Duration.milliseconds(100)
         while !Task.isCancelled {
             do {
                 try await producer.send(record)
-                return
+                return true
             } catch {
                 logger.warning("could not deliver to \(record.topic): \(error); retrying")
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(5))
             }
         }
+        return false
     }
 }
 

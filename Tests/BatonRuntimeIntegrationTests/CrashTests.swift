@@ -150,6 +150,50 @@ struct CrashTests {
         await engine.shutdown()
     }
 
+    /// A graceful stop (SIGTERM through swift-service-lifecycle, or `stop()`): a command that finishes within
+    /// the grace period delivers its result; one that does not is handed back and another member runs it.
+    @Test func aWorkerStoppedGracefullyFinishesWhatItCanAndHandsBackTheRest() async throws {
+        let engine = try await Engine(partitions: 1)
+        _ = try await engine.register("""
+            workflow_id: one
+            steps:
+              - { id: work, type: svc }
+            """)
+        engine.startCoordinator()
+        let quickMayFinish = Gate()
+        let started = Recorder<String>()
+        var configuration = WorkerConfiguration(client: TestKafka.client, names: engine.names, pool: "svc")
+        configuration.sessionTimeout = .seconds(6)
+        configuration.maxPollInterval = .seconds(6)
+        configuration.shutdownGrace = .seconds(2)
+        let first = StepWorker(configuration: configuration, logger: TestKafka.logger) { ctx in
+            started.add(ctx.instanceID)
+            if ctx.instanceID == "quick" {
+                await quickMayFinish.wait()
+            } else {
+                try await Task.sleep(for: .seconds(600))  // cancelled when the grace period is over
+            }
+            return ["by": "first"]
+        }
+        let running = Task { try await first.run() }
+        _ = try await engine.start("one", id: "quick")
+        _ = try await engine.start("one", id: "stuck")
+        try await waitUntil("both commands to be running", timeout: .seconds(60)) { Set(started.all) == ["quick", "stuck"] }
+
+        first.stop()
+        quickMayFinish.open()  // finishes during the grace period
+        try await running.value
+        let quick = try await engine.wait("quick", for: [.completed, .failed])
+        #expect(quick.output == ["work": ["by": "first"]])
+        #expect(engine.watcher.state("stuck")?.status == .running)
+
+        // The stuck command was handed back (not committed): the next member of the pool gets it.
+        engine.startWorker("svc") { _ in ["by": "second"] }
+        let stuck = try await engine.wait("stuck", for: [.completed, .failed])
+        #expect(stuck.output == ["work": ["by": "second"]])
+        await engine.shutdown()
+    }
+
     @Test func twoCoordinatorsShareThePartitionsAndOneFinishesWhatTheOtherLeft() async throws {
         let engine = try await Engine(partitions: 4)
         _ = try await engine.register(Self.saga)
