@@ -5,6 +5,7 @@ import BatonTestSupport
 import BatonWire
 import BatonWorker
 import Foundation
+import Synchronization
 import Testing
 
 @Suite("Runtime: coordinator and workers on the real broker", .serialized, .timeLimit(.minutes(3)))
@@ -112,6 +113,70 @@ struct RuntimeTests {
         #expect(alerts.count == 1)
         #expect(alerts.first?.alert.instanceID == id)
         #expect(alerts.first?.alert.message.contains("compensated: reserve, hold") == true)
+        await engine.shutdown()
+    }
+
+    /// `for_each` over Kafka: one command per item (at most two at once), outputs collected in order; an item
+    /// that fails for good has the items that completed undone one by one; a step whose `when` is false is skipped.
+    @Test func forEachItemsRunInParallelAndAreCompensatedOneByOne() async throws {
+        let engine = try await Engine()
+        _ = try await engine.register("""
+            workflow_id: batch
+            steps:
+              - { id: split, type: svc }
+              - id: each
+                type: svc
+                depends_on: [split]
+                for_each: { items: $.steps.split.output.skus, max_concurrency: 2 }
+                input: { sku: $.item, position: $.index }
+                retry: { max_attempts: 1 }
+                compensation: { type: undo, input: { sku: $.item } }
+              - { id: gift, type: svc, depends_on: [split], when: $.input.vip == true }
+              - { id: total, type: svc, depends_on: [each, gift], input: { lines: $.steps.each.output } }
+            """)
+        engine.startCoordinator()
+        let running = Mutex((now: 0, most: 0))
+        let totals = Recorder<JSON>()
+        engine.startWorker("svc", concurrency: 16) { ctx in
+            switch ctx.step {
+            case "split":
+                return ["skus": .array(ctx.instanceID.hasPrefix("bad") ? ["a", "b", "broken", "d"] : ["a", "b", "c", "d", "e"])]
+            case "each":
+                running.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+                defer { running.withLock { $0.now -= 1 } }
+                let sku = ctx.input["sku"]?.stringValue ?? ""
+                if sku == "broken" { throw StepFailure("no stock for \(sku)", retryable: false) }
+                try await Task.sleep(for: .milliseconds(100))  // the service's own work, so that items overlap
+                return ["line": .string("\(sku)@\(Int(ctx.input["position"]?.numberValue ?? -1))")]
+            case "total":
+                totals.add(ctx.input)
+                return [:]
+            default:
+                Issue.record("\(ctx.step) should have been skipped")
+                return [:]
+            }
+        }
+        let undone = Recorder<String>()
+        engine.startWorker("undo") { ctx in
+            undone.add(ctx.input["sku"]?.stringValue ?? "?")
+            return [:]
+        }
+
+        let good = try await engine.start("batch", input: ["vip": false], id: "good-1")
+        let state = try await engine.wait(good, for: [.completed, .failed])
+        #expect(state.status == .completed)
+        #expect(state.steps[2].status == .skipped)
+        #expect(totals.all == [["lines": [["line": "a@0"], ["line": "b@1"], ["line": "c@2"], ["line": "d@3"], ["line": "e@4"]]]])
+        #expect(running.withLock { $0.most } == 2, "max_concurrency: 2")
+
+        let bad = try await engine.start("batch", input: ["vip": false], id: "bad-1")
+        let failed = try await engine.wait(bad, for: [.completed, .failed, .suspended])
+        #expect(failed.status == .failed)
+        try await waitUntil("the completed items to be undone") { undone.all.count >= 2 }
+        // Items a and b completed before 'broken' failed (two at a time, in order); d never ran or was undone too.
+        #expect(Set(undone.all).isSuperset(of: ["a", "b"]))
+        #expect(!undone.all.contains("broken"))
+        #expect(Set(undone.all).count == undone.all.count, "an item undone twice: \(undone.all)")
         await engine.shutdown()
     }
 
