@@ -208,6 +208,51 @@ struct RuntimeTests {
         await engine.shutdown()
     }
 
+    /// A human task nobody decides in time escalates to another role (a new task; the first one is closed as
+    /// escalated); that one, undecided too, is rejected, which runs the failure path.
+    @Test func anUndecidedTaskEscalatesThenTimesOutAsDefined() async throws {
+        let engine = try await Engine()
+        _ = try await engine.register("""
+            workflow_id: loan
+            steps:
+              - id: approve
+                type: human_task
+                assignee: role:credit_manager
+                timeout: 1s
+                on_timeout: { action: escalate, escalate_to: role:head_of_credit, then: reject }
+              - { id: disburse, type: svc, depends_on: [approve] }
+            """)
+        engine.startCoordinator()
+        engine.startWorker("svc") { _ in
+            Issue.record("nothing may be disbursed")
+            return [:]
+        }
+        let id = try await engine.start("loan")
+        var byRole: [String: TaskRecord] = [:]
+        try await waitUntil("the task to escalate") {
+            byRole = [:]
+            for record in try await engine.client.tasks() where record.task?.instanceID == id || record.taskID.hasPrefix(id) {
+                if let assignee = record.task?.assignee { byRole[assignee] = record }
+            }
+            return byRole["role:head_of_credit"] != nil
+        }
+        let first = try #require(byRole["role:credit_manager"])
+        try await waitUntil("the first task to be closed as escalated") {
+            try await engine.client.tasks().first { $0.taskID == first.taskID }?.status == .escalated
+        }
+        let state = try await engine.wait(id, for: [.failed, .suspended, .completed])
+        #expect(state.status == .failed)
+        #expect(state.reason?.contains("approve") == true, "\(state.reason ?? "")")
+        let second = try #require(byRole["role:head_of_credit"])
+        try await waitUntil("the escalated task to be closed as timed out") {
+            try await engine.client.tasks().first { $0.taskID == second.taskID }?.status == .timedOut
+        }
+        // A decision that comes too late changes nothing.
+        let late = await #expect(throws: ClientError.self) { try await engine.client.decide(taskID: second.taskID, approve: true, by: "bob", comment: nil) }
+        #expect(late?.description.contains("not open") == true)
+        await engine.shutdown()
+    }
+
     @Test func poisonInputGoesToTheDeadLetterTopicAndNoConsumerStops() async throws {
         let engine = try await Engine(partitions: 1)
         _ = try await engine.register(Self.seed)
