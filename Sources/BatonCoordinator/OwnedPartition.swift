@@ -30,8 +30,8 @@ final class OwnedPartition {
     var instances: [String: InstanceState]
     var timers = Heap<TimerEntry>()
     var scheduled = Set<TimerEntry>()
-    /// Timers sent to the events topic and not yet seen back.
-    var fired = Set<TimerEntry>()
+    /// Timers sent to the events topic and not yet seen back, by instance.
+    var fired: [String: Set<TimerEntry>] = [:]
 
     var names: TopicNames { configuration.names }
 
@@ -119,7 +119,7 @@ final class OwnedPartition {
     func schedule(_ state: InstanceState) {
         for timer in state.timers {
             let entry = TimerEntry(dueAt: timer.dueAt, instanceID: state.instanceID, key: timer.key)
-            if !fired.contains(entry), scheduled.insert(entry).inserted { timers.insert(entry) }
+            if fired[state.instanceID]?.contains(entry) != true, scheduled.insert(entry).inserted { timers.insert(entry) }
         }
     }
 
@@ -131,7 +131,7 @@ final class OwnedPartition {
                 ProducerRecord(
                     topic: names.events, partition: partition, key: Data(entry.instanceID.utf8), value: Wire.encode(message),
                     headers: [KafkaHeader(key: WireHeaders.kind, string: Wire.Kind.timerFired.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]))
-            fired.insert(entry)
+            fired[entry.instanceID, default: []].insert(entry)
         }
         try await timerProducer.flush()
     }
@@ -267,7 +267,10 @@ final class OwnedPartition {
         }
         for id in originals.keys {
             guard let state = instances[id] else { continue }
-            fired = fired.filter { entry in entry.instanceID != id || state.timers.contains { $0.key == entry.key && $0.dueAt == entry.dueAt } }
+            if let pending = fired[id] {
+                let stillArmed = pending.filter { entry in state.timers.contains { $0.key == entry.key && $0.dueAt == entry.dueAt } }
+                fired[id] = stillArmed.isEmpty ? nil : stillArmed
+            }
             schedule(state)
         }
     }
