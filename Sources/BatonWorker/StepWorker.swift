@@ -146,7 +146,17 @@ public final class StepWorker: Service, Sendable {
                 try? await Task.sleep(for: grace)
                 limiter.expire()
             }
+            let inFlight = limiter.limit - limiter.free
+            if inFlight > 0 {
+                logger.info("stopping: waiting for the commands in flight", metadata: ["pool": "\(configuration.pool)", "commands": "\(inFlight)", "grace": "\(grace)"])
+            }
             await limiter.waitUntilIdle()
+            let unfinished = limiter.limit - limiter.free
+            if unfinished > 0 {
+                logger.warning(
+                    "grace period over: handing back the commands still running (they are redelivered)",
+                    metadata: ["pool": "\(configuration.pool)", "commands": "\(unfinished)"])
+            }
             group.cancelAll()
         }
         await commit(tracker, consumer)
