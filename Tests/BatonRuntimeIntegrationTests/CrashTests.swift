@@ -197,18 +197,34 @@ struct CrashTests {
     @Test func twoCoordinatorsShareThePartitionsAndOneFinishesWhatTheOtherLeft() async throws {
         let engine = try await Engine(partitions: 4)
         _ = try await engine.register(Self.saga)
-        engine.engineSlowWorkers()
+        // Every shipment waits until the first coordinator has stopped, so its instances are in flight then.
+        let held = Gate()
+        startWorkers(engine, held: held)
         let a = engine.startCoordinator()
         engine.startCoordinator()
-        var ids: [String] = []
-        for i in 0..<80 { ids.append(try await engine.start("saga", id: "ok-\(i)")) }
-        // Both coordinators wrote state: they share the instances.
-        try await waitUntil("both coordinators to have processed instances", timeout: .seconds(60)) {
-            let writers = try await engine.records(engine.names.state).compactMap { $0.header(WireHeaders.coordinator) }
-            return Set(writers).count == 2 && engine.watcher.all.count >= 20
+        func writers() async throws -> [String: [String]] {
+            var byInstance: [String: [String]] = [:]
+            for m in try await engine.records(engine.names.state) {
+                guard let id = m.keyString, let writer = m.header(WireHeaders.coordinator) else { continue }
+                byInstance[id, default: []].append(String(decoding: writer, as: UTF8.self))
+            }
+            return byInstance
         }
+        // Start instances until both coordinators have written some: they share the partitions.
+        var ids: [String] = []
+        try await waitUntil("both coordinators to have processed instances", timeout: .seconds(60)) {
+            for _ in 0..<10 { ids.append(try await engine.start("saga", id: "held-\(ids.count)")) }
+            return Set(try await writers().values.flatMap { $0 }).count == 2
+        }
+        let before = try await writers()
+        let leftByA = ids.filter { before[$0]?.last == "in-process-\(a)" }
+        #expect(!leftByA.isEmpty)
         await engine.stopCoordinator(a)
+        held.open()
         #expect(await engine.watcher.wait(for: Set(ids), toBe: [.completed], timeout: .seconds(90)))
+        // What the stopped one had in flight, the other finished.
+        let after = try await writers()
+        for id in leftByA { #expect(after[id]?.last == "in-process-1", "\(id): last written by \(after[id]?.last ?? "nobody")") }
         await engine.shutdown()
     }
 
@@ -240,16 +256,5 @@ struct CrashTests {
         #expect(late.isEmpty, "\(late.count) state records from the paused coordinator became visible")
         paused.terminate()
         await engine.shutdown()
-    }
-}
-
-extension Engine {
-    /// Workers slow enough that instances are in flight when a coordinator goes away.
-    func engineSlowWorkers() {
-        startWorker("svc", concurrency: 64) { ctx in
-            try await Task.sleep(for: .milliseconds(50))  // the service's own work
-            return ["step": .string(ctx.step)]
-        }
-        startWorker("undo", concurrency: 64) { _ in [:] }
     }
 }
