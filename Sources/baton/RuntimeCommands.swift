@@ -75,9 +75,19 @@ struct Start: AsyncParsableCommand {
         let value: JSON
         do { value = try JSON.parse(Data(input.utf8)) } catch { throw CLIFailure("--input is not valid JSON: \(error)") }
         let client = try connection.makeClient()
-        let instance = try await client.start(workflowID: workflow, version: version, input: value, instanceID: id)
-        await client.close()
-        print(instance)
+        do {
+            // A start for a workflow the coordinators do not know would only reach the dead-letter topic.
+            guard try await client.definition(workflow, version: version) != nil else {
+                let what = version.map { "version \($0) of '\(workflow)' is not" } ?? "no workflow '\(workflow)' is"
+                throw CLIFailure("\(what) registered on \(connection.names.definitions); register it first: baton definitions register FILE")
+            }
+            let instance = try await client.start(workflowID: workflow, version: version, input: value, instanceID: id)
+            await client.close()
+            print(instance)
+        } catch {
+            await client.close()
+            throw error
+        }
     }
 }
 
