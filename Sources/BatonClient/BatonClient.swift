@@ -189,6 +189,25 @@ public final class BatonClient: Sendable {
             ProducerRecord(topic: names.events, partition: record.partition, key: Data(task.instanceID.utf8), value: Wire.encode(message), headers: headers(.taskDecided)))
     }
 
+    /// `decide`, then waits until a coordinator has closed the task, and returns its closing record: its
+    /// status is the decision, or how the task was closed first (for example `timed_out`).
+    public func decideAndWait(taskID: String, approve: Bool, by: String, comment: String?, timeout: Duration = .seconds(30)) async throws -> TaskRecord {
+        try await decide(taskID: taskID, approve: approve, by: by, comment: comment)
+        let partition = KafkaPartitioner.partition(forKey: taskID, partitionCount: try await partitionCount(names.tasks))
+        var closed: TaskRecord?
+        try await follow(TopicPartition(names.tasks, partition), timeout: timeout) { m in
+            guard m.keyString == taskID, let value = m.value, let record = try? Wire.decode(TaskRecord.self, from: value), record.status != .open else {
+                return false
+            }
+            closed = record
+            return true
+        }
+        guard let closed else {
+            throw ClientError("sent the decision on task '\(taskID)', but no coordinator applied it within \(timeout): is one running?")
+        }
+        return closed
+    }
+
     // MARK: Reading
 
     /// Reads every partition of a topic from the beginning to its current end, read_committed.

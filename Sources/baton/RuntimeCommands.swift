@@ -185,12 +185,26 @@ struct Tasks: AsyncParsableCommand {
         @Argument(help: "The task id.") var task: String
         @Option(help: "Who decides.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
         @Option(help: "A comment.") var comment: String?
+        @Option(help: "Seconds to wait for a coordinator to apply the decision; 0 sends it and does not wait.") var wait = 30
 
         func send(approve: Bool) async throws {
             let client = try connection.makeClient()
-            try await client.decide(taskID: task, approve: approve, by: by, comment: comment)
-            await client.close()
-            print("\(approve ? "approved" : "rejected") \(task)")
+            do {
+                if wait > 0 {
+                    let closed = try await client.decideAndWait(taskID: task, approve: approve, by: by, comment: comment, timeout: .seconds(wait))
+                    guard closed.status == (approve ? .approved : .rejected) else {
+                        throw CLIFailure("task '\(task)' was closed as \(closed.status.rawValue) before the decision was applied")
+                    }
+                    print("\(approve ? "approved" : "rejected") \(task)")
+                } else {
+                    try await client.decide(taskID: task, approve: approve, by: by, comment: comment)
+                    print("sent: \(approve ? "approve" : "reject") \(task)")
+                }
+                await client.close()
+            } catch {
+                await client.close()
+                throw (error as? ClientError).map { CLIFailure($0.description) } ?? error
+            }
         }
     }
 

@@ -198,13 +198,16 @@ struct RuntimeTests {
         #expect(task.task?.input == ["score": 710])
         let notifications = try await engine.records(engine.names.notifications)
         #expect(notifications.contains { $0.keyString == id })
-        try await engine.client.decide(taskID: task.taskID, approve: true, by: "alice", comment: "ok")
+        // Decided from the command line, which waits until a coordinator has closed the task.
+        let approve = try BatonProcess(["tasks", "approve", task.taskID, "--by", "alice", "--comment", "ok", "--log-level", "error"], namespace: engine.names.namespace)
+        #expect(await approve.exitStatus() == 0, "\(approve.output)")
+        #expect(approve.output.contains("approved \(task.taskID)"), "\(approve.output)")
+        let closed = try await engine.client.tasks().first { $0.taskID == task.taskID }
+        #expect(closed?.status == .approved)
+        #expect(closed?.decidedBy == "alice")
         let state = try await engine.wait(id, for: [.completed, .failed])
         #expect(state.status == .completed)
         #expect(state.steps[1].output?["by"] == "alice")
-        try await waitUntil("the task to be closed") {
-            try await engine.client.tasks().first { $0.taskID == task.taskID }?.status == .approved
-        }
         await engine.shutdown()
     }
 
