@@ -82,6 +82,26 @@ public final class BatonClient: Sendable {
         return state
     }
 
+    /// Every instance's latest state, optionally only those with one of `statuses` or of one workflow,
+    /// oldest first. Reads the whole state topic (statuses are read without decoding the rest).
+    public func instances(statuses: Set<InstanceStatus>? = nil, workflowID: String? = nil) async throws -> [InstanceState] {
+        var latest: [String: Data] = [:]
+        try await readAll(names.state) { m in
+            guard let id = m.keyString else { return }
+            latest[id] = m.value
+        }
+        var found: [InstanceState] = []
+        for value in latest.values {
+            if let statuses {
+                guard let status = StateCodec.status(value), statuses.contains(status) else { continue }
+            }
+            guard let state = try? StateCodec.decode(value) else { continue }
+            if let workflowID, state.workflowID != workflowID { continue }
+            found.append(state)
+        }
+        return found.sorted { ($0.startedAt, $0.instanceID) < ($1.startedAt, $1.instanceID) }
+    }
+
     /// Cancel, resume, retry or skip; returns the request id (a request is applied once). It is sent as it
     /// is: `operateAndWait` checks it first and waits for the outcome.
     @discardableResult

@@ -223,7 +223,33 @@ struct Tasks: AsyncParsableCommand {
 
 struct Instances: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Operators' commands on an instance.", subcommands: [Resume.self, Retry.self, Skip.self, Cancel.self])
+        abstract: "List instances, and operators' commands on one.", subcommands: [List.self, Resume.self, Retry.self, Skip.self, Cancel.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List instances: id, workflow, status, and why it failed or is suspended. Reads the whole state topic.")
+        @OptionGroup var connection: ConnectionOptions
+        @Option(help: "Only instances with this status (repeatable): \(InstanceStatus.allCases.map(\.rawValue).joined(separator: ", ")).")
+        var status: [InstanceStatus] = []
+        @Option(help: "Only instances of this workflow.") var workflow: String?
+
+        func run() async throws {
+            let client = try connection.makeClient()
+            let found: [InstanceState]
+            do {
+                found = try await client.instances(statuses: status.isEmpty ? nil : Set(status), workflowID: workflow)
+                await client.close()
+            } catch {
+                await client.close()
+                throw error
+            }
+            if found.isEmpty { print("no instances") }
+            for state in found {
+                let started = Date(timeIntervalSince1970: Double(state.startedAt) / 1000).formatted(.iso8601)
+                print("\(state.instanceID)  \(state.workflowID) v\(state.version)  \(state.status.rawValue)  started \(started)\(state.reason.map { "  \($0)" } ?? "")")
+            }
+        }
+    }
 
     /// What every operator command shares.
     struct Target: ParsableArguments {
@@ -284,3 +310,5 @@ struct Instances: AsyncParsableCommand {
         func run() async throws { try await target.send(.cancel, reason: reason) }
     }
 }
+
+extension InstanceStatus: ExpressibleByArgument {}

@@ -50,6 +50,11 @@ struct OperatorTests {
         let suspended = try await engine.wait(id, for: [.suspended, .failed, .completed])
         #expect(suspended.status == .suspended)
         #expect(suspended.steps[0].units.first?.compensation == .done)
+        // An operator finds it among the suspended instances, with the reason.
+        let listed = try await baton(["instances", "list", "--status", "suspended"], engine)
+        #expect(listed.status == 0)
+        #expect(listed.output.contains("\(id)  ops v1  suspended  started "), "\(listed.output)")
+        #expect(listed.output.contains("'charge' failed after 2 attempts: gateway down"), "\(listed.output)")
 
         // Refused before anything is sent, with the coordinator's own reason.
         let notFailed = try await baton(["instances", "skip", id, "--step", "ship"], engine)
@@ -95,6 +100,8 @@ struct OperatorTests {
         let toSkip = try await engine.start("manual")
         let toCancel = try await engine.start("manual")
         for id in [toSkip, toCancel] { #expect(try await engine.wait(id, for: [.suspended, .failed]).status == .suspended) }
+        #expect(Set(try await engine.client.instances(statuses: [.suspended], workflowID: "manual").map(\.instanceID)) == [toSkip, toCancel])
+        #expect(try await engine.client.instances(statuses: [.running, .completed]).isEmpty)
 
         let skipped = try await engine.client.operateAndWait(instanceID: toSkip, .skip, step: "charge", output: ["payment_id": "paid-by-phone"], by: "ops")
         #expect(skipped.steps[0].status == .skipped)
