@@ -112,7 +112,13 @@ struct CrashTests {
         let first = try BatonProcess(["coordinator"], namespace: engine.names.namespace)
         let id = try await engine.start("slow")
         try await waitUntil("b to be dispatched") { received.all.contains(1) }
-        let due = try #require(engine.watcher.state(id)?.timers.first { $0.key.kind == .stepTimeout }?.dueAt)
+        // The watcher may still show the state from before b was dispatched (a, with its own 30-minute timeout).
+        var due: Int64 = 0
+        try await waitUntil("b's step timeout to be armed") {
+            guard let timer = engine.watcher.state(id)?.timers.first(where: { $0.key.kind == .stepTimeout && $0.key.step == 1 }) else { return false }
+            due = timer.dueAt
+            return true
+        }
         first.kill9()
         // Wait, with no coordinator, until the timer is past due; then a new coordinator must fire it.
         try await waitUntil("the timer to be past due", timeout: .seconds(10)) { nowMillis() > due + 200 }
