@@ -13,8 +13,18 @@ import UnixSignals
 
 extension ConnectionOptions {
     var names: TopicNames { TopicNames(namespace: resolvedNamespace) }
-    func makeClient() throws -> BatonClient {
-        try BatonClient(client: clientConfiguration, names: names, logger: makeLogger("baton.client"))
+    /// Runs `body` with a client and closes it whatever happens; a client's refusal (`ClientError`) becomes
+    /// the command's one-line error.
+    func withClient<T>(_ body: (BatonClient) async throws -> T) async throws -> T {
+        let client = try BatonClient(client: clientConfiguration, names: names, logger: makeLogger("baton.client"))
+        do {
+            let result = try await body(client)
+            await client.close()
+            return result
+        } catch {
+            await client.close()
+            throw (error as? ClientError).map { CLIFailure($0.description) } ?? error
+        }
     }
 }
 
@@ -74,20 +84,15 @@ struct Start: AsyncParsableCommand {
     func run() async throws {
         let value: JSON
         do { value = try JSON.parse(Data(input.utf8)) } catch { throw CLIFailure("--input is not valid JSON: \(error)") }
-        let client = try connection.makeClient()
-        do {
+        let instance = try await connection.withClient { client in
             // A start for a workflow the coordinators do not know would only reach the dead-letter topic.
             guard try await client.definition(workflow, version: version) != nil else {
                 let what = version.map { "version \($0) of '\(workflow)' is not" } ?? "no workflow '\(workflow)' is"
                 throw CLIFailure("\(what) registered on \(connection.names.definitions); register it first: baton definitions register FILE")
             }
-            let instance = try await client.start(workflowID: workflow, version: version, input: value, instanceID: id)
-            await client.close()
-            print(instance)
-        } catch {
-            await client.close()
-            throw error
+            return try await client.start(workflowID: workflow, version: version, input: value, instanceID: id)
         }
+        print(instance)
     }
 }
 
@@ -98,16 +103,16 @@ struct Status: AsyncParsableCommand {
     @Flag(help: "Print the state as JSON.") var json = false
 
     func run() async throws {
-        let client = try connection.makeClient()
-        defer { Task { await client.close() } }
-        guard let state = try await client.status(instanceID: id) else { throw CLIFailure("no instance '\(id)' (yet)") }
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(state), as: UTF8.self))
-        } else {
-            let workflow = try? await client.definition(state.workflowID, version: state.version)
-            print(StatusReport.render(state, workflow: workflow))
+        try await connection.withClient { client in
+            guard let state = try await client.status(instanceID: id) else { throw CLIFailure("no instance '\(id)' (yet)") }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(state), as: UTF8.self))
+            } else {
+                let workflow = try? await client.definition(state.workflowID, version: state.version)
+                print(StatusReport.render(state, workflow: workflow))
+            }
         }
     }
 }
@@ -142,18 +147,18 @@ struct Definitions: AsyncParsableCommand {
         @Argument(help: "Definition files.") var files: [String]
 
         func run() async throws {
-            let client = try connection.makeClient()
-            for file in files {
-                let data: Data
-                do { data = try Data(contentsOf: URL(fileURLWithPath: file)) } catch { throw CLIFailure("\(file): cannot read: \(error.localizedDescription)") }
-                do {
-                    let workflow = try await client.register(document: data, source: file)
-                    print("\(file): registered \(workflow.id) v\(workflow.version)")
-                } catch let errors as DefinitionErrors {
-                    throw CLIFailure(errors.description)
+            try await connection.withClient { client in
+                for file in files {
+                    let data: Data
+                    do { data = try Data(contentsOf: URL(fileURLWithPath: file)) } catch { throw CLIFailure("\(file): cannot read: \(error.localizedDescription)") }
+                    do {
+                        let workflow = try await client.register(document: data, source: file)
+                        print("\(file): registered \(workflow.id) v\(workflow.version)")
+                    } catch let errors as DefinitionErrors {
+                        throw CLIFailure(errors.description)
+                    }
                 }
             }
-            await client.close()
         }
     }
 }
@@ -168,9 +173,8 @@ struct Tasks: AsyncParsableCommand {
         @Flag(help: "Closed tasks too.") var all = false
 
         func run() async throws {
-            let client = try connection.makeClient()
-            let tasks = try await client.tasks().filter { all || $0.status == .open }.filter { assignee == nil || $0.task?.assignee == assignee }
-            await client.close()
+            let tasks = try await connection.withClient { try await $0.tasks() }
+                .filter { all || $0.status == .open }.filter { assignee == nil || $0.task?.assignee == assignee }
             if tasks.isEmpty { print("no \(all ? "" : "open ")tasks") }
             for t in tasks {
                 let task = t.task
@@ -188,8 +192,7 @@ struct Tasks: AsyncParsableCommand {
         @Option(help: "Seconds to wait for a coordinator to apply the decision; 0 sends it and does not wait.") var wait = 30
 
         func send(approve: Bool) async throws {
-            let client = try connection.makeClient()
-            do {
+            try await connection.withClient { client in
                 if wait > 0 {
                     let closed = try await client.decideAndWait(taskID: task, approve: approve, by: by, comment: comment, timeout: .seconds(wait))
                     guard closed.status == (approve ? .approved : .rejected) else {
@@ -200,10 +203,6 @@ struct Tasks: AsyncParsableCommand {
                     try await client.decide(taskID: task, approve: approve, by: by, comment: comment)
                     print("sent: \(approve ? "approve" : "reject") \(task)")
                 }
-                await client.close()
-            } catch {
-                await client.close()
-                throw (error as? ClientError).map { CLIFailure($0.description) } ?? error
             }
         }
     }
@@ -234,15 +233,7 @@ struct Instances: AsyncParsableCommand {
         @Option(help: "Only instances of this workflow.") var workflow: String?
 
         func run() async throws {
-            let client = try connection.makeClient()
-            let found: [InstanceState]
-            do {
-                found = try await client.instances(statuses: status.isEmpty ? nil : Set(status), workflowID: workflow)
-                await client.close()
-            } catch {
-                await client.close()
-                throw error
-            }
+            let found = try await connection.withClient { try await $0.instances(statuses: status.isEmpty ? nil : Set(status), workflowID: workflow) }
             if found.isEmpty { print("no instances") }
             for state in found {
                 let started = Date(timeIntervalSince1970: Double(state.startedAt) / 1000).formatted(.iso8601)
@@ -263,8 +254,7 @@ struct Instances: AsyncParsableCommand {
         func send(_ command: OperatorMessage.Command, step: String? = nil, output: String? = nil, reason: String? = nil) async throws {
             let out: JSON?
             do { out = try output.map { try JSON.parse(Data($0.utf8)) } } catch { throw CLIFailure("--output is not valid JSON: \(error)") }
-            let client = try connection.makeClient()
-            do {
+            try await connection.withClient { client in
                 if wait > 0 {
                     let state = try await client.operateAndWait(
                         instanceID: id, command, step: step, output: out, reason: reason, by: by, timeout: .seconds(wait))
@@ -273,10 +263,6 @@ struct Instances: AsyncParsableCommand {
                     let request = try await client.operate(instanceID: id, command, step: step, output: out, reason: reason, by: by)
                     print("sent \(command.rawValue) to \(id) (request \(request))")
                 }
-                await client.close()
-            } catch {
-                await client.close()
-                throw (error as? ClientError).map { CLIFailure($0.description) } ?? error
             }
         }
     }
