@@ -68,6 +68,12 @@ final class Engine: Sendable {
         workers.withLock { $0.append((worker, Task { try await worker.run() })) }
     }
 
+    /// Runs one `baton` command (as an operator would) against this namespace; its exit status and output.
+    func baton(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let process = try BatonProcess(arguments + ["--log-level", "error"], namespace: names.namespace)
+        return (await process.exitStatus(), process.output)
+    }
+
     func register(_ yaml: String) async throws -> Workflow {
         try await client.register(document: Data(yaml.utf8))
     }

@@ -9,13 +9,6 @@ import Testing
 
 @Suite("Runtime: operators act on suspended instances", .serialized, .timeLimit(.minutes(3)))
 struct OperatorTests {
-    /// Runs `baton ARGUMENTS` against the engine's namespace; its exit status and output.
-    func baton(_ arguments: [String], _ engine: Engine) async throws -> (status: Int32, output: String) {
-        let process = try BatonProcess(arguments + ["--log-level", "error"], namespace: engine.names.namespace)
-        let status = await process.exitStatus()
-        return (status, process.output)
-    }
-
     /// The seed's error example, end to end: the charge fails until the gateway is fixed; the instance is
     /// compensated and suspended; `baton instances retry` runs it again and it completes.
     @Test func aSuspendedInstanceIsRetriedFromTheCommandLineAndCompletes() async throws {
@@ -51,21 +44,21 @@ struct OperatorTests {
         #expect(suspended.status == .suspended)
         #expect(suspended.steps[0].units.first?.compensation == .done)
         // An operator finds it among the suspended instances, with the reason.
-        let listed = try await baton(["instances", "list", "--status", "suspended"], engine)
+        let listed = try await engine.baton(["instances", "list", "--status", "suspended"])
         #expect(listed.status == 0)
         #expect(listed.output.contains("\(id)  ops v1  suspended  started "), "\(listed.output)")
         #expect(listed.output.contains("'charge' failed after 2 attempts: gateway down"), "\(listed.output)")
 
         // Refused before anything is sent, with the coordinator's own reason.
-        let notFailed = try await baton(["instances", "skip", id, "--step", "ship"], engine)
+        let notFailed = try await engine.baton(["instances", "skip", id, "--step", "ship"])
         #expect(notFailed.status != 0)
         #expect(notFailed.output.contains("skip refused for '\(id)' (suspended): not applicable: 'ship' has not failed"), "\(notFailed.output)")
-        let unknown = try await baton(["instances", "retry", "no-such-instance"], engine)
+        let unknown = try await engine.baton(["instances", "retry", "no-such-instance"])
         #expect(unknown.status != 0)
         #expect(unknown.output.contains("no instance 'no-such-instance'"), "\(unknown.output)")
 
         gatewayFixed.store(true, ordering: .releasing)
-        let retried = try await baton(["instances", "retry", id, "--by", "ops"], engine)
+        let retried = try await engine.baton(["instances", "retry", id, "--by", "ops"])
         #expect(retried.status == 0, "\(retried.output)")
         #expect(retried.output.contains("retry applied to \(id): now running"), "\(retried.output)")
         let state = try await engine.wait(id, for: [.completed, .failed])

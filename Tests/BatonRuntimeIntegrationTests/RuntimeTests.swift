@@ -199,8 +199,8 @@ struct RuntimeTests {
         let notifications = try await engine.records(engine.names.notifications)
         #expect(notifications.contains { $0.keyString == id })
         // Decided from the command line, which waits until a coordinator has closed the task.
-        let approve = try BatonProcess(["tasks", "approve", task.taskID, "--by", "alice", "--comment", "ok", "--log-level", "error"], namespace: engine.names.namespace)
-        #expect(await approve.exitStatus() == 0, "\(approve.output)")
+        let approve = try await engine.baton(["tasks", "approve", task.taskID, "--by", "alice", "--comment", "ok"])
+        #expect(approve.status == 0, "\(approve.output)")
         #expect(approve.output.contains("approved \(task.taskID)"), "\(approve.output)")
         let closed = try await engine.client.tasks().first { $0.taskID == task.taskID }
         #expect(closed?.status == .approved)

@@ -56,17 +56,13 @@ struct VersionTests {
     @Test func theCommandLineStartsOnlyRegisteredWorkflows() async throws {
         let engine = try await Engine(partitions: 1)
         _ = try await engine.register("workflow_id: doc\nversion: 1\nsteps: [{ id: draft, type: svc }]")
-        func baton(_ arguments: [String]) async throws -> (status: Int32, output: String) {
-            let process = try BatonProcess(arguments + ["--log-level", "error"], namespace: engine.names.namespace)
-            return (await process.exitStatus(), process.output)
-        }
-        let unknown = try await baton(["start", "nope"])
+        let unknown = try await engine.baton(["start", "nope"])
         #expect(unknown.status != 0)
         #expect(unknown.output.contains("no workflow 'nope' is registered on \(engine.names.definitions)"), "\(unknown.output)")
-        let noVersion = try await baton(["start", "doc", "--version", "7"])
+        let noVersion = try await engine.baton(["start", "doc", "--version", "7"])
         #expect(noVersion.status != 0)
         #expect(noVersion.output.contains("version 7 of 'doc' is not registered"), "\(noVersion.output)")
-        let started = try await baton(["start", "doc", "--id", "doc-1", "--input", #"{"title": "hello"}"#])
+        let started = try await engine.baton(["start", "doc", "--id", "doc-1", "--input", #"{"title": "hello"}"#])
         #expect(started.status == 0, "\(started.output)")
         #expect(started.output.trimmingCharacters(in: .whitespacesAndNewlines) == "doc-1")
         await engine.shutdown()
