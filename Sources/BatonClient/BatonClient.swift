@@ -72,14 +72,18 @@ public final class BatonClient: Sendable {
 
     /// The instance's latest state, read from its partition of the state topic (nil when unknown).
     public func status(instanceID: String) async throws -> InstanceState? {
-        let count = try await partitionCount(names.state)
-        let partition = KafkaPartitioner.partition(forKey: instanceID, partitionCount: count)
+        try await latestState(instanceID: instanceID).state
+    }
+
+    /// The latest state, and where its partition ended: whatever comes later is written after that offset.
+    func latestState(instanceID: String) async throws -> (state: InstanceState?, end: TopicPartitionOffset) {
+        let partition = TopicPartition(names.state, KafkaPartitioner.partition(forKey: instanceID, partitionCount: try await partitionCount(names.state)))
         var state: InstanceState?
-        try await readToEnd([TopicPartition(names.state, partition)]) { m in
+        let ends = try await readToEnd([partition]) { m in
             guard m.keyString == instanceID else { return }
             state = try m.value.map { try StateCodec.decode($0) }
         }
-        return state
+        return (state, TopicPartitionOffset(partition, offset: ends[partition] ?? TopicPartitionOffset.beginning))
     }
 
     /// Every instance's latest state, optionally only those with one of `statuses` or of one workflow,
@@ -122,7 +126,8 @@ public final class BatonClient: Sendable {
         instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String,
         timeout: Duration = .seconds(30)
     ) async throws -> InstanceState {
-        guard let state = try await status(instanceID: instanceID) else { throw ClientError("no instance '\(instanceID)' (nothing on \(names.state))") }
+        let (current, end) = try await latestState(instanceID: instanceID)
+        guard let state = current else { throw ClientError("no instance '\(instanceID)' (nothing on \(names.state))") }
         guard let workflow = try await definition(state.workflowID, version: state.version) else {
             throw ClientError("instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not on \(names.definitions)")
         }
@@ -134,9 +139,8 @@ public final class BatonClient: Sendable {
             throw ClientError("\(command.rawValue) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
         }
         try await sendEvent(instanceID: instanceID, kind: .operatorCommand, value: value)
-        let partition = KafkaPartitioner.partition(forKey: instanceID, partitionCount: try await partitionCount(names.state))
         var applied: InstanceState?
-        try await follow(TopicPartition(names.state, partition), timeout: timeout) { m in
+        try await follow(from: end, timeout: timeout) { m in
             guard m.keyString == instanceID, let value = m.value, let state = try? StateCodec.decode(value), state.requests.contains(message.requestID) else {
                 return false
             }
@@ -190,32 +194,45 @@ public final class BatonClient: Sendable {
 
     /// Every task's latest record; `open` ones wait for a decision.
     public func tasks() async throws -> [TaskRecord] {
+        try await readTasks().records
+    }
+
+    /// The tasks, and where each partition of the tasks topic ended.
+    func readTasks() async throws -> (records: [TaskRecord], ends: [TopicPartition: Int64]) {
         var latest: [String: TaskRecord] = [:]
         var opened: [String: HumanTask] = [:]
-        try await readAll(names.tasks) { m in
+        let ends = try await readAll(names.tasks) { m in
             guard let value = m.value, var record = try? Wire.decode(TaskRecord.self, from: value) else { return }
             if let task = record.task { opened[record.taskID] = task } else { record.task = opened[record.taskID] }
             latest[record.taskID] = record
         }
-        return latest.values.sorted { $0.at < $1.at }
+        return (latest.values.sorted { $0.at < $1.at }, ends)
     }
 
     /// Approves or rejects an open task. Only a decision on the task's current attempt counts.
     public func decide(taskID: String, approve: Bool, by: String, comment: String?) async throws {
-        guard let record = try await tasks().first(where: { $0.taskID == taskID }) else { throw ClientError("no task '\(taskID)'") }
+        _ = try await sendDecision(taskID: taskID, approve: approve, by: by, comment: comment)
+    }
+
+    /// Sends the decision on an open task; returns where the task's partition of the tasks topic ended
+    /// before it, so that its closing record comes after.
+    func sendDecision(taskID: String, approve: Bool, by: String, comment: String?) async throws -> TopicPartitionOffset {
+        let (records, ends) = try await readTasks()
+        guard let record = records.first(where: { $0.taskID == taskID }) else { throw ClientError("no task '\(taskID)'") }
         guard record.status == .open, let task = record.task else { throw ClientError("task '\(taskID)' is \(record.status.rawValue), not open") }
         let message = DecisionMessage(instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: approve, by: by, comment: comment)
         try await producer.send(
             ProducerRecord(topic: names.events, partition: record.partition, key: Data(task.instanceID.utf8), value: Wire.encode(message), headers: headers(.taskDecided)))
+        let partition = TopicPartition(names.tasks, KafkaPartitioner.partition(forKey: taskID, partitionCount: try await partitionCount(names.tasks)))
+        return TopicPartitionOffset(partition, offset: ends[partition] ?? TopicPartitionOffset.beginning)
     }
 
     /// `decide`, then waits until a coordinator has closed the task, and returns its closing record: its
     /// status is the decision, or how the task was closed first (for example `timed_out`).
     public func decideAndWait(taskID: String, approve: Bool, by: String, comment: String?, timeout: Duration = .seconds(30)) async throws -> TaskRecord {
-        try await decide(taskID: taskID, approve: approve, by: by, comment: comment)
-        let partition = KafkaPartitioner.partition(forKey: taskID, partitionCount: try await partitionCount(names.tasks))
+        let end = try await sendDecision(taskID: taskID, approve: approve, by: by, comment: comment)
         var closed: TaskRecord?
-        try await follow(TopicPartition(names.tasks, partition), timeout: timeout) { m in
+        try await follow(from: end, timeout: timeout) { m in
             guard m.keyString == taskID, let value = m.value, let record = try? Wire.decode(TaskRecord.self, from: value), record.status != .open else {
                 return false
             }
@@ -230,18 +247,20 @@ public final class BatonClient: Sendable {
 
     // MARK: Reading
 
-    /// Reads every partition of a topic from the beginning to its current end, read_committed.
-    public func readAll(_ topic: String, timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws {
+    /// Reads every partition of a topic from the beginning to its current end, read_committed; returns the
+    /// offset each partition ended at.
+    @discardableResult
+    public func readAll(_ topic: String, timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws -> [TopicPartition: Int64] {
         let count = try await partitionCount(topic)
-        try await readToEnd((0..<Int32(count)).map { TopicPartition(topic, $0) }, timeout: timeout, body)
+        return try await readToEnd((0..<Int32(count)).map { TopicPartition(topic, $0) }, timeout: timeout, body)
     }
 
-    /// Reads a partition from the beginning until `body` returns true (then returns) or `timeout` passes
-    /// (then returns too: the caller tells which from what `body` saw).
-    func follow(_ partition: TopicPartition, timeout: Duration, _ body: (KafkaMessage) throws -> Bool) async throws {
+    /// Reads a partition from `start` until `body` returns true (then returns) or `timeout` passes (then
+    /// returns too: the caller tells which from what `body` saw).
+    func follow(from start: TopicPartitionOffset, timeout: Duration, _ body: (KafkaMessage) throws -> Bool) async throws {
         let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(client: client, groupID: nil), logger: logger)
         do {
-            try consumer.assign([TopicPartitionOffset(partition, offset: TopicPartitionOffset.beginning)])
+            try consumer.assign([start])
             let clock = ContinuousClock()
             let deadline = clock.now + timeout
             reading: while clock.now < deadline {
@@ -256,13 +275,18 @@ public final class BatonClient: Sendable {
         await consumer.close()
     }
 
-    /// Reads partitions from the beginning to their current end (partition EOF), read_committed.
-    public func readToEnd(_ partitions: [TopicPartition], timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void) async throws {
+    /// Reads partitions from the beginning to their current end (partition EOF), read_committed; returns the
+    /// offset each partition ended at.
+    @discardableResult
+    public func readToEnd(
+        _ partitions: [TopicPartition], timeout: Duration = .seconds(60), _ body: (KafkaMessage) throws -> Void
+    ) async throws -> [TopicPartition: Int64] {
         var configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
         configuration.reportPartitionEOF = true
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         try consumer.assign(partitions.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.beginning) })
         var remaining = Set(partitions)
+        var ends: [TopicPartition: Int64] = [:]
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while !remaining.isEmpty {
@@ -273,12 +297,15 @@ public final class BatonClient: Sendable {
             for event in try await consumer.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
                 switch event {
                 case .message(let m): try body(m)
-                case .partitionEOF(let tp, _): remaining.remove(tp)
+                case .partitionEOF(let tp, let offset):
+                    remaining.remove(tp)
+                    ends[tp] = offset
                 default: break
                 }
             }
         }
         await consumer.close()
+        return ends
     }
 }
 
