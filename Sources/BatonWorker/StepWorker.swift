@@ -146,12 +146,12 @@ public final class StepWorker: Service, Sendable {
                 try? await Task.sleep(for: grace)
                 limiter.expire()
             }
-            let inFlight = limiter.limit - limiter.free
+            let inFlight = limiter.inFlight
             if inFlight > 0 {
                 logger.info("stopping: waiting for the commands in flight", metadata: ["pool": "\(configuration.pool)", "commands": "\(inFlight)", "grace": "\(grace)"])
             }
             await limiter.waitUntilIdle()
-            let unfinished = limiter.limit - limiter.free
+            let unfinished = limiter.inFlight
             if unfinished > 0 {
                 logger.warning(
                     "grace period over: handing back the commands still running (they are redelivered)",
@@ -287,6 +287,7 @@ final class Limiter: Sendable {
     init(_ limit: Int) { self.limit = max(1, limit) }
 
     var free: Int { state.withLock { limit - $0.used } }
+    var inFlight: Int { state.withLock { $0.used } }
     func take() { state.withLock { $0.used += 1 } }
 
     func give() {
