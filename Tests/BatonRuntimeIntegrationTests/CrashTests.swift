@@ -168,11 +168,7 @@ struct CrashTests {
         engine.startCoordinator()
         let quickMayFinish = Gate()
         let started = Recorder<String>()
-        var configuration = WorkerConfiguration(client: TestKafka.client, names: engine.names, pool: "svc")
-        configuration.sessionTimeout = .seconds(6)
-        configuration.maxPollInterval = .seconds(6)
-        configuration.shutdownGrace = .seconds(2)
-        let first = StepWorker(configuration: configuration, logger: TestKafka.logger) { ctx in
+        let first = engine.startWorker("svc") { ctx in
             started.add(ctx.instanceID)
             if ctx.instanceID == "quick" {
                 await quickMayFinish.wait()
@@ -181,14 +177,13 @@ struct CrashTests {
             }
             return ["by": "first"]
         }
-        let running = Task { try await first.run() }
         _ = try await engine.start("one", id: "quick")
         _ = try await engine.start("one", id: "stuck")
         try await waitUntil("both commands to be running", timeout: .seconds(60)) { Set(started.all) == ["quick", "stuck"] }
 
-        first.stop()
-        quickMayFinish.open()  // finishes during the grace period
-        try await running.value
+        first.worker.stop()
+        quickMayFinish.open()  // finishes during the grace period (2 s)
+        try await first.task.value
         let quick = try await engine.wait("quick", for: [.completed, .failed])
         #expect(quick.output == ["work": ["by": "first"]])
         #expect(engine.watcher.state("stuck")?.status == .running)

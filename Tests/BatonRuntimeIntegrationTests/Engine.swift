@@ -58,14 +58,18 @@ final class Engine: Sendable {
         _ = await task.result
     }
 
-    func startWorker(_ pool: String, concurrency: Int = 16, handler: @escaping StepHandler) {
+    /// Runs a worker of the pool until `shutdown` (or until the test stops it and awaits its task).
+    @discardableResult
+    func startWorker(_ pool: String, concurrency: Int = 16, handler: @escaping StepHandler) -> (worker: StepWorker, task: Task<Void, any Error>) {
         var c = WorkerConfiguration(client: TestKafka.client, names: names, pool: pool)
         c.concurrency = concurrency
         c.sessionTimeout = .seconds(6)
         c.maxPollInterval = .seconds(6)
         c.shutdownGrace = .seconds(2)
         let worker = StepWorker(configuration: c, logger: TestKafka.logger, handler: handler)
-        workers.withLock { $0.append((worker, Task { try await worker.run() })) }
+        let task = Task { try await worker.run() }
+        workers.withLock { $0.append((worker, task)) }
+        return (worker, task)
     }
 
     /// Runs one `baton` command (as an operator would) against this namespace; its exit status and output.
