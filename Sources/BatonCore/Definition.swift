@@ -8,14 +8,21 @@ public struct WorkflowDefinition: Sendable, Hashable, Codable {
     /// The whole workflow must finish within this; when it passes, the instance fails as `onFailure` says.
     public var timeout: Millis?
     public var onFailure: FailurePolicy
+    /// How long a finished instance stays queryable before its records are tombstoned (nil: the coordinator's
+    /// default, 7 days unless configured).
+    public var retention: Millis?
     public var steps: [StepDefinition]
 
-    public init(workflowID: String, version: Int = 1, description: String? = nil, timeout: Millis? = nil, onFailure: FailurePolicy = .init(), steps: [StepDefinition]) {
+    public init(
+        workflowID: String, version: Int = 1, description: String? = nil, timeout: Millis? = nil, onFailure: FailurePolicy = .init(),
+        retention: Millis? = nil, steps: [StepDefinition]
+    ) {
         self.workflowID = workflowID
         self.version = version
         self.description = description
         self.timeout = timeout
         self.onFailure = onFailure
+        self.retention = retention
         self.steps = steps
     }
 
@@ -152,6 +159,9 @@ public struct StepDefinition: Sendable, Hashable, Codable {
     public var input: JSON?
     public var retry: RetryPolicy?
     public var timeout: Millis?
+    /// A running attempt that sends no heartbeat for this long counts as failed (its worker is presumed dead),
+    /// long before `timeout`. Nil: heartbeats are not required.
+    public var heartbeatTimeout: Millis?
     public var compensation: Compensation?
     /// The step runs only when this holds; otherwise it is skipped (and counts as done for its dependents).
     public var when: String?
@@ -160,7 +170,8 @@ public struct StepDefinition: Sendable, Hashable, Codable {
 
     public init(
         id: String, type: String, worker: String? = nil, dependsOn: [String] = [], input: JSON? = nil, retry: RetryPolicy? = nil,
-        timeout: Millis? = nil, compensation: Compensation? = nil, when: String? = nil, forEach: ForEach? = nil, humanTask: HumanTaskSpec? = nil
+        timeout: Millis? = nil, heartbeatTimeout: Millis? = nil, compensation: Compensation? = nil, when: String? = nil, forEach: ForEach? = nil,
+        humanTask: HumanTaskSpec? = nil
     ) {
         self.id = id
         self.type = type
@@ -169,6 +180,7 @@ public struct StepDefinition: Sendable, Hashable, Codable {
         self.input = input
         self.retry = retry
         self.timeout = timeout
+        self.heartbeatTimeout = heartbeatTimeout
         self.compensation = compensation
         self.when = when
         self.forEach = forEach

@@ -132,9 +132,9 @@ struct DefinitionReader {
 
     mutating func fail(_ path: String, _ message: String) { errors.append(DefinitionError(path: path, message: message)) }
 
-    static let workflowFields = ["workflow_id", "version", "description", "timeout", "on_failure", "steps"]
+    static let workflowFields = ["workflow_id", "version", "description", "timeout", "on_failure", "retention", "steps"]
     static let stepFields = [
-        "id", "type", "worker", "depends_on", "input", "retry", "timeout", "compensation", "when", "for_each",
+        "id", "type", "worker", "depends_on", "input", "retry", "timeout", "heartbeat_timeout", "compensation", "when", "for_each",
         "assignee", "title", "on_timeout", "description",
     ]
     static let retryFields = ["max_attempts", "initial_backoff", "multiplier", "max_backoff", "jitter"]
@@ -229,6 +229,7 @@ struct DefinitionReader {
         let version = int(o, "version", at: "", range: 1...1_000_000) ?? 1
         let description = string(o, "description", at: "")
         let timeout = duration(o, "timeout", at: "")
+        let retention = duration(o, "retention", at: "")
         var policy = FailurePolicy()
         if let f = o["on_failure"], let fo = object(f, at: "on_failure", fields: Self.failureFields, what: "a failure policy") {
             policy.compensate = bool(fo, "compensate", at: "on_failure") ?? true
@@ -250,7 +251,8 @@ struct DefinitionReader {
         case let other?: fail("steps", "expected a list of steps, found \(other.kind)")
         }
         guard let id else { return nil }
-        return WorkflowDefinition(workflowID: id, version: version, description: description, timeout: timeout, onFailure: policy, steps: steps)
+        return WorkflowDefinition(
+            workflowID: id, version: version, description: description, timeout: timeout, onFailure: policy, retention: retention, steps: steps)
     }
 
     func isIdentifier(_ s: String) -> Bool {
@@ -277,6 +279,14 @@ struct DefinitionReader {
         }
         let retry = o["retry"].flatMap { retryPolicy($0, at: join(path, "retry"), defaults: .default) }
         let timeout = duration(o, "timeout", at: path)
+        let heartbeatTimeout = duration(o, "heartbeat_timeout", at: path)
+        if let heartbeatTimeout {
+            if type == StepDefinition.humanTaskType {
+                fail(join(path, "heartbeat_timeout"), "a human_task has no worker to send heartbeats; use timeout")
+            } else if heartbeatTimeout >= (timeout ?? StepDefinition.defaultTimeout) {
+                fail(join(path, "heartbeat_timeout"), "\(heartbeatTimeout) is not shorter than the step's timeout \(timeout ?? StepDefinition.defaultTimeout): it would never fire first")
+            }
+        }
         var compensation: Compensation?
         if let c = o["compensation"], let co = object(c, at: join(path, "compensation"), fields: Self.compensationFields, what: "a compensation") {
             let cpath = join(path, "compensation")
@@ -335,7 +345,7 @@ struct DefinitionReader {
         guard let id, let type else { return nil }
         return StepDefinition(
             id: id, type: type, worker: worker, dependsOn: dependsOn, input: o["input"], retry: retry, timeout: timeout,
-            compensation: compensation, when: when, forEach: forEach, humanTask: human)
+            heartbeatTimeout: heartbeatTimeout, compensation: compensation, when: when, forEach: forEach, humanTask: human)
     }
 
     mutating func retryPolicy(_ value: JSON, at path: String, defaults: RetryPolicy) -> RetryPolicy? {

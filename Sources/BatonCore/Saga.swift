@@ -12,11 +12,17 @@
 /// - Events about superseded attempts, repeated events and events that do not fit the instance's status
 ///   change nothing, and the outcome says why.
 public enum Saga {
-    public static func start(_ workflow: Workflow, instanceID: String, input: JSON, now: Timestamp) -> Transition {
-        let state = InstanceState(
+    /// A new instance. `request` and `digest` identify the start that created it (see `StartDigest`).
+    public static func start(
+        _ workflow: Workflow, instanceID: String, input: JSON, now: Timestamp, request: String? = nil, digest: String? = nil,
+        settings: SagaSettings = .init()
+    ) -> Transition {
+        var state = InstanceState(
             instanceID: instanceID, workflowID: workflow.id, version: workflow.version, status: .running, input: input,
             startedAt: now, steps: Array(repeating: StepState(), count: workflow.steps.count))
-        var machine = Machine(workflow: workflow, state: state, now: now)
+        state.startRequest = request
+        state.startDigest = digest
+        var machine = Machine(workflow: workflow, state: state, now: now, settings: settings)
         if let timeout = workflow.definition.timeout {
             machine.state.deadline = now + timeout.value
             machine.arm(machine.workflowTimer, at: now + timeout.value)
@@ -25,8 +31,10 @@ public enum Saga {
         return Transition(state: machine.state, effects: machine.effects, outcome: .applied)
     }
 
-    public static func apply(_ workflow: Workflow, to state: InstanceState, event: SagaEvent, now: Timestamp) -> Transition {
-        var machine = Machine(workflow: workflow, state: state, now: now)
+    public static func apply(
+        _ workflow: Workflow, to state: InstanceState, event: SagaEvent, now: Timestamp, settings: SagaSettings = .init()
+    ) -> Transition {
+        var machine = Machine(workflow: workflow, state: state, now: now, settings: settings)
         if let reason = machine.handle(event) {
             return Transition(state: state, effects: [], outcome: .ignored(reason))
         }
@@ -36,18 +44,30 @@ public enum Saga {
 
     /// The timers an instance has armed (to arm again after the coordinator rebuilt its state).
     public static func timers(of state: InstanceState) -> [ArmedTimer] { state.timers }
+
+    /// A finished instance written before retention existed has no retention timer: this arms it, due when
+    /// the instance finished plus its retention (a coordinator does this when it rebuilds such a state).
+    public static func armingRetention(_ state: InstanceState, workflow: Workflow?, settings: SagaSettings = .init()) -> InstanceState {
+        guard state.status.isFinished, !state.timers.contains(where: { $0.key.kind == .retention }) else { return state }
+        var armed = state
+        let retention = workflow?.definition.retention ?? settings.retention
+        armed.timers.append(ArmedTimer(key: TimerKey(kind: .retention), dueAt: (state.finishedAt ?? state.startedAt) + retention.value))
+        return armed
+    }
 }
 
 struct Machine {
     let workflow: Workflow
     var state: InstanceState
     let now: Timestamp
+    let settings: SagaSettings
     var effects: [SagaEffect] = []
 
-    init(workflow: Workflow, state: InstanceState, now: Timestamp) {
+    init(workflow: Workflow, state: InstanceState, now: Timestamp, settings: SagaSettings) {
         self.workflow = workflow
         self.state = state
         self.now = now
+        self.settings = settings
     }
 
     var steps: [StepDefinition] { workflow.steps }
@@ -59,6 +79,7 @@ struct Machine {
     /// Applies an event; returns why it was ignored, or nil when it was applied.
     mutating func handle(_ event: SagaEvent) -> IgnoredReason? {
         if state.status.isFinished {
+            if case .timerFired(let key) = event, key.kind == .retention { return purge(key) }
             return .notApplicable("the instance is \(state.status.rawValue)")
         }
         if let request = event.request {
@@ -79,6 +100,8 @@ struct Machine {
             return compensationFailed(step: step, item: item, attempt: attempt, error: error)
         case .taskDecided(let step, let attempt, let approved, let by, let comment):
             return decide(step: step, attempt: attempt, approved: approved, by: by, comment: comment)
+        case .heartbeat(let step, let item, let attempt, let details):
+            return heartbeat(step: step, item: item, attempt: attempt, details: details)
         case .timerFired(let key):
             return fire(key)
         case .cancel, .resume, .retry, .skip:
@@ -99,6 +122,7 @@ struct Machine {
     /// Finds the unit an event is about, or why the event does not fit.
     func locate(step: String, item: Int?, attempt: Int, compensation: Bool = false) -> Result<(Int, Int), IgnoredReason> {
         guard let s = workflow.index[step] else { return .failure(.unknown("no step '\(step)' in \(workflow.id) v\(workflow.version)")) }
+        guard attempt >= 1 else { return .failure(.unknown("attempt \(attempt) of '\(step)': attempts are numbered from 1")) }
         let st = state.steps[s]
         let u: Int
         if steps[s].forEach != nil {
@@ -129,8 +153,46 @@ struct Machine {
         guard state.steps[s].units[u].status == .running else {
             return .failure(.duplicate("attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].status.rawValue)"))
         }
-        disarm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt))
+        endAttempt(s, u)
         return .success((s, u))
+    }
+
+    /// The running attempt of a unit is over (answered, timed out, abandoned): its timers go.
+    mutating func endAttempt(_ s: Int, _ u: Int) {
+        let attempt = state.steps[s].units[u].attempt
+        disarm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt))
+        disarm(TimerKey(kind: .heartbeat, step: s, item: itemIndex(s, u), attempt: attempt))
+        state.steps[s].units[u].progress = nil
+        state.steps[s].units[u].heartbeatAt = nil
+    }
+
+    /// A worker says a running attempt is alive: its heartbeat timeout starts again.
+    mutating func heartbeat(step: String, item: Int?, attempt: Int, details: JSON?) -> IgnoredReason? {
+        let (s, u): (Int, Int)
+        switch locate(step: step, item: item, attempt: attempt) {
+        case .failure(let reason): return reason
+        case .success(let found): (s, u) = found
+        }
+        if steps[s].isHumanTask { return .notApplicable("'\(step)' is a human task: it has no worker to send heartbeats") }
+        guard state.steps[s].units[u].status == .running else {
+            return .stale("attempt \(attempt) of '\(step)' is \(state.steps[s].units[u].status.rawValue), not running")
+        }
+        state.steps[s].units[u].heartbeatAt = now
+        if let details { state.steps[s].units[u].progress = details }
+        if let timeout = steps[s].heartbeatTimeout {
+            arm(TimerKey(kind: .heartbeat, step: s, item: itemIndex(s, u), attempt: attempt), at: now + timeout.value)
+        }
+        return nil
+    }
+
+    /// The retention of a finished instance ran out: everything stored for it goes.
+    mutating func purge(_ key: TimerKey) -> IgnoredReason? {
+        guard state.timers.contains(where: { $0.key == key }) else {
+            return .stale("timer \(key) is not armed (it fired already or was cancelled)")
+        }
+        state.timers.removeAll()
+        effects.append(.purge)
+        return nil
     }
 
     mutating func completeUnit(step: String, item: Int?, attempt: Int, output: JSON) -> IgnoredReason? {
@@ -240,7 +302,7 @@ struct Machine {
                 disarm(TimerKey(kind: .taskTimeout, step: s, attempt: unit.attempt))
                 effects.append(.closeTask(taskID: taskID(s, attempt: unit.attempt), resolution: .cancelled, by: nil))
             } else {
-                disarm(TimerKey(kind: .stepTimeout, step: s, item: item, attempt: unit.attempt))
+                endAttempt(s, u)
             }
         default: break
         }
@@ -295,7 +357,15 @@ struct Machine {
             dispatchUnit(s, u)
         case .stepTimeout:
             guard state.steps[s].units[u].status == .running else { return nil }
+            endAttempt(s, u)
             attemptFailed(s, u, error: "timed out after \(steps[s].effectiveTimeout)", retryable: true)
+        case .heartbeat:
+            guard state.steps[s].units[u].status == .running else { return nil }
+            let silent = steps[s].heartbeatTimeout ?? Millis(0)
+            endAttempt(s, u)
+            attemptFailed(s, u, error: "no heartbeat for \(silent): the worker is presumed dead", retryable: true)
+        case .retention:
+            return .notApplicable("the instance is \(state.status.rawValue), not finished")
         case .taskTimeout:
             humanTaskTimedOut(s)
         case .compensationRetry:
@@ -344,8 +414,10 @@ struct Machine {
         switch answeredCompensation(step: step, item: item, attempt: attempt) {
         case .failure(let reason): return reason
         case .success(let (s, u)):
+            state.completionCounter += 1
             state.steps[s].units[u].compensation = .done
             state.steps[s].units[u].compensationError = nil
+            state.steps[s].units[u].compensatedSeq = state.completionCounter
         }
         return nil
     }
@@ -544,9 +616,13 @@ struct Machine {
         }
     }
 
+    /// The steps that were undone, in the order their compensations completed.
     var compensationSummary: String {
-        let undone = state.steps.indices.filter { s in state.steps[s].units.contains { $0.compensation == .done } }.map { steps[$0].id }
-        return undone.isEmpty ? "" : "; compensated: \(undone.joined(separator: ", "))"
+        let undone = state.steps.indices.compactMap { s -> (Int, String)? in
+            let seqs = state.steps[s].units.compactMap { $0.compensation == .done ? $0.compensatedSeq ?? 0 : nil }
+            return seqs.max().map { ($0, steps[s].id) }
+        }
+        return undone.isEmpty ? "" : "; compensated: \(undone.sorted { $0.0 < $1.0 }.map(\.1).joined(separator: ", "))"
     }
 
     mutating func finish(_ status: InstanceStatus, reason: String?) {
@@ -557,6 +633,9 @@ struct Machine {
         if let reason, status != .completed { state.reason = reason }
         for timer in state.timers { effects.append(.cancelTimer(timer.key)) }
         state.timers.removeAll()
+        // Kept for its retention, then purged (a timer like any other, so that a rebuild keeps it).
+        let retention = workflow.definition.retention ?? settings.retention
+        arm(TimerKey(kind: .retention), at: now + retention.value)
         switch status {
         case .completed: effects.append(.completed(output: state.output ?? .object([:])))
         case .failed: effects.append(.failed(reason: reason ?? "failed"))
@@ -641,8 +720,12 @@ struct Machine {
                     StepCommand(
                         instanceID: state.instanceID, workflowID: workflow.id, workflowVersion: workflow.version, step: step.id, type: step.type,
                         pool: step.pool, item: item, attempt: attempt, input: input, deadline: now + timeout,
-                        idempotencyKey: idempotencyKey(s, item: item, compensation: false), isCompensation: false)))
+                        idempotencyKey: idempotencyKey(s, item: item, compensation: false), isCompensation: false,
+                        heartbeatTimeout: step.heartbeatTimeout)))
             arm(TimerKey(kind: .stepTimeout, step: s, item: item, attempt: attempt), at: now + timeout)
+            if let heartbeat = step.heartbeatTimeout {
+                arm(TimerKey(kind: .heartbeat, step: s, item: item, attempt: attempt), at: now + heartbeat.value)
+            }
         }
     }
 
@@ -700,7 +783,7 @@ struct Machine {
                 StepCommand(
                     instanceID: state.instanceID, workflowID: workflow.id, workflowVersion: workflow.version, step: steps[s].id, type: compensation.type,
                     pool: compensation.pool, item: item, attempt: attempt, input: input, deadline: now + timeout,
-                    idempotencyKey: idempotencyKey(s, item: item, compensation: true), isCompensation: true)))
+                    idempotencyKey: idempotencyKey(s, item: item, compensation: true), isCompensation: true, heartbeatTimeout: nil)))
         arm(TimerKey(kind: .compensationTimeout, step: s, item: item, attempt: attempt), at: now + timeout)
     }
 

@@ -50,6 +50,12 @@ public struct UnitState: Sendable, Hashable, Codable {
     public var compensation: CompensationStatus?
     public var compensationAttempt: Int = 0
     public var compensationError: String?
+    /// When the compensation completed, in the instance's completion order: alerts list compensations in the
+    /// order they ran.
+    public var compensatedSeq: Int?
+    /// What the worker last reported about a running attempt (`step.heartbeat`), and when.
+    public var progress: JSON?
+    public var heartbeatAt: Timestamp?
 }
 
 public struct StepState: Sendable, Hashable, Codable {
@@ -71,6 +77,10 @@ public struct StepState: Sendable, Hashable, Codable {
 
 public enum TimerKind: String, Sendable, Hashable, Codable {
     case retry, stepTimeout, taskTimeout, compensationRetry, compensationTimeout, workflowTimeout
+    /// A running attempt sent no heartbeat for the step's `heartbeat_timeout`.
+    case heartbeat
+    /// A finished instance's retention ran out: its records are tombstoned.
+    case retention
 }
 
 /// A durable timer, identified by what it is for; firing one that is no longer armed does nothing.
@@ -95,6 +105,10 @@ public struct TimerKey: Sendable, Hashable, Codable, CustomStringConvertible {
 public struct ArmedTimer: Sendable, Hashable, Codable {
     public var key: TimerKey
     public var dueAt: Timestamp
+    public init(key: TimerKey, dueAt: Timestamp) {
+        self.key = key
+        self.dueAt = dueAt
+    }
 }
 
 public enum SuspensionReason: String, Sendable, Hashable, Codable {
@@ -128,8 +142,40 @@ public struct InstanceState: Sendable, Hashable, Codable {
     public var requests: [String] = []
     /// Grows on every manual restart, so that timers armed before it (the workflow timeout) cannot fire after it.
     public var generation: Int = 0
+    /// The start that created the instance: its request id (when the client gave one) and the digest of what it
+    /// asked for (workflow, version, input), so that a second start with the same id can be told apart from a
+    /// conflicting one.
+    public var startRequest: String?
+    public var startDigest: String?
 
     public static let rememberedRequests = 16
+}
+
+/// What a start asked for, reduced to a digest: two starts of one instance id are the same start when their
+/// digests are equal (same workflow, same requested version, same input, whatever the key order).
+public enum StartDigest {
+    public static func of(workflowID: String, version: Int?, input: JSON) -> String {
+        var bytes = Array(workflowID.utf8)
+        bytes.append(0)
+        bytes += Array((version.map(String.init) ?? "latest").utf8)
+        bytes.append(0)
+        bytes += Array(input.encoded())
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        var g: UInt64 = 0x8422_2325_cbf2_9ce4
+        for b in bytes {
+            h = (h ^ UInt64(b)) &* 0x100_0000_01b3
+            g = (g &+ UInt64(b)) &* 0x9E37_79B9_7F4A_7C15
+            g ^= g >> 29
+        }
+        return String(h, radix: 16) + String(g, radix: 16)
+    }
+}
+
+/// Settings of the coordinator that the state machine needs (the same for every instance it runs).
+public struct SagaSettings: Sendable, Hashable {
+    /// How long a finished instance stays queryable when its definition does not say (`retention`).
+    public var retention: Millis = .days(7)
+    public init(retention: Millis = .days(7)) { self.retention = retention }
 }
 
 /// What happened to an instance, as the coordinator consumes it.
@@ -140,6 +186,8 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     case compensationCompleted(step: String, item: Int?, attempt: Int)
     case compensationFailed(step: String, item: Int?, attempt: Int, error: String)
     case taskDecided(step: String, attempt: Int, approved: Bool, by: String, comment: String?)
+    /// A worker reports that a running attempt is alive (and, optionally, how far it got).
+    case heartbeat(step: String, item: Int?, attempt: Int, details: JSON?)
     case timerFired(TimerKey)
     /// Operator commands carry a request id: the same request delivered twice is applied once.
     case cancel(reason: String, by: String, request: String)
@@ -154,7 +202,8 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     public var step: String? {
         switch self {
         case .stepCompleted(let step, _, _, _), .stepFailed(let step, _, _, _, _), .compensationCompleted(let step, _, _),
-            .compensationFailed(let step, _, _, _), .taskDecided(let step, _, _, _, _), .skip(let step, _, _, _):
+            .compensationFailed(let step, _, _, _), .taskDecided(let step, _, _, _, _), .skip(let step, _, _, _),
+            .heartbeat(let step, _, _, _):
             step
         case .retry(let step, _, _): step
         case .timerFired, .cancel, .resume: nil
@@ -187,6 +236,8 @@ public struct StepCommand: Sendable, Hashable, Codable {
     /// The same for every attempt of a step (or item), so that a worker's side effects happen once.
     public var idempotencyKey: String
     public var isCompensation: Bool
+    /// The worker must send a heartbeat at least this often while it runs the attempt.
+    public var heartbeatTimeout: Millis?
 }
 
 public struct HumanTask: Sendable, Hashable, Codable {
@@ -251,6 +302,8 @@ public enum SagaEffect: Sendable, Hashable, Codable {
     case failed(reason: String)
     case suspended(reason: String)
     case cancelled(reason: String)
+    /// The instance's retention ran out: remove it and everything stored for it.
+    case purge
 }
 
 public enum IgnoredReason: Error, Sendable, Hashable, CustomStringConvertible {

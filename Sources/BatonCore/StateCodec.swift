@@ -1,7 +1,9 @@
 import Foundation
 
 /// The encoding of one instance's state, as stored on the compacted state topic: two header bytes
-/// (`0xBA`, the format version) and JSON with short keys in which default values are left out.
+/// (`0xBA`, the format version) and JSON with short keys in which default values are left out. Snapshots on
+/// the state topic leave step outputs out (`encodeSnapshot`): those are kept on the outputs topic and put
+/// back when a coordinator rebuilds (`InstanceState.restore(outputs:)`).
 public enum StateCodec {
     public static let magic: UInt8 = 0xBA
     public static let version: UInt8 = 1
@@ -10,6 +12,9 @@ public enum StateCodec {
         public var reason: String
         public var description: String { "cannot decode instance state: \(reason)" }
     }
+
+    /// The snapshot for the state topic: everything but the step outputs.
+    public static func encodeSnapshot(_ state: InstanceState) -> Data { encode(state.withoutOutputs) }
 
     public static func encode(_ state: InstanceState) -> Data {
         let encoder = JSONEncoder()
@@ -83,7 +88,8 @@ public enum StateCodec {
 extension UnitState {
     enum CodingKeys: String, CodingKey {
         case status = "s", attempt = "a", output = "o", error = "e", completedSeq = "q"
-        case compensation = "c", compensationAttempt = "ca", compensationError = "ce"
+        case compensation = "c", compensationAttempt = "ca", compensationError = "ce", compensatedSeq = "cq"
+        case progress = "p", heartbeatAt = "h"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -96,6 +102,9 @@ extension UnitState {
         compensation = try c.decodeIfPresent(CompensationStatus.self, forKey: .compensation)
         compensationAttempt = try c.decodeIfPresent(Int.self, forKey: .compensationAttempt) ?? 0
         compensationError = try c.decodeIfPresent(String.self, forKey: .compensationError)
+        compensatedSeq = try c.decodeIfPresent(Int.self, forKey: .compensatedSeq)
+        progress = try c.decodeIfPresent(JSON.self, forKey: .progress)
+        heartbeatAt = try c.decodeIfPresent(Timestamp.self, forKey: .heartbeatAt)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -108,6 +117,9 @@ extension UnitState {
         try c.encodeIfPresent(compensation, forKey: .compensation)
         if compensationAttempt != 0 { try c.encode(compensationAttempt, forKey: .compensationAttempt) }
         try c.encodeIfPresent(compensationError, forKey: .compensationError)
+        try c.encodeIfPresent(compensatedSeq, forKey: .compensatedSeq)
+        try c.encodeIfPresent(progress, forKey: .progress)
+        try c.encodeIfPresent(heartbeatAt, forKey: .heartbeatAt)
     }
 }
 

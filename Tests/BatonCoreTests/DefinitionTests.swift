@@ -126,7 +126,7 @@ struct DefinitionTests {
                 depnds_on: [validate]
             """
         ).map(\.description)
-        #expect(errors.contains("timout: unknown field; did you mean 'timeout'? known fields: workflow_id, version, description, timeout, on_failure, steps"))
+        #expect(errors.contains("timout: unknown field; did you mean 'timeout'? known fields: workflow_id, version, description, timeout, on_failure, retention, steps"))
         #expect(errors.contains("steps[1].timeout: '30 minutes' is not a duration; write it as 500ms, 30s, 30m, 48h, 7d or 1h30m"))
         #expect(errors.contains("steps[3].id: duplicate id 'approve' (first used by steps[2])"))
         #expect(errors.contains("steps[1].depends_on[1]: unknown step 'chrage'"))

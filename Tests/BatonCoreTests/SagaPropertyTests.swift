@@ -38,6 +38,7 @@ func randomWorkflow(_ rng: inout SplitMix) throws -> (Workflow, JSON) {
             fields.append("type: t\(i % 3)")
             fields.append("timeout: \(Int.random(in: 1...5, using: &rng))s")
             fields.append("retry: { max_attempts: \(Int.random(in: 1...3, using: &rng)), initial_backoff: 100ms, max_backoff: 1s }")
+            if rng.chance(0.25) { fields.append("heartbeat_timeout: \(Int.random(in: 100...900, using: &rng))ms") }
             if rng.chance(0.5) { fields.append("compensation: { type: undo\(i), timeout: 2s, retry: { max_attempts: 2, initial_backoff: 100ms } }") }
             if rng.chance(0.2) {
                 input["items\(i)"] = .array((0..<Int.random(in: 0...3, using: &rng)).map { .number(Double($0)) })
@@ -111,7 +112,7 @@ struct SagaPropertyTests {
         }
         // The random runs must reach every ending and the interesting paths, or they prove little.
         let seen = tally.counts.withLock { $0 }
-        for what in ["completed", "failed", "suspended", "cancelled", "compensated", "retried", "human", "forEach", "skipped"] {
+        for what in ["completed", "failed", "suspended", "cancelled", "compensated", "retried", "human", "forEach", "skipped", "heartbeat", "heartbeatTimeout"] {
             #expect((seen[what] ?? 0) > 0, "no random run reached \(what): \(seen)")
         }
     }
@@ -133,12 +134,15 @@ struct SagaPropertyTests {
         checker.check(start)
         var state = start.state
         var open: [SagaEvent] = []  // answers that workers and people can still give
+        var heartbeats: [SagaEvent] = []  // signs of life workers may send (any number of times)
         var applied: [SagaEvent] = []
         var interventions = 0
         func collect(_ effects: [SagaEffect]) {
             for effect in effects {
                 switch effect {
-                case .dispatch(let c): open.append(.stepCompleted(step: c.step, item: c.item, attempt: c.attempt, output: ["by": .string("\(c.attempt)")]))
+                case .dispatch(let c):
+                    open.append(.stepCompleted(step: c.step, item: c.item, attempt: c.attempt, output: ["by": .string("\(c.attempt)")]))
+                    heartbeats.append(.heartbeat(step: c.step, item: c.item, attempt: c.attempt, details: ["pct": .number(Double(c.attempt))]))
                 case .compensate(let c): open.append(.compensationCompleted(step: c.step, item: c.item, attempt: c.attempt))
                 case .createTask(let task): open.append(.taskDecided(step: task.step, attempt: task.attempt, approved: true, by: "p", comment: nil))
                 default: break
@@ -163,6 +167,7 @@ struct SagaPropertyTests {
             }
             var choices: [SagaEvent] = open
             choices += state.timers.map { .timerFired($0.key) }
+            if let heartbeat = heartbeats.randomElement(using: &rng), rng.chance(0.3) { choices.append(heartbeat) }
             guard !choices.isEmpty else {
                 Issue.record("stuck: \(state.status) with nothing outstanding (seed \(seed))")
                 return
@@ -185,6 +190,13 @@ struct SagaPropertyTests {
                 now += Timestamp.random(in: 0...500, using: &rng)
             }
             open.removeAll { sameAnswer($0, event) }
+            if case .heartbeat = event {
+                // A sign of life changes the state only for a running attempt; it is never a duplicate to refuse.
+                let t = Saga.apply(workflow, to: state, event: event, now: now)
+                if case .applied = t.outcome { tally.add("heartbeat") }
+                state = t.state
+                continue
+            }
 
             let t = Saga.apply(workflow, to: state, event: event, now: now)
             if case .ignored = t.outcome {
@@ -196,6 +208,7 @@ struct SagaPropertyTests {
                 #expect(again.state == t.state && again.effects.isEmpty, "\(event) applied twice changed the state (seed \(seed))")
                 if case .applied = again.outcome { Issue.record("\(event) was applied twice (seed \(seed))") }
                 applied.append(event)
+                if case .timerFired(let key) = event, key.kind == .heartbeat { tally.add("heartbeatTimeout") }
             }
             state = t.state
             collect(t.effects)
@@ -225,7 +238,16 @@ struct SagaPropertyTests {
         }
         if state.status == .completed {
             #expect(state.steps.allSatisfy { $0.status == .completed || $0.status == .skipped })
-            #expect(state.timers.isEmpty)
+        }
+        if state.status.isFinished {
+            // Only the retention timer is left; when it fires, the instance is purged, once.
+            #expect(state.timers.map(\.key.kind) == [.retention], "timers left: \(state.timers) (seed \(seed))")
+            if let retention = state.timers.first {
+                let purged = Saga.apply(workflow, to: state, event: .timerFired(retention.key), now: retention.dueAt)
+                #expect(purged.effects == [.purge] && purged.state.timers.isEmpty)
+                let again = Saga.apply(workflow, to: purged.state, event: .timerFired(retention.key), now: retention.dueAt)
+                #expect(again.effects.isEmpty)
+            }
         }
     }
 
