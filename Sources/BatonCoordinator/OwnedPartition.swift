@@ -309,8 +309,8 @@ final class OwnedPartition {
         case .notify(let notification):
             return [record(names.notifications, .notification, NotificationRecord(notification: notification, at: now), key: key)]
         case .alert(let alert):
-            return [record(names.alerts, .alert, AlertRecord(alert: alert, at: now), key: key)]
-        case .armTimer, .cancelTimer, .completed, .failed, .suspended, .cancelled:
+            return [record(names.alerts, .alert, AlertRecord(alert: AlertMessage(alert), at: now), key: key)]
+        case .armTimer, .cancelTimer, .completed, .failed, .suspended, .cancelled, .purge:
             return []
         }
     }

@@ -14,6 +14,7 @@ public enum Wire {
         case compensationCompleted = "compensation.completed"
         case compensationFailed = "compensation.failed"
         case taskDecided = "task.decided"
+        case stepHeartbeat = "step.heartbeat"
         case operatorCommand = "operator"
         case timerFired = "timer.fired"
         // On command topics:
@@ -24,6 +25,8 @@ public enum Wire {
         case task
         case alert
         case notification
+        // On the outputs topic (keyed by instance id, step and item):
+        case output
     }
 
     public struct DecodeError: Error, Sendable, CustomStringConvertible {
@@ -36,6 +39,11 @@ public enum Wire {
     public static let maxRecordBytes = 1 << 20
     /// The largest step result the engine accepts: a larger output fails the step (it would swell the state).
     public static let maxResultBytes = 256 << 10
+    /// The largest workflow input a start may carry (it is kept in the instance's state snapshot).
+    public static let maxInputBytes = 256 << 10
+    /// Error texts and heartbeat details longer than this are cut (they are kept in the state snapshot).
+    public static let maxErrorBytes = 4 << 10
+    public static let maxProgressBytes = 4 << 10
     /// How much of a refused record the dead-letter topic keeps (the header `baton-dlq-size` gives its size).
     public static let maxDeadLetterBytes = 512 << 10
 
@@ -98,6 +106,20 @@ public enum Wire {
         return nil
     }
 
+    /// `text` cut to at most `limit` bytes of UTF-8 (on a character boundary), marked when cut.
+    public static func cut(_ text: String, to limit: Int) -> String {
+        guard text.utf8.count > limit else { return text }
+        var out = ""
+        var used = 0
+        for c in text {
+            let n = c.utf8.count
+            if used + n > limit - 20 { break }
+            out.append(c)
+            used += n
+        }
+        return out + " ... (\(text.utf8.count) bytes, cut)"
+    }
+
     static func describe(_ error: any Error) -> String {
         switch error {
         case DecodingError.keyNotFound(let key, let context):
@@ -113,7 +135,9 @@ public enum Wire {
     }
 }
 
-/// Start an instance. A start for an instance id that exists already is ignored, so a client may resend it.
+/// Start an instance. A start for an instance id that exists already with the same workflow, version and input
+/// is a duplicate and changes nothing, so a client may resend it; one that asks for something else is refused
+/// (dead-lettered as a conflict). The instance's state names the start that created it (`request_id`).
 public struct StartMessage: Codable, Sendable, Hashable {
     public var v = Wire.version
     public var kind = Wire.Kind.start
@@ -124,17 +148,23 @@ public struct StartMessage: Codable, Sendable, Hashable {
     public var input: JSON
     /// Milliseconds since the epoch, when the client sent it.
     public var sentAt: Int64?
+    /// Unique per start request: the instance's state says which request created it.
+    public var requestID: String?
 
-    public init(instanceID: String, workflowID: String, version: Int?, input: JSON, sentAt: Int64?) {
+    public init(instanceID: String, workflowID: String, version: Int?, input: JSON, sentAt: Int64?, requestID: String? = nil) {
         self.instanceID = instanceID
         self.workflowID = workflowID
         self.version = version
         self.input = input
         self.sentAt = sentAt
+        self.requestID = requestID
     }
 
+    /// What this start asks for, as the instance's state records it.
+    public var digest: String { StartDigest.of(workflowID: workflowID, version: version, input: input) }
+
     enum CodingKeys: String, CodingKey {
-        case v, kind, instanceID = "instance_id", workflowID = "workflow_id", version, input, sentAt = "sent_at"
+        case v, kind, instanceID = "instance_id", workflowID = "workflow_id", version, input, sentAt = "sent_at", requestID = "request_id"
     }
 }
 
@@ -164,6 +194,8 @@ public struct CommandMessage: Codable, Sendable, Hashable {
     public var deadline: Int64
     public var idempotencyKey: String
     public var replyTo: ReplyTo
+    /// Milliseconds: while it runs the attempt, the worker must send a `step.heartbeat` at least this often.
+    public var heartbeatTimeout: Int64?
 
     public init(_ command: StepCommand, replyTo: ReplyTo) {
         kind = command.isCompensation ? .compensationCommand : .stepCommand
@@ -179,14 +211,37 @@ public struct CommandMessage: Codable, Sendable, Hashable {
         deadline = command.deadline
         idempotencyKey = command.idempotencyKey
         self.replyTo = replyTo
+        heartbeatTimeout = command.heartbeatTimeout?.value
     }
 
     public var isCompensation: Bool { kind == .compensationCommand }
 
     enum CodingKeys: String, CodingKey {
         case v, kind, instanceID = "instance_id", workflowID = "workflow_id", workflowVersion = "workflow_version", step, type, pool, item
-        case attempt, input, deadline, idempotencyKey = "idempotency_key", replyTo = "reply_to"
+        case attempt, input, deadline, idempotencyKey = "idempotency_key", replyTo = "reply_to", heartbeatTimeout = "heartbeat_timeout"
     }
+}
+
+/// A worker's sign of life on a long attempt (to the command's `reply_to`, keyed by instance id): it restarts
+/// the step's heartbeat timeout; `details` (at most 4 KiB of JSON) is kept as the attempt's progress.
+public struct HeartbeatMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.stepHeartbeat
+    public var instanceID: String
+    public var step: String
+    public var item: Int?
+    public var attempt: Int
+    public var details: JSON?
+
+    public init(_ command: CommandMessage, details: JSON?) {
+        instanceID = command.instanceID
+        step = command.step
+        item = command.item
+        attempt = command.attempt
+        self.details = details
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", step, item, attempt, details }
 }
 
 /// A worker's answer to a command (step or compensation; completed or failed).
@@ -322,10 +377,17 @@ public enum EventMessage: Sendable, Hashable {
         switch kind {
         case .start:
             let m = try Wire.decode(StartMessage.self, from: data)
-            guard !m.instanceID.isEmpty, !m.workflowID.isEmpty else { throw Wire.DecodeError("instance_id and workflow_id must not be empty") }
+            try InstanceID.check(m.instanceID, field: "instance_id")
+            guard !m.workflowID.isEmpty else { throw Wire.DecodeError("field 'workflow_id' must not be empty") }
+            let inputBytes = m.input.encoded().count
+            guard inputBytes <= Wire.maxInputBytes else {
+                throw Wire.DecodeError("the input is \(inputBytes) bytes, more than the limit of \(Wire.maxInputBytes)")
+            }
             return .start(m)
         case .stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed:
-            let m = try Wire.decode(ResultMessage.self, from: data)
+            var m = try Wire.decode(ResultMessage.self, from: data)
+            try checkAttempt(m.attempt)
+            m.error = m.error.map { Wire.cut($0, to: Wire.maxErrorBytes) }
             let event: SagaEvent
             if kind == .stepCompleted, data.count > Wire.maxResultBytes {
                 let error = "the step's output is \(data.count) bytes, more than the limit of \(Wire.maxResultBytes)"
@@ -340,7 +402,15 @@ public enum EventMessage: Sendable, Hashable {
             return .event(instanceID: m.instanceID, event)
         case .taskDecided:
             let m = try Wire.decode(DecisionMessage.self, from: data)
+            try checkAttempt(m.attempt)
             return .event(instanceID: m.instanceID, .taskDecided(step: m.step, attempt: m.attempt, approved: m.approved, by: m.by, comment: m.comment))
+        case .stepHeartbeat:
+            let m = try Wire.decode(HeartbeatMessage.self, from: data)
+            try checkAttempt(m.attempt)
+            if let details = m.details, details.encoded().count > Wire.maxProgressBytes {
+                throw Wire.DecodeError("field 'details' is \(details.encoded().count) bytes, more than the limit of \(Wire.maxProgressBytes)")
+            }
+            return .event(instanceID: m.instanceID, .heartbeat(step: m.step, item: m.item, attempt: m.attempt, details: m.details))
         case .operatorCommand:
             let m = try Wire.decode(OperatorMessage.self, from: data)
             let event: SagaEvent
@@ -358,6 +428,23 @@ public enum EventMessage: Sendable, Hashable {
             return .event(instanceID: m.instanceID, .timerFired(m.timer))
         default:
             throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on the events topic")
+        }
+    }
+
+    static func checkAttempt(_ attempt: Int) throws(Wire.DecodeError) {
+        guard attempt >= 1 else { throw Wire.DecodeError("field 'attempt' is \(attempt); attempts are numbered from 1 (answer with the command's attempt)") }
+    }
+}
+
+/// What an instance id may be: 1 to 200 bytes of UTF-8 without control characters.
+public enum InstanceID {
+    public static let maxBytes = 200
+
+    public static func check(_ id: String, field: String) throws(Wire.DecodeError) {
+        if id.isEmpty { throw Wire.DecodeError("field '\(field)' must not be empty") }
+        if id.utf8.count > maxBytes { throw Wire.DecodeError("field '\(field)' is \(id.utf8.count) bytes, more than the limit of \(maxBytes)") }
+        if let c = id.unicodeScalars.first(where: { $0.properties.generalCategory == .control }) {
+            throw Wire.DecodeError("field '\(field)' contains the control character U+\(String(c.value, radix: 16, uppercase: true))")
         }
     }
 }
@@ -410,15 +497,72 @@ public struct DefinitionRecord: Codable, Sendable, Hashable {
     enum CodingKeys: String, CodingKey { case v, kind, workflowID = "workflow_id", version, document, registeredAt = "registered_at" }
 }
 
+/// An alert to the on-call, about an instance (a workflow failed, a compensation keeps failing) or about the
+/// engine itself (a coordinator cannot commit a partition): then `instance_id` and `workflow_id` are absent
+/// and `partition` names the events partition.
+public struct AlertMessage: Codable, Sendable, Hashable {
+    public var severity: Alert.Severity
+    public var instanceID: String?
+    public var workflowID: String?
+    public var step: String?
+    public var message: String
+    public var partition: Int32?
+
+    public init(severity: Alert.Severity, instanceID: String?, workflowID: String?, step: String?, message: String, partition: Int32? = nil) {
+        self.severity = severity
+        self.instanceID = instanceID
+        self.workflowID = workflowID
+        self.step = step
+        self.message = message
+        self.partition = partition
+    }
+
+    public init(_ alert: Alert) {
+        self.init(severity: alert.severity, instanceID: alert.instanceID, workflowID: alert.workflowID, step: alert.step, message: alert.message)
+    }
+
+    enum CodingKeys: String, CodingKey { case severity, instanceID = "instance_id", workflowID = "workflow_id", step, message, partition }
+}
+
 public struct AlertRecord: Codable, Sendable, Hashable {
     public var v = Wire.version
     public var kind = Wire.Kind.alert
-    public var alert: Alert
+    public var alert: AlertMessage
     public var at: Int64
-    public init(alert: Alert, at: Int64) {
+    public init(alert: AlertMessage, at: Int64) {
         self.alert = alert
         self.at = at
     }
+}
+
+/// A step's output, kept apart from the instance's state snapshot on the compacted outputs topic, on the
+/// instance's partition and keyed `<instance_id>/<step>#<item>` (`#0` for a step without items), or
+/// `<instance_id>/<step>` for an output an operator gave a skipped step.
+public struct OutputRecord: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.output
+    public var instanceID: String
+    public var step: String
+    /// The unit: a for_each item's position, 0 for a step without items, nil for a skipped step's output.
+    public var item: Int?
+    public var attempt: Int
+    public var output: JSON
+
+    public init(instanceID: String, step: String, item: Int?, attempt: Int, output: JSON) {
+        self.instanceID = instanceID
+        self.step = step
+        self.item = item
+        self.attempt = attempt
+        self.output = output
+    }
+
+    public var key: String { Self.key(instanceID: instanceID, step: step, item: item) }
+
+    public static func key(instanceID: String, step: String, item: Int?) -> String {
+        item.map { "\(instanceID)/\(step)#\($0)" } ?? "\(instanceID)/\(step)"
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", step, item, attempt, output }
 }
 
 public struct NotificationRecord: Codable, Sendable, Hashable {

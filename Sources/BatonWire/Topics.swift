@@ -7,6 +7,7 @@ public struct TopicNames: Sendable, Hashable {
 
     public var events: String { name("events") }
     public var state: String { name("state") }
+    public var outputs: String { name("outputs") }
     public var definitions: String { name("definitions") }
     public var tasks: String { name("tasks") }
     public var alerts: String { name("alerts") }

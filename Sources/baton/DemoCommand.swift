@@ -61,7 +61,7 @@ struct Demo: AsyncParsableCommand {
             print("")
         }
         let alerts = try await alertsFor(client: client, names: names)
-        for alert in alerts { print("alert to the on-call: [\(alert.alert.severity.rawValue)] \(alert.alert.instanceID): \(alert.alert.message)") }
+        for alert in alerts { print("alert to the on-call: [\(alert.alert.severity.rawValue)] \(alert.alert.instanceID ?? "engine"): \(alert.alert.message)") }
         children.stopAll()
         await watcher.close()
         await client.close()
