@@ -190,11 +190,14 @@ public final class KafkaConsumer: Sendable {
         return err == RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 ? high : nil
     }
 
-    /// Leaves the group (its partitions move to the other members at once) and stops. Idempotent.
-    public func close() async {
+    /// Leaves the group (its partitions move to the other members at once) and stops. Idempotent. Waits at
+    /// most `timeout`: with no broker to answer, leaving could take a session timeout, and a stopping process
+    /// must not hang on it (the group then notices the member is gone when its session expires).
+    public func close(timeout: Duration = .seconds(5)) async {
         guard closed.exchange(true, ordering: .acquiringAndReleasing) == false else { return }
-        let handle = UncheckedHandle(client.handle)
-        _ = try? await runBlocking(on: pollQueue) { rd_kafka_consumer_close(handle.pointer) }
+        let client = self.client  // kept alive by the closure until the close has returned
+        let finished = await runBlocking(on: pollQueue, atMost: timeout) { _ = rd_kafka_consumer_close(client.handle) }
+        if !finished { client.logger.warning("the consumer did not leave its group within \(timeout); going on without waiting") }
     }
 
     public var isClosed: Bool { closed.load(ordering: .acquiring) }

@@ -98,6 +98,15 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible {
         .rebalanceInProgress,
     ]
 
+    /// The broker (or librdkafka, before sending) refuses this one record, whatever is tried again: too large,
+    /// malformed. Retrying the same record cannot help; the transaction that holds it must go without it.
+    public var isRecordRefusal: Bool { Self.refusalCodes.contains(code) }
+
+    static let refusalCodes: Set<Code> = [
+        .msgSizeTooLarge, Code(RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE), Code(RD_KAFKA_RESP_ERR_INVALID_RECORD),
+        Code(RD_KAFKA_RESP_ERR_INVALID_MSG), Code(RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP),
+    ]
+
     public var description: String {
         var flags: [String] = []
         if isRetriable { flags.append("retriable") }

@@ -35,17 +35,38 @@ public final class KafkaProducer: Sendable {
     }
 
     /// Hands a record to librdkafka without waiting for delivery. When its local queue is full this
-    /// waits for room rather than failing. Delivery failures surface from `flush` or `commitTransaction`.
-    public func enqueue(_ record: ProducerRecord) async throws {
+    /// waits for room rather than failing. Delivery failures surface from `flush` or `commitTransaction`; a
+    /// record given a `tag` that is refused is also listed by `takeRejected()`, so that a transaction that
+    /// failed can tell which of its records the broker would not take.
+    public func enqueue(_ record: ProducerRecord, tag: Int? = nil) async throws {
         var backoff = Duration.microseconds(200)
         while true {
+            let opaque = tag.map { Unmanaged.passRetained(DeliveryTag($0)).toOpaque() }
             do {
-                return try produce(record, opaque: nil)
-            } catch let error as KafkaError where error.code == .queueFull {
+                return try produce(record, opaque: opaque)
+            } catch let error as KafkaError {
+                if let opaque { Unmanaged<DeliveryTag>.fromOpaque(opaque).release() }
+                guard error.code == .queueFull else { throw error }
                 try await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .milliseconds(50))
             }
         }
+    }
+
+    /// The tagged records refused since the last call, with why.
+    public func takeRejected() -> [(tag: Int, error: KafkaError)] {
+        client.context.state.withLock { state in
+            defer { state.rejected.removeAll() }
+            return state.rejected
+        }
+    }
+
+    /// The fatal error this producer hit, if any: then it can no longer be used and must be replaced.
+    public var fatalError: KafkaError? {
+        var reason = [CChar](repeating: 0, count: 512)
+        let err = rd_kafka_fatal_error(client.handle, &reason, reason.count)
+        guard err != RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
+        return KafkaError(code: .init(err), message: cString(reason), isFatal: true)
     }
 
     private func produce(_ record: ProducerRecord, opaque: UnsafeMutableRawPointer?) throws {
@@ -97,6 +118,8 @@ public final class KafkaProducer: Sendable {
 
     public func beginTransaction() throws {
         if let error = rd_kafka_begin_transaction(client.handle) { throw KafkaError(consuming: error, context: "begin transaction") }
+        // Refusals of an earlier transaction's records are no longer news.
+        _ = takeRejected()
     }
 
     /// Adds consumed offsets to the current transaction: they are committed for the consumer's group if,
@@ -136,14 +159,17 @@ public final class KafkaProducer: Sendable {
         if let error { throw KafkaError(consuming: error.pointer, context: what) }
     }
 
-    /// Flushes what is outstanding (waiting at most `timeout`) and stops the delivery thread.
+    /// Flushes what is outstanding (waiting at most `timeout`) and stops the delivery thread. What is not
+    /// delivered by then is dropped, with a warning naming how many records.
     public func close(timeout: Duration = .seconds(10)) async {
-        let handle = UncheckedHandle(client.handle)
         let client = self.client
-        _ = try? await runBlocking {
-            rd_kafka_flush(handle.pointer, Int32(timeout.milliseconds))
+        let left = await runBlockingIgnoringErrors {
+            let err = rd_kafka_flush(client.handle, Int32(timeout.milliseconds))
+            let left = err == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : Int(rd_kafka_outq_len(client.handle))
             client.stopPolling()
+            return left
         }
+        if left > 0 { client.logger.warning("producer closed with \(left) record(s) undelivered after \(timeout)") }
     }
 
     /// Cluster metadata seen through this producer's connections.

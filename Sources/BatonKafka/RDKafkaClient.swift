@@ -14,6 +14,8 @@ final class CallbackContext: Sendable {
         var pendingEvents: [KafkaConsumerEvent] = []
         var deliveryFailures = 0
         var firstDeliveryFailure: KafkaError?
+        /// Records enqueued with a tag that the broker (or librdkafka) refused, since they were last taken.
+        var rejected: [(tag: Int, error: KafkaError)] = []
     }
     let state = Mutex(State())
     /// Only a consumer hands events to its caller (through `poll`); other clients only log them.
@@ -193,6 +195,33 @@ func runBlocking<T: Sendable>(on queue: DispatchQueue, _ body: @escaping @Sendab
     }
 }
 
+/// A blocking call that cannot fail, on a Dispatch thread.
+func runBlockingIgnoringErrors<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(returning: body()) }
+    }
+}
+
+/// Runs a blocking call on `queue` and waits for it at most `timeout`: true when it returned in time. The call
+/// itself runs to its end either way (a Dispatch thread cannot be interrupted); only the waiting stops.
+func runBlocking(on queue: DispatchQueue, atMost timeout: Duration, _ body: @escaping @Sendable () -> Void) async -> Bool {
+    let resumed = Mutex(false)
+    return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+        @Sendable func finish(_ inTime: Bool) {
+            let first = resumed.withLock { done in
+                defer { done = true }
+                return !done
+            }
+            if first { continuation.resume(returning: inTime) }
+        }
+        queue.async {
+            body()
+            finish(true)
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(timeout.milliseconds)) { finish(false) }
+    }
+}
+
 // MARK: - C callbacks
 
 private let logCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Void = {
@@ -239,8 +268,17 @@ private let deliveryCallback:
             result = .failure(KafkaError(message.pointee.err, context: "delivery to \(topic)"))
         }
         let purged = message.pointee.err == RD_KAFKA_RESP_ERR__PURGE_QUEUE || message.pointee.err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT
-        if let promise = message.pointee._private {
-            Unmanaged<DeliveryPromise>.fromOpaque(promise).takeRetainedValue().resume(result)
+        let target = message.pointee._private.map { Unmanaged<AnyObject>.fromOpaque($0).takeRetainedValue() }
+        if let promise = target as? DeliveryPromise {
+            promise.resume(result)
+        } else if let tag = target as? DeliveryTag {
+            if case .failure(let error) = result, !purged, let context = CallbackContext.from(opaque) {
+                context.state.withLock {
+                    $0.rejected.append((tag.tag, error))
+                    $0.deliveryFailures += 1
+                    if $0.firstDeliveryFailure == nil { $0.firstDeliveryFailure = error }
+                }
+            }
         } else if purged {
             // An aborted transaction (or a close) purged the record on purpose: not a delivery failure.
             CallbackContext.from(opaque)?.logger.debug("record purged before delivery", metadata: ["topic": "\(topic)"])
@@ -261,21 +299,30 @@ private let rebalanceCallback:
         let cooperative = String(cString: rd_kafka_rebalance_protocol(handle)) == "COOPERATIVE"
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-            if cooperative {
-                if let error = rd_kafka_incremental_assign(handle, partitions) { _ = KafkaError(consuming: error) }
+            // Only an assignment librdkafka took is reported as one: its messages will follow.
+            let failure: KafkaError? =
+                cooperative
+                ? rd_kafka_incremental_assign(handle, partitions).map { KafkaError(consuming: $0, context: "assign \(list)") }
+                : { let err = rd_kafka_assign(handle, partitions); return err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err, context: "assign \(list)") }()
+            if let failure {
+                context.state.withLock { $0.pendingEvents.append(.error(failure)) }
+                context.logger.error("could not take the assigned partitions: \(failure)")
             } else {
-                rd_kafka_assign(handle, partitions)
+                context.state.withLock { $0.pendingEvents.append(.assigned(list)) }
+                context.logger.info("partitions assigned", metadata: ["partitions": "\(list)"])
             }
-            context.state.withLock { $0.pendingEvents.append(.assigned(list)) }
-            context.logger.info("partitions assigned", metadata: ["partitions": "\(list)"])
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
             let lost = rd_kafka_assignment_lost(handle) != 0
-            if cooperative {
-                if let error = rd_kafka_incremental_unassign(handle, partitions) { _ = KafkaError(consuming: error) }
-            } else {
-                rd_kafka_assign(handle, nil)
+            // Reported as revoked whatever librdkafka answers: from now on nothing may be written for them.
+            let failure: KafkaError? =
+                cooperative
+                ? rd_kafka_incremental_unassign(handle, partitions).map { KafkaError(consuming: $0, context: "unassign \(list)") }
+                : { let err = rd_kafka_assign(handle, nil); return err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err, context: "unassign \(list)") }()
+            context.state.withLock {
+                if let failure { $0.pendingEvents.append(.error(failure)) }
+                $0.pendingEvents.append(.revoked(list, lost: lost))
             }
-            context.state.withLock { $0.pendingEvents.append(.revoked(list, lost: lost)) }
+            if let failure { context.logger.error("unassigning revoked partitions failed: \(failure)") }
             context.logger.info("partitions revoked", metadata: ["partitions": "\(list)", "lost": "\(lost)"])
         default:
             rd_kafka_assign(handle, nil)
@@ -284,6 +331,12 @@ private let rebalanceCallback:
             context.logger.warning("rebalance failed: \(error)")
         }
     }
+
+/// A tag handed to librdkafka with a record of a transaction: a refused record is reported by its tag.
+final class DeliveryTag: Sendable {
+    let tag: Int
+    init(_ tag: Int) { self.tag = tag }
+}
 
 /// A once-only continuation handed to librdkafka with a record and resumed from its delivery report.
 final class DeliveryPromise: Sendable {
