@@ -60,6 +60,7 @@ let package = Package(
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime",
                 .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -8,3 +8,10 @@ public func deadLetterRecord(_ m: KafkaMessage, reason: String, topic: String) -
         partition: m.partition, offset: m.offset)
     return ProducerRecord(topic: topic, key: letter.key, value: letter.value, headers: letter.headers.map { KafkaHeader(key: $0.key, value: $0.value) })
 }
+
+extension Wire {
+    /// The headers every Baton record carries: its kind and the protocol version.
+    public static func headers(_ kind: Kind) -> [KafkaHeader] {
+        [KafkaHeader(key: WireHeaders.kind, string: kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(version))]
+    }
+}

@@ -55,6 +55,20 @@ public final class DefinitionRegistry: Sendable {
         } while clock.now < deadline
     }
 
+    /// Reads new definitions as they are registered, until cancelled: a coordinator runs this beside its
+    /// partitions, so that a start for "the latest version" gets the one registered just before.
+    public func follow() async {
+        while !Task.isCancelled {
+            do {
+                for case .message(let m) in try await consumer.poll(maxEvents: 1000, timeout: .milliseconds(100)) { apply(m) }
+            } catch {
+                if Task.isCancelled { return }
+                logger.error("reading definitions failed; trying again: \(error)")
+                try? await Task.sleep(for: .seconds(1))  // cancelled: the loop ends
+            }
+        }
+    }
+
     func apply(_ message: KafkaMessage) {
         guard let value = message.value else { return }
         do {
