@@ -3,21 +3,34 @@ import BatonKafka
 import BatonRuntime
 import BatonWire
 import Foundation
-import HeapModule
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 public struct CoordinatorConfiguration: Sendable {
     public var client: KafkaClientConfiguration
     public var names: TopicNames
     /// At most this many events go into one transaction.
     public var maxBatch = 2000
-    /// How long a poll waits when nothing is due.
+    /// How long a partition waits for events when no timer is due sooner.
     public var idleWait: Duration = .milliseconds(100)
     public var sessionTimeout: Duration = .seconds(10)
     public var maxPollInterval: Duration = .seconds(30)
     /// Partitions of a command topic the coordinator creates for a new worker pool.
     public var commandTopicPartitions = CommandTopics.defaultPartitions
+    /// How long a finished instance stays queryable when its definition has no `retention`.
+    public var retention: Millis = .days(7)
+    /// The largest record the brokers take (Kafka's `max.message.bytes`, less a margin). An instance whose
+    /// record would be larger goes on without it (its step fails, or it ends), instead of stopping the partition.
+    public var maxRecordBytes = 990_000
+    /// How often a long rebuild reports its progress.
+    public var progressInterval: Duration = .seconds(5)
+    /// A partition whose transactions keep failing backs off up to this long between tries...
+    public var maxBackoff: Duration = .seconds(10)
+    /// ...and alerts the on-call after this many failures in a row.
+    public var alertAfterFailures = 5
+    /// Events waiting for a partition's transaction beyond this pause its fetching until it catches up.
+    public var maxBacklog = 20_000
     /// Overrides the clock (milliseconds since the epoch); for tests that move time.
     public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
     /// Names this coordinator in the records it writes.
@@ -29,169 +42,209 @@ public struct CoordinatorConfiguration: Sendable {
     }
 }
 
-/// The saga coordinator: a member of the coordinators' group on the events topic. For each events
-/// partition it owns, it rebuilds the instances from the same partition of the state topic, then applies
-/// events (and due timers) in batches, writing commands, state snapshots, tasks, alerts and the consumed
-/// offsets in one Kafka transaction per partition and batch. Its transactional id is the partition's, so
-/// whoever takes a partition over fences the previous owner.
+/// What every partition of a coordinator shares.
+struct CoordinatorContext: Sendable {
+    let configuration: CoordinatorConfiguration
+    let registry: DefinitionRegistry
+    let commandTopics: CommandTopics
+    /// The group member on the events topic: its group metadata goes into every transaction.
+    let consumer: KafkaConsumer
+    /// Outside transactions: fired timers (a duplicate is harmless) and alerts about the engine itself.
+    let sideProducer: ResilientProducer
+    let writeGate: WriteGate
+    let logger: Logger
+
+    var settings: SagaSettings { SagaSettings(retention: configuration.retention) }
+
+    /// Tells the on-call about the engine itself (a partition that cannot commit); logged when even that fails.
+    func engineAlert(partition: Int32, severity: Alert.Severity, _ message: String) async {
+        logger.error("alert: \(message)", metadata: ["partition": "\(partition)"])
+        let names = configuration.names
+        let record = AlertRecord(
+            alert: AlertMessage(severity: severity, instanceID: nil, workflowID: nil, step: nil, message: message, partition: partition), at: configuration.clock())
+        do {
+            try await sideProducer.send(
+                ProducerRecord(topic: names.alerts, key: Data("coordinator/\(partition)".utf8), value: Wire.encode(record), headers: Wire.headers(.alert)))
+        } catch {
+            logger.error("could not send the alert either: \(error)", metadata: ["partition": "\(partition)"])
+        }
+    }
+}
+
+/// Refuses writes while the process may have lost its partitions without knowing: it was frozen (SIGSTOP,
+/// a long pause) for long enough that the group may have moved them on.
+final class WriteGate: Sendable {
+    struct Stalled: Error, CustomStringConvertible {
+        var description: String
+    }
+    private let holdUntil = Mutex<ContinuousClock.Instant?>(nil)
+
+    /// Nothing is written until `instant`.
+    func hold(until instant: ContinuousClock.Instant) {
+        holdUntil.withLock { $0 = max($0 ?? instant, instant) }
+    }
+
+    var openAt: ContinuousClock.Instant? {
+        holdUntil.withLock { h in
+            guard let until = h, until > .now else { return nil }
+            return until
+        }
+    }
+
+    /// Throws when the gate is held, or when the caller itself was frozen: more than `limit` since `since`.
+    func check(since: ContinuousClock.Instant, limit: Duration) throws {
+        let elapsed = ContinuousClock.now - since
+        if elapsed > limit {
+            hold(until: .now + limit)
+            throw Stalled(description: "stalled since the poll for \(elapsed.inMilliseconds) ms")
+        }
+        if let until = openAt { throw Stalled(description: "stalled since the poll: writes held for \((until - .now).inMilliseconds) ms more") }
+    }
+}
+
+/// The saga coordinator: a member of the coordinators' group on the events topic. Each events partition it
+/// owns runs on its own (`PartitionRunner`): it rebuilds the partition's instances from the same partition
+/// of the state and outputs topics, then applies events (and due timers) in batches, writing commands, state
+/// snapshots, outputs, tasks, alerts and the consumed offsets in one Kafka transaction per batch, while the
+/// next events are read. Its transactional id is the partition's, so whoever takes a partition over fences
+/// the previous owner.
 public final class Coordinator: Service, Sendable {
     public let configuration: CoordinatorConfiguration
     let logger: Logger
+    private let stopping = Atomic(false)
 
     public init(configuration: CoordinatorConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
     }
 
+    /// Stops as on a graceful shutdown: each partition finishes its transaction, then the group is left.
+    public func stop() { stopping.store(true, ordering: .releasing) }
+
     public func run() async throws {
         let names = configuration.names
         let registry = try await DefinitionRegistry(client: configuration.client, names: names, logger: logger)
         let admin = try KafkaAdmin(configuration: configuration.client, logger: logger)
-        let commandTopics = CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger)
         let consumer = try KafkaConsumer(
             configuration: .engineMember(
                 client: configuration.client, group: names.coordinatorGroup, sessionTimeout: configuration.sessionTimeout,
                 maxPollInterval: configuration.maxPollInterval),
             logger: logger)
-        var timerConfiguration = KafkaProducerConfiguration(client: configuration.client)
-        timerConfiguration.linger = .milliseconds(1)
-        let timerProducer = try KafkaProducer(configuration: timerConfiguration, logger: logger)
+        var sideConfiguration = KafkaProducerConfiguration(client: configuration.client)
+        sideConfiguration.linger = .milliseconds(1)
+        let sideProducer = try ResilientProducer(configuration: sideConfiguration, logger: logger)
+        let context = CoordinatorContext(
+            configuration: configuration, registry: registry,
+            commandTopics: CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger),
+            consumer: consumer, sideProducer: sideProducer, writeGate: WriteGate(), logger: logger)
         try consumer.subscribe([names.events])
         logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)"])
 
+        let result: Result<Void, any Error>
         do {
-            try await cancelWhenGracefulShutdown {
-                try await self.loop(consumer: consumer, registry: registry, commandTopics: commandTopics, timerProducer: timerProducer)
+            try await withGracefulShutdownHandler {
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask { await registry.follow() }
+                    try await self.pollLoop(context: context, group: &group)
+                    group.cancelAll()  // the registry's follower; the partitions have ended already
+                }
+            } onGracefulShutdown: {
+                self.stop()
             }
-        } catch is CancellationError {
+            result = .success(())
+        } catch {
+            result = .failure(error)
         }
         await consumer.close()
-        await timerProducer.close()
+        await sideProducer.close(timeout: .seconds(2))
         await registry.close()
+        if case .failure(let error) = result {
+            logger.error("coordinator stopped: \(error)")
+            throw error
+        }
         logger.info("coordinator stopped")
     }
 
-    func loop(consumer: KafkaConsumer, registry: DefinitionRegistry, commandTopics: CommandTopics, timerProducer: KafkaProducer) async throws {
+    /// Polls the group and hands each partition's events to its runner; takes and gives up partitions as the
+    /// group decides; pauses fetching for a partition whose runner falls behind.
+    func pollLoop(context: CoordinatorContext, group: inout ThrowingDiscardingTaskGroup<any Error>) async throws {
         let names = configuration.names
-        var owned: [Int32: OwnedPartition] = [:]
-        // Offsets on the events topic are contiguous (no transaction markers): a jump means records the broker
-        // has not made readable yet. Read from the expected offset again (a bounded number of times).
-        var expected: [Int32: Int64] = [:]
-        var rewinds: [Int32: (offset: Int64, tries: Int)] = [:]
-        while !Task.isCancelled {
-            let now = self.configuration.clock()
-            let nextDue = owned.values.compactMap { $0.nextDue }.min()
-            let wait = nextDue.map { Duration.milliseconds(max(0, min($0 - now, Int64(self.configuration.idleWait.inMilliseconds)))) } ?? self.configuration.idleWait
-            let events = try await consumer.poll(maxEvents: self.configuration.maxBatch, timeout: wait)
-            let polledAt = ContinuousClock.now
-            var batches: [Int32: [KafkaMessage]] = [:]
-            var rewind: [Int32: Int64] = [:]
+        let consumer = context.consumer
+        var runners: [Int32: PartitionRunner] = [:]
+        var paused = Set<Int32>()
+        var lastPoll = ContinuousClock.now
+        defer {
+            for runner in runners.values { runner.stop() }
+        }
+        while !stopping.load(ordering: .acquiring) && !Task.isCancelled {
+            let events = try await consumer.poll(maxEvents: configuration.maxBatch, timeout: .milliseconds(50))
+            let polled = ContinuousClock.now
+            if polled - lastPoll > configuration.sessionTimeout / 3 {
+                // Frozen (or starved) for long enough that the group may have moved our partitions on without
+                // telling us yet: write nothing until it has had time to.
+                logger.warning("stalled since the poll for \((polled - lastPoll).inMilliseconds) ms; holding writes until the group confirms the partitions")
+                context.writeGate.hold(until: polled + configuration.sessionTimeout / 3)
+            }
+            lastPoll = polled
             for event in events {
                 switch event {
                 case .assigned(let partitions):
-                    // Rebuild the new partitions in parallel; none of their events is processed before.
-                    let new = partitions.filter { $0.topic == names.events && owned[$0.partition] == nil }.map(\.partition)
-                    let configuration = self.configuration
-                    let logger = self.logger
-                    try await withThrowingTaskGroup(of: (Int32, OwnedPartitionBox).self) { group in
-                        for p in new {
-                            group.addTask {
-                                let taken = try await OwnedPartition.take(
-                                    p, configuration: configuration, registry: registry, commandTopics: commandTopics, timerProducer: timerProducer,
-                                    group: consumer, logger: logger)
-                                return (p, OwnedPartitionBox(taken))
-                            }
+                    for p in partitions where p.topic == names.events {
+                        if let old = runners[p.partition] {
+                            logger.warning("partition \(p.partition) assigned again while still held; starting over")
+                            old.stop()
+                            await old.finished()
                         }
-                        for try await (p, box) in group { owned[p] = box.partition }
+                        let runner = PartitionRunner(partition: p.partition, context: context)
+                        runners[p.partition] = runner
+                        paused.remove(p.partition)
+                        group.addTask { await runner.run() }
                     }
                 case .revoked(let partitions, let lost):
-                    for tp in partitions where tp.topic == names.events {
-                        batches[tp.partition] = nil
-                        expected[tp.partition] = nil
-                        rewind[tp.partition] = nil
-                        if let partition = owned.removeValue(forKey: tp.partition) {
-                            await partition.release()
-                            self.logger.info("released partition", metadata: ["partition": "\(tp.partition)", "lost": "\(lost)"])
-                        }
+                    // Each runner ends its transaction (commit or abort) before the partition is let go.
+                    let gone = partitions.filter { $0.topic == names.events }.compactMap { p in runners.removeValue(forKey: p.partition).map { (p.partition, $0) } }
+                    for (_, runner) in gone { runner.stop() }
+                    for (p, runner) in gone {
+                        await runner.finished()
+                        paused.remove(p)
+                        logger.info("released partition", metadata: ["partition": "\(p)", "lost": "\(lost)"])
                     }
                 case .message(let m):
-                    if rewind[m.partition] != nil { continue }  // read again after the rewind
-                    if let next = expected[m.partition], m.offset > next {
-                        let tries = rewinds[m.partition].map { $0.offset == next ? $0.tries + 1 : 1 } ?? 1
-                        if tries <= 3 {
-                            self.logger.warning(
-                                "offset gap on the events topic; reading again", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)", "try": "\(tries)"])
-                            rewinds[m.partition] = (next, tries)
-                            rewind[m.partition] = next
-                            continue
-                        }
-                        self.logger.error("offset gap on the events topic persists; going on", metadata: ["partition": "\(m.partition)", "expected": "\(next)", "got": "\(m.offset)"])
-                    }
-                    expected[m.partition] = m.offset + 1
-                    batches[m.partition, default: []].append(m)
+                    runners[m.partition]?.deliver(m)
                 case .error(let error):
-                    self.logger.warning("consumer: \(error)")
+                    logger.warning("consumer: \(error)")
                 case .partitionEOF:
                     break
                 }
             }
-            for (p, offset) in rewind {
-                try? await consumer.seek([TopicPartitionOffset(names.events, p, offset: offset)])
-            }
-            try await registry.catchUp()
-            let at = self.configuration.clock()
-            // Each partition has its own transactional producer: their transactions run concurrently.
-            var work: [(Int32, OwnedPartitionBox, [KafkaMessage])] = []
-            for (p, partition) in owned {
-                let messages = batches[p] ?? []
-                let due = partition.dueTimers(at: at)
-                if !due.isEmpty { try await partition.fire(due) }
-                guard !messages.isEmpty else { continue }
-                // Frozen since the poll (SIGSTOP, a stall) for long enough to have lost the partition? Then
-                // write nothing: poll again, which tells. A broker that fences by transactional id would
-                // refuse the writes anyway, but not every Kafka-compatible broker hides a fenced producer's.
-                if ContinuousClock.now - polledAt > self.configuration.sessionTimeout / 3 {
-                    self.logger.warning("stalled since the poll; re-reading the batch", metadata: ["partition": "\(p)"])
-                    try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
-                    expected[p] = messages[0].offset
-                    continue
-                }
-                work.append((p, OwnedPartitionBox(partition), messages))
-            }
-            let failures = await withTaskGroup(of: (Int32, [KafkaMessage], (any Error)?).self) { group in
-                for (p, box, messages) in work {
-                    group.addTask {
-                        do {
-                            try await box.partition.process(messages, now: at, consumer: consumer)
-                            return (p, messages, nil)
-                        } catch {
-                            return (p, messages, error)
-                        }
+            for (p, runner) in runners {
+                if let offset = runner.pendingReset {
+                    // A runner that must read again (it took its partition anew, or saw offsets out of order):
+                    // seek here, between polls, so that nothing read before the seek reaches it after.
+                    do {
+                        try await consumer.seek([TopicPartitionOffset(names.events, p, offset: offset)])
+                        runner.resetDone()
+                    } catch {
+                        logger.warning("could not seek partition \(p) to \(offset); trying again: \(error)")
                     }
                 }
-                var failures: [(Int32, [KafkaMessage], any Error)] = []
-                for await (p, messages, error) in group { if let error { failures.append((p, messages, error)) } }
-                return failures
-            }
-            for (p, messages, error) in failures {
-                if let error = error as? KafkaError, !error.isFatal {
-                    self.logger.warning("transaction failed; the batch will be read again", metadata: ["partition": "\(p)", "error": "\(error)"])
-                    try? await consumer.seek([TopicPartitionOffset(messages[0].topicPartition, offset: messages[0].offset)])
-                    expected[p] = messages[0].offset
-                } else {
-                    // Fenced, or the producer is unusable: stop owning the partition; a rebalance gives it to whoever may.
-                    self.logger.error("partition \(p) lost its producer: \(error); pausing it until the group rebalances")
-                    if let partition = owned.removeValue(forKey: p) { await partition.release() }
-                    try? consumer.pause([TopicPartition(names.events, p)])
+                let backlog = runner.backlog
+                let tp = TopicPartition(names.events, p)
+                do {
+                    if backlog > configuration.maxBacklog, !paused.contains(p) {
+                        try consumer.pause([tp])
+                        paused.insert(p)
+                    } else if backlog < configuration.maxBacklog / 2, paused.contains(p) {
+                        try consumer.resume([tp])
+                        paused.remove(p)
+                    }
+                } catch {
+                    logger.warning("could not pause or resume partition \(p): \(error)")
                 }
             }
         }
+        for runner in runners.values { runner.stop() }
+        for runner in runners.values { await runner.finished() }
+        runners.removeAll()
     }
 }
-
-/// Hands a freshly built partition from the task that built it to the loop, which alone uses it from then on.
-struct OwnedPartitionBox: @unchecked Sendable {
-    let partition: OwnedPartition
-    init(_ partition: OwnedPartition) { self.partition = partition }
-}
-

@@ -1,7 +1,7 @@
 import BatonCore
 import BatonKafka
-import BatonWire
 import BatonRuntime
+import BatonWire
 import Foundation
 import HeapModule
 import Logging
@@ -12,107 +12,235 @@ struct TimerEntry: Comparable, Hashable {
     var key: TimerKey
 
     static func < (a: TimerEntry, b: TimerEntry) -> Bool {
-        (a.dueAt, a.instanceID, a.key.description) < (b.dueAt, b.instanceID, b.key.description)
+        if a.dueAt != b.dueAt { return a.dueAt < b.dueAt }
+        if a.instanceID != b.instanceID { return a.instanceID < b.instanceID }
+        return a.key.order < b.key.order
+    }
+}
+
+extension TimerKey {
+    /// A total order without building strings (a heap compares often).
+    var order: (Int, Int, Int, Int) {
+        let rank: Int =
+            switch kind {
+            case .retry: 0
+            case .stepTimeout: 1
+            case .taskTimeout: 2
+            case .compensationRetry: 3
+            case .compensationTimeout: 4
+            case .workflowTimeout: 5
+            case .heartbeat: 6
+            case .retention: 7
+            }
+        return (rank, step ?? -1, item ?? -1, attempt)
+    }
+}
+
+/// Where a record of a transaction comes from: what to do when the broker refuses it.
+enum RecordOrigin: Hashable, CustomStringConvertible {
+    case snapshot(String)
+    case output(String, step: String, item: Int?)
+    case command(String, step: String, item: Int?, attempt: Int, compensation: Bool)
+    case task(String, taskID: String)
+    case alert(String)
+    case notification(String)
+    case deadLetter(offset: Int64)
+    case tombstone(String)
+
+    var instanceID: String? {
+        switch self {
+        case .snapshot(let id), .output(let id, _, _), .command(let id, _, _, _, _), .task(let id, _), .alert(let id), .notification(let id), .tombstone(let id): id
+        case .deadLetter: nil
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .snapshot: "the state snapshot"
+        case .output(_, let step, let item): "the output of '\(step)'\(item.map { " item \($0)" } ?? "")"
+        case .command(_, let step, let item, let attempt, let compensation):
+            "the \(compensation ? "compensation " : "")command for attempt \(attempt) of '\(step)'\(item.map { " item \($0)" } ?? "")"
+        case .task(_, let taskID): "the task record \(taskID)"
+        case .alert: "an alert"
+        case .notification: "a notification"
+        case .deadLetter(let offset): "the dead letter of events offset \(offset)"
+        case .tombstone: "a tombstone"
+        }
+    }
+}
+
+/// Records of a transaction that the broker refused (too large, malformed): the instances they belong to must
+/// go on without them.
+struct RecordsRefused: Error, CustomStringConvertible {
+    var refused: [RecordOrigin: String]
+    var description: String { refused.map { "\($0.key): \($0.value)" }.sorted().joined(separator: "; ") }
+}
+
+/// A record to write in a transaction, with where it comes from.
+struct OutgoingRecord {
+    var record: ProducerRecord
+    var origin: RecordOrigin
+
+    /// What the record weighs against the broker's limit (key, value, headers, and a batch's overhead).
+    var size: Int {
+        (record.key?.count ?? 0) + (record.value?.count ?? 0) + record.headers.reduce(0) { $0 + $1.key.utf8.count + ($1.value?.count ?? 0) + 8 } + 64
     }
 }
 
 /// One events partition this coordinator owns: its instances, their timers, and its transactional producer.
+/// Only its runner's task uses it.
 final class OwnedPartition {
     let partition: Int32
-    let configuration: CoordinatorConfiguration
-    let registry: DefinitionRegistry
-    let commandTopics: CommandTopics
-    let logger: Logger
+    let context: CoordinatorContext
     let producer: KafkaProducer
-    /// Sends due timers to the events partition (outside transactions: a duplicate is harmless).
-    let timerProducer: KafkaProducer
     let partitionCount: Int
     var instances: [String: InstanceState]
     var timers = Heap<TimerEntry>()
     var scheduled = Set<TimerEntry>()
     /// Timers sent to the events topic and not yet seen back, by instance.
     var fired: [String: Set<TimerEntry>] = [:]
+    /// The events offset of the next record to process (nil until the first one, when nothing was committed).
+    var nextOffset: Int64?
 
-    var names: TopicNames { configuration.names }
+    var configuration: CoordinatorConfiguration { context.configuration }
+    var names: TopicNames { context.configuration.names }
+    var logger: Logger { context.logger }
 
-    init(
-        partition: Int32, configuration: CoordinatorConfiguration, registry: DefinitionRegistry, commandTopics: CommandTopics, logger: Logger,
-        producer: KafkaProducer, timerProducer: KafkaProducer, partitionCount: Int, instances: [String: InstanceState]
-    ) {
-        self.timerProducer = timerProducer
+    init(partition: Int32, context: CoordinatorContext, producer: KafkaProducer, partitionCount: Int, instances: [String: InstanceState], nextOffset: Int64?) {
         self.partition = partition
-        self.configuration = configuration
-        self.registry = registry
-        self.commandTopics = commandTopics
-        self.logger = logger
+        self.context = context
         self.producer = producer
         self.partitionCount = partitionCount
         self.instances = instances
+        self.nextOffset = nextOffset
         for state in instances.values { schedule(state) }
     }
 
+    // MARK: Taking the partition
+
     /// Fences the previous owner (its open transaction is aborted), then rebuilds the partition's instances
-    /// from the state topic, read to its end, before a single event is processed.
-    static func take(
-        _ partition: Int32, configuration: CoordinatorConfiguration, registry: DefinitionRegistry, commandTopics: CommandTopics,
-        timerProducer: KafkaProducer, group: KafkaConsumer, logger: Logger
-    ) async throws -> OwnedPartition {
-        let names = configuration.names
-        var producerConfiguration = KafkaProducerConfiguration(client: configuration.client)
+    /// from the same partition of the state and outputs topics, read to their end, before a single event is
+    /// processed. Reports its progress; takes as long as it takes.
+    static func take(_ partition: Int32, context: CoordinatorContext) async throws -> OwnedPartition {
+        let names = context.configuration.names
+        let logger = context.logger
+        var producerConfiguration = KafkaProducerConfiguration(client: context.configuration.client)
         producerConfiguration.transactionalID = "\(names.coordinatorGroup).\(partition)"
         producerConfiguration.linger = .milliseconds(1)
         let producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
-        try await producer.initTransactions()
-        // After the fence: what the group committed is exactly what committed transactions wrote.
-        let committed = try await group.committed([TopicPartition(names.events, partition)]).first?.offset ?? -1
+        do {
+            try await producer.initTransactions()
+            // After the fence: what the group committed is exactly what committed transactions wrote.
+            let committed = try await context.consumer.committed([TopicPartition(names.events, partition)]).first?.offset ?? -1
+            let rebuilt = try await rebuild(partition, committed: committed, context: context)
+            return OwnedPartition(
+                partition: partition, context: context, producer: producer, partitionCount: rebuilt.partitionCount, instances: rebuilt.instances,
+                nextOffset: committed >= 0 ? committed : nil)
+        } catch {
+            await producer.close(timeout: .seconds(1))
+            throw error
+        }
+    }
 
+    /// The instances of a partition as committed transactions left them: snapshots from the state topic with
+    /// their outputs from the outputs topic put back. Records whose `baton-events-offset` header is past the
+    /// group's committed offset come from transactions that never committed (visible on brokers that do not
+    /// hide aborted records) and are left out.
+    static func rebuild(_ partition: Int32, committed: Int64, context: CoordinatorContext) async throws -> (instances: [String: InstanceState], partitionCount: Int) {
+        let names = context.configuration.names
+        let logger = context.logger
         let clock = ContinuousClock()
         let started = clock.now
-        var stateConfiguration = KafkaConsumerConfiguration(client: configuration.client, groupID: nil)
-        stateConfiguration.reportPartitionEOF = true
-        stateConfiguration.isolationLevel = .readCommitted
-        let reader = try KafkaConsumer(configuration: stateConfiguration, logger: logger)
-        let metadata = try await reader.metadata()
-        let partitionCount = metadata.topics[names.events]?.partitionCount ?? 0
-        try reader.assign([TopicPartitionOffset(names.state, partition, offset: TopicPartitionOffset.beginning)])
-        var instances: [String: InstanceState] = [:]
-        var records = 0
-        var skipped = 0
-        var atEnd = false
-        while !atEnd {
-            guard clock.now - started < .seconds(300) else {
-                throw KafkaError(code: .timedOut, message: "rebuilding \(names.state)[\(partition)] took more than 5 minutes", isRetriable: true)
+        var readerConfiguration = KafkaConsumerConfiguration(client: context.configuration.client, groupID: nil)
+        readerConfiguration.reportPartitionEOF = true
+        readerConfiguration.isolationLevel = .readCommitted
+        let reader = try KafkaConsumer(configuration: readerConfiguration, logger: logger)
+        do {
+            let metadata = try await reader.metadata()
+            for topic in [names.state, names.outputs] where metadata.topics[topic] == nil {
+                throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(topic) does not exist; run `baton topics apply` first")
             }
-            for event in try await reader.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
-                switch event {
-                case .message(let m):
-                    records += 1
-                    guard let id = m.keyString else { continue }
-                    if let header = m.header(WireHeaders.eventsOffset), let offset = Int64(String(decoding: header, as: UTF8.self)), offset > max(committed, 0) {
-                        skipped += 1
-                        continue  // written by a transaction that never committed (visible on brokers that do not hide aborted records)
+            let partitionCount = metadata.topics[names.events]?.partitionCount ?? 0
+            let sources = [TopicPartition(names.state, partition), TopicPartition(names.outputs, partition)]
+            try reader.assign(sources.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.beginning) })
+            var remaining = Set(sources)
+            var snapshots: [String: InstanceState] = [:]
+            var outputs: [String: OutputRecord] = [:]
+            var records = 0
+            var uncommitted = 0
+            var lastReport = started
+            while !remaining.isEmpty {
+                for event in try await reader.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
+                    switch event {
+                    case .message(let m):
+                        records += 1
+                        guard let key = m.keyString else { continue }
+                        if let header = m.header(WireHeaders.eventsOffset), let offset = Int64(String(decoding: header, as: UTF8.self)), offset > max(committed, 0) {
+                            uncommitted += 1
+                            continue
+                        }
+                        if m.topic == names.state {
+                            guard let value = m.value else {
+                                snapshots[key] = nil
+                                continue
+                            }
+                            do { snapshots[key] = try StateCodec.decode(value) } catch {
+                                logger.error("skipping an unreadable state record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
+                            }
+                        } else {
+                            guard let value = m.value else {
+                                outputs[key] = nil
+                                continue
+                            }
+                            do { outputs[key] = try Wire.decode(OutputRecord.self, from: value) } catch {
+                                logger.error("skipping an unreadable output record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
+                            }
+                        }
+                    case .partitionEOF(let tp, _): remaining.remove(tp)
+                    case .error(let error): logger.warning("rebuilding partition \(partition): \(error)")
+                    default: break
                     }
-                    guard let value = m.value else {
-                        instances[id] = nil
-                        continue
-                    }
-                    do { instances[id] = try StateCodec.decode(value) } catch {
-                        logger.error("skipping an unreadable state record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
-                    }
-                case .partitionEOF: atEnd = true
-                default: break
+                }
+                if clock.now - lastReport >= context.configuration.progressInterval {
+                    lastReport = clock.now
+                    logger.info(
+                        "rebuilding partition", metadata: ["partition": "\(partition)", "records": "\(records)", "instances": "\(snapshots.count)", "s": "\((clock.now - started).seconds)"])
                 }
             }
+            await reader.close()
+            var byInstance: [String: [OutputRecord]] = [:]
+            for record in outputs.values { byInstance[record.instanceID, default: []].append(record) }
+            var instances: [String: InstanceState] = [:]
+            instances.reserveCapacity(snapshots.count)
+            for (id, snapshot) in snapshots {
+                var state = snapshot
+                let workflow = context.registry.workflow(state.workflowID, version: state.version)
+                if let workflow {
+                    let stored = (byInstance[id] ?? []).compactMap { r in
+                        workflow.index[r.step].map { StoredOutput(step: $0, item: r.item, attempt: r.attempt, output: r.output) }
+                    }
+                    state.restore(outputs: stored, workflow: workflow)
+                } else {
+                    logger.error("instance \(id) runs \(state.workflowID) v\(state.version), which is not registered; its outputs are not restored")
+                }
+                instances[id] = Saga.armingRetention(state, workflow: workflow, settings: context.settings)
+            }
+            logger.info(
+                "took partition",
+                metadata: [
+                    "partition": "\(partition)", "instances": "\(instances.count)", "records": "\(records)", "uncommitted": "\(uncommitted)",
+                    "ms": "\((clock.now - started).inMilliseconds)",
+                ])
+            return (instances, partitionCount)
+        } catch {
+            await reader.close()
+            throw error
         }
-        await reader.close()
-        logger.info(
-            "took partition", metadata: ["partition": "\(partition)", "instances": "\(instances.count)", "records": "\(records)", "uncommitted": "\(skipped)", "ms": "\((clock.now - started).components.seconds * 1000 + (clock.now - started).components.attoseconds / 1_000_000_000_000_000)"])
-        return OwnedPartition(
-            partition: partition, configuration: configuration, registry: registry, commandTopics: commandTopics, logger: logger,
-            producer: producer, timerProducer: timerProducer, partitionCount: partitionCount, instances: instances)
     }
 
     func release() async { await producer.close(timeout: .seconds(1)) }
+
+    // MARK: Timers
 
     var nextDue: Timestamp? { timers.min?.dueAt }
 
@@ -121,19 +249,6 @@ final class OwnedPartition {
             let entry = TimerEntry(dueAt: timer.dueAt, instanceID: state.instanceID, key: timer.key)
             if fired[state.instanceID]?.contains(entry) != true, scheduled.insert(entry).inserted { timers.insert(entry) }
         }
-    }
-
-    /// Sends due timers to the events partition; they are applied when they come back, in a transaction.
-    func fire(_ due: [TimerEntry]) async throws {
-        for entry in due {
-            let message = TimerMessage(instanceID: entry.instanceID, timer: entry.key, dueAt: entry.dueAt)
-            try await timerProducer.enqueue(
-                ProducerRecord(
-                    topic: names.events, partition: partition, key: Data(entry.instanceID.utf8), value: Wire.encode(message),
-                    headers: [KafkaHeader(key: WireHeaders.kind, string: Wire.Kind.timerFired.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]))
-            fired[entry.instanceID, default: []].insert(entry)
-        }
-        try await timerProducer.flush()
     }
 
     /// Timers that are due and still armed.
@@ -149,22 +264,65 @@ final class OwnedPartition {
         return due
     }
 
-    /// Applies a batch of events and due timers, and writes everything that results in one transaction
-    /// with the consumed offsets. On failure nothing of it happened: the instances are restored.
-    func process(_ messages: [KafkaMessage], now: Timestamp, consumer: KafkaConsumer) async throws {
+    /// Sends due timers to the events partition, where they are applied like any event, in a transaction
+    /// (so that every state change is tied to a committed events offset). A timer that could not be sent is
+    /// scheduled again; returns how many could not.
+    func fire(_ due: [TimerEntry]) async -> Int {
+        let side = context.sideProducer
+        let names = self.names
+        let partition = self.partition
+        let results = await withTaskGroup(of: (TimerEntry, (any Error)?).self) { group in
+            for entry in due {
+                let record = ProducerRecord(
+                    topic: names.events, partition: partition, key: Data(entry.instanceID.utf8),
+                    value: Wire.encode(TimerMessage(instanceID: entry.instanceID, timer: entry.key, dueAt: entry.dueAt)),
+                    headers: Wire.headers(.timerFired))
+                group.addTask {
+                    do {
+                        try await side.send(record)
+                        return (entry, nil)
+                    } catch {
+                        return (entry, error)
+                    }
+                }
+            }
+            var results: [(TimerEntry, (any Error)?)] = []
+            for await result in group { results.append(result) }
+            return results
+        }
+        var failed = 0
+        for (entry, error) in results {
+            if let error {
+                failed += 1
+                logger.warning("could not fire a timer; it fires again", metadata: ["instance": "\(entry.instanceID)", "timer": "\(entry.key)", "error": "\(error)"])
+                if scheduled.insert(entry).inserted { timers.insert(entry) }
+            } else {
+                fired[entry.instanceID, default: []].insert(entry)
+            }
+        }
+        return failed
+    }
+
+    // MARK: Processing
+
+    /// Applies a batch of events and writes everything that results in one transaction with the consumed
+    /// offsets. On failure nothing of it happened: the instances are restored. Records the broker refused in an
+    /// earlier try of the same batch (`refused`) are left out, and their instances fail (see `goOnWithout`);
+    /// a record over the size limit is treated the same way before it is sent.
+    func process(_ messages: [KafkaMessage], now: Timestamp, refused: [RecordOrigin: String]) async throws {
         var originals: [String: InstanceState?] = [:]
-        var records: [ProducerRecord] = []
-        var pools = Set<String>()
+        var effects: [String: [SagaEffect]] = [:]
+        var deadLetters: [OutgoingRecord] = []
 
         func deadLetter(_ m: KafkaMessage, _ reason: String) {
             logger.warning("dead letter", metadata: ["offset": "\(m.partition)/\(m.offset)", "reason": "\(reason)"])
-            records.append(deadLetterRecord(m, reason: reason, topic: names.deadletter))
+            deadLetters.append(OutgoingRecord(record: deadLetterRecord(m, reason: reason, topic: names.deadletter), origin: .deadLetter(offset: m.offset)))
         }
 
         func apply(_ id: String, _ transition: Transition) {
             if originals[id] == nil { originals[id] = .some(instances[id]) }
             instances[id] = transition.state
-            for effect in transition.effects { records += self.records(for: effect, instanceID: id, now: now, pools: &pools) }
+            effects[id, default: []] += transition.effects
         }
 
         for m in messages {
@@ -185,26 +343,34 @@ final class OwnedPartition {
                     deadLetter(m, "instance \(id) belongs on partition \(home) (murmur2 of its key), not \(partition)")
                     continue
                 }
-                if instances[id] != nil {
-                    logger.debug("duplicate start ignored", metadata: ["instance": "\(id)"])
+                let digest = start.digest
+                if let existing = instances[id] {
+                    if existing.startDigest == nil || existing.startDigest == digest {
+                        logger.debug("duplicate start ignored", metadata: ["instance": "\(id)", "request": "\(start.requestID ?? "")"])
+                    } else {
+                        deadLetter(
+                            m,
+                            "conflict: instance '\(id)' exists already (\(existing.workflowID) v\(existing.version), \(existing.status.rawValue)) and was started with another workflow, version or input; this start (request \(start.requestID ?? "none")) was refused"
+                        )
+                    }
                     continue
                 }
-                var workflow = registry.workflow(start.workflowID, version: start.version)
+                var workflow = context.registry.workflow(start.workflowID, version: start.version)
                 if workflow == nil {
-                    try await registry.catchUp(within: .seconds(2))
-                    workflow = registry.workflow(start.workflowID, version: start.version)
+                    try await context.registry.catchUp(within: .seconds(2))
+                    workflow = context.registry.workflow(start.workflowID, version: start.version)
                 }
                 guard let workflow else {
                     deadLetter(m, "unknown workflow '\(start.workflowID)'\(start.version.map { " version \($0)" } ?? ""): register it first")
                     continue
                 }
-                apply(id, Saga.start(workflow, instanceID: id, input: start.input, now: now))
+                apply(id, Saga.start(workflow, instanceID: id, input: start.input, now: now, request: start.requestID, digest: digest, settings: context.settings))
             case .event(_, let event):
                 guard let state = instances[id] else {
                     deadLetter(m, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")
                     continue
                 }
-                guard let workflow = registry.workflow(state.workflowID, version: state.version) else {
+                guard let workflow = context.registry.workflow(state.workflowID, version: state.version) else {
                     deadLetter(m, "the definition \(state.workflowID)@\(state.version) of instance '\(id)' is not registered")
                     continue
                 }
@@ -212,7 +378,7 @@ final class OwnedPartition {
                     deadLetter(m, "instance '\(id)': no step '\(step)' in \(workflow.id) v\(workflow.version)")
                     continue
                 }
-                let transition = Saga.apply(workflow, to: state, event: event, now: now)
+                let transition = Saga.apply(workflow, to: state, event: event, now: now, settings: context.settings)
                 switch transition.outcome {
                 case .ignored(.unknown(let what)):
                     // About a step or attempt the instance does not have: the sender is broken; keep it for a person.
@@ -229,42 +395,57 @@ final class OwnedPartition {
             }
         }
 
-        try await commandTopics.ensure(Set(pools.map { names.commands($0) }))
-        let began = ContinuousClock.now
         do {
-            try producer.beginTransaction()
+            // Each instance's records, checked against the broker's limit; an instance with a record that cannot
+            // be written goes on without it.
+            var outgoing: [OutgoingRecord] = []
+            var purged = Set<String>()
             let committedOffset = messages.last.map { String($0.offset + 1) } ?? ""
             for id in originals.keys.sorted() {
-                let value = instances[id].map { StateCodec.encode($0) }
-                try await producer.enqueue(
-                    ProducerRecord(
-                        topic: names.state, partition: partition, key: Data(id.utf8), value: value,
-                        headers: [
-                            KafkaHeader(key: WireHeaders.eventsOffset, string: committedOffset),
-                            KafkaHeader(key: WireHeaders.coordinator, string: configuration.identity),
-                        ]))
+                var instanceEffects = effects[id] ?? []
+                var dropped = Set<RecordOrigin>()
+                var records: [OutgoingRecord] = []
+                for round in 0..<6 {
+                    records = self.records(for: id, effects: instanceEffects, original: originals[id] ?? nil, now: now, eventsOffset: committedOffset)
+                        .filter { !dropped.contains($0.origin) }
+                    let bad = records.compactMap { r -> (RecordOrigin, String)? in
+                        if let why = refused[r.origin] { return (r.origin, why) }
+                        let size = r.size
+                        return size > configuration.maxRecordBytes ? (r.origin, "\(size) bytes, more than the limit of \(configuration.maxRecordBytes)") : nil
+                    }
+                    guard let (origin, why) = bad.first else { break }
+                    if round == 5 {
+                        // Not even the reduced snapshot fits: write nothing of the instance rather than stop the partition.
+                        logger.critical("an instance's records cannot be written even reduced; they are left out", metadata: ["instance": "\(id)", "record": "\(origin)", "reason": "\(why)"])
+                        records.removeAll { r in refused[r.origin] != nil || r.size > configuration.maxRecordBytes }
+                        break
+                    }
+                    // A snapshot that cannot be written is replaced by the reduced one of the abandoned instance.
+                    if case .snapshot = origin {} else { dropped.insert(origin) }
+                    instanceEffects += goOnWithout(origin, why: why, instanceID: id, now: now, escalate: round >= 3)
+                }
+                outgoing += records
+                if instanceEffects.contains(.purge) { purged.insert(id) }
             }
-            for record in records { try await producer.enqueue(record) }
-            let produced = ContinuousClock.now
-            if let last = messages.last {
-                try await producer.sendOffsetsToTransaction([last.nextOffset], consumer: consumer)
+            outgoing += deadLetters
+
+            let pools = Set(outgoing.compactMap { r -> String? in if case .command = r.origin { r.record.topic } else { nil } })
+            try await context.commandTopics.ensure(pools)
+            for i in outgoing.indices {
+                if case .command = outgoing[i].origin {
+                    outgoing[i].record.partition = context.commandTopics.partition(for: outgoing[i].record.topic, eventsPartition: partition)
+                }
             }
-            let offsetsSent = ContinuousClock.now
-            try await producer.commitTransaction()
-            let end = ContinuousClock.now
-            logger.debug(
-                "committed",
-                metadata: [
-                    "partition": "\(partition)", "events": "\(messages.count)", "records": "\(records.count + originals.count)",
-                    "oldest_ms": "\(messages.compactMap(\.timestamp).min().map { now - $0 } ?? -1)",
-                    "ms": "\((end - began).inMilliseconds)", "produce_ms": "\((produced - began).inMilliseconds)",
-                    "offsets_ms": "\((offsetsSent - produced).inMilliseconds)", "commit_ms": "\((end - offsetsSent).inMilliseconds)",
-                ])
+            try await commit(outgoing, messages: messages)
+            for id in purged {
+                instances[id] = nil
+                fired[id] = nil
+            }
         } catch {
-            try? await producer.abortTransaction()
             for (id, original) in originals { instances[id] = original }
             throw error
         }
+        if let last = messages.last { nextOffset = last.offset + 1 }
         for id in originals.keys {
             guard let state = instances[id] else { continue }
             if let pending = fired[id] {
@@ -275,43 +456,166 @@ final class OwnedPartition {
         }
     }
 
-    /// The records an effect becomes. Timers live in the state itself.
-    func records(for effect: SagaEffect, instanceID: String, now: Timestamp, pools: inout Set<String>) -> [ProducerRecord] {
-        let key = Data(instanceID.utf8)
-        func record<T: Encodable>(_ topic: String, _ kind: Wire.Kind, _ value: T, key: Data) -> ProducerRecord {
-            ProducerRecord(
-                topic: topic, key: key, value: Wire.encode(value),
-                headers: [KafkaHeader(key: WireHeaders.kind, string: kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))])
-        }
-        switch effect {
-        case .dispatch(let command), .compensate(let command):
-            pools.insert(command.pool)
-            let message = CommandMessage(command, replyTo: ReplyTo(topic: names.events, partition: partition))
-            var r = record(names.commands(command.pool), message.kind, message, key: key)
-            // One command partition per events partition: a transaction then touches few partitions (each
-            // gets a commit marker), and the pool's members still share the work evenly.
-            r.partition = commandTopics.partition(for: names.commands(command.pool), eventsPartition: partition)
-            return [r]
-        case .createTask(let task):
-            let r = TaskRecord(taskID: task.taskID, status: .open, task: task, decidedBy: nil, partition: partition, at: now)
-            return [record(names.tasks, .task, r, key: Data(task.taskID.utf8))]
-        case .closeTask(let taskID, let resolution, let by):
-            let status: TaskRecord.Status =
-                switch resolution {
-                case .approved: .approved
-                case .rejected: .rejected
-                case .timedOut: .timedOut
-                case .escalated: .escalated
-                case .cancelled: .cancelled
+    /// Writes the records and the consumed offsets in one transaction. If it fails because the broker refused
+    /// some records, throws `RecordsRefused` naming them.
+    func commit(_ outgoing: [OutgoingRecord], messages: [KafkaMessage]) async throws {
+        let began = ContinuousClock.now
+        var refusedAtOnce: [RecordOrigin: String] = [:]
+        do {
+            try producer.beginTransaction()
+            for (i, r) in outgoing.enumerated() {
+                do { try await producer.enqueue(r.record, tag: i) } catch let error as KafkaError where error.isRecordRefusal {
+                    // librdkafka refused it before sending (larger than its message.max.bytes): the same as the broker's refusal.
+                    refusedAtOnce[r.origin] = "refused: \(error.message)"
                 }
-            let r = TaskRecord(taskID: taskID, status: status, task: nil, decidedBy: by, partition: partition, at: now)
-            return [record(names.tasks, .task, r, key: Data(taskID.utf8))]
-        case .notify(let notification):
-            return [record(names.notifications, .notification, NotificationRecord(notification: notification, at: now), key: key)]
-        case .alert(let alert):
-            return [record(names.alerts, .alert, AlertRecord(alert: AlertMessage(alert), at: now), key: key)]
-        case .armTimer, .cancelTimer, .completed, .failed, .suspended, .cancelled, .purge:
-            return []
+            }
+            if !refusedAtOnce.isEmpty { throw RecordsRefused(refused: refusedAtOnce) }
+            let produced = ContinuousClock.now
+            if let last = messages.last {
+                try await producer.sendOffsetsToTransaction([last.nextOffset], consumer: context.consumer)
+            }
+            let offsetsSent = ContinuousClock.now
+            // Frozen (SIGSTOP, a long pause) since the batch was taken, or told by the poll loop that the process
+            // was? Then the partition may be someone else's by now: write nothing, read again.
+            try context.writeGate.check(since: began, limit: configuration.sessionTimeout / 3)
+            try await producer.commitTransaction()
+            let end = ContinuousClock.now
+            logger.debug(
+                "committed",
+                metadata: [
+                    "partition": "\(partition)", "events": "\(messages.count)", "records": "\(outgoing.count)",
+                    "ms": "\((end - began).inMilliseconds)", "produce_ms": "\((produced - began).inMilliseconds)",
+                    "offsets_ms": "\((offsetsSent - produced).inMilliseconds)", "commit_ms": "\((end - offsetsSent).inMilliseconds)",
+                ])
+        } catch {
+            do { try await producer.abortTransaction() } catch let abortError {
+                logger.debug("abort after a failed transaction failed too", metadata: ["partition": "\(partition)", "error": "\(abortError)"])
+            }
+            let rejected = producer.takeRejected().filter { outgoing.indices.contains($0.tag) && $0.error.isRecordRefusal }
+            if !rejected.isEmpty {
+                let byBroker = Dictionary(rejected.map { (outgoing[$0.tag].origin, "refused by the broker: \($0.error.message)") }) { a, _ in a }
+                throw RecordsRefused(refused: byBroker.merging(refusedAtOnce) { a, _ in a })
+            }
+            throw error
         }
     }
+
+    /// An instance one of whose records cannot be written: the effects that let it go on without it. A command
+    /// that cannot be sent fails its attempt for good (the failure path runs: compensations, alert); a
+    /// compensation's fails that compensation attempt (it is retried, then the instance is suspended with a
+    /// critical alert); an alert or notification is dropped. Anything else (the snapshot, an output, a task), or
+    /// an instance that keeps producing records that cannot be written (`escalate`), ends the instance at once
+    /// as failed, with a snapshot reduced to fit.
+    func goOnWithout(_ origin: RecordOrigin, why: String, instanceID id: String, now: Timestamp, escalate: Bool) -> [SagaEffect] {
+        logger.error("a record cannot be written; its instance goes on without it", metadata: ["instance": "\(id)", "record": "\(origin)", "reason": "\(why)"])
+        guard let state = instances[id], let workflow = context.registry.workflow(state.workflowID, version: state.version) else { return [] }
+        var event: SagaEvent?
+        switch origin {
+        case .command(_, let step, let item, let attempt, let compensation) where !escalate:
+            let error = "\(origin) cannot be written: \(why)"
+            event = compensation
+                ? .compensationFailed(step: step, item: item, attempt: attempt, error: error)
+                : .stepFailed(step: step, item: item, attempt: attempt, error: error, retryable: false)
+        case .alert, .notification, .deadLetter, .tombstone:
+            return []
+        default:
+            break
+        }
+        if let event {
+            let transition = Saga.apply(workflow, to: state, event: event, now: now, settings: context.settings)
+            if case .applied = transition.outcome {
+                instances[id] = transition.state
+                return transition.effects
+            }
+        }
+        let reason = "stopped by the coordinator: \(origin) cannot be written (\(why))"
+        let transition = Saga.abandon(workflow, state, reason: reason, now: now, settings: context.settings)
+        instances[id] = transition.state.minimized
+        return transition.effects
+    }
+
+    /// The records an instance's changes in this batch become: its snapshot (or tombstones, when purged), the
+    /// outputs added since `original`, and one record for each effect that writes one.
+    func records(for id: String, effects: [SagaEffect], original: InstanceState?, now: Timestamp, eventsOffset: String) -> [OutgoingRecord] {
+        let key = Data(id.utf8)
+        let stateHeaders = [KafkaHeader(key: WireHeaders.eventsOffset, string: eventsOffset), KafkaHeader(key: WireHeaders.coordinator, string: configuration.identity)]
+        var out: [OutgoingRecord] = []
+        guard let state = instances[id] else { return [] }
+        let workflow = context.registry.workflow(state.workflowID, version: state.version)
+        if effects.contains(.purge) {
+            // Everything stored for the instance goes: its snapshot, its outputs, its tasks.
+            let source = original ?? state
+            out.append(OutgoingRecord(record: ProducerRecord(topic: names.state, partition: partition, key: key, value: nil, headers: stateHeaders), origin: .tombstone(id)))
+            for o in source.storedOutputs {
+                let step = workflow.map { $0.steps[o.step].id } ?? String(o.step)
+                out.append(
+                    OutgoingRecord(
+                        record: ProducerRecord(
+                            topic: names.outputs, partition: partition, key: Data(OutputRecord.key(instanceID: id, step: step, item: o.item).utf8), value: nil, headers: stateHeaders),
+                        origin: .tombstone(id)))
+            }
+            if let workflow {
+                for (s, step) in workflow.steps.enumerated() where step.isHumanTask {
+                    for attempt in stride(from: 1, through: source.steps[s].units.map(\.attempt).max() ?? 0, by: 1) {
+                        let taskID = "\(id)/\(step.id)/\(attempt)"
+                        out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(taskID.utf8), value: nil), origin: .tombstone(id)))
+                    }
+                }
+            }
+            return out
+        }
+        out.append(
+            OutgoingRecord(
+                record: ProducerRecord(topic: names.state, partition: partition, key: key, value: StateCodec.encodeSnapshot(state), headers: stateHeaders),
+                origin: .snapshot(id)))
+        for o in state.outputsAdded(since: original) {
+            let step = workflow.map { $0.steps[o.step].id } ?? String(o.step)
+            let record = OutputRecord(instanceID: id, step: step, item: o.item, attempt: o.attempt, output: o.output)
+            out.append(
+                OutgoingRecord(
+                    record: ProducerRecord(topic: names.outputs, partition: partition, key: Data(record.key.utf8), value: Wire.encode(record), headers: stateHeaders + Wire.headers(.output)),
+                    origin: .output(id, step: step, item: o.item)))
+        }
+        for effect in effects {
+            switch effect {
+            case .dispatch(let command), .compensate(let command):
+                let message = CommandMessage(command, replyTo: ReplyTo(topic: names.events, partition: partition))
+                out.append(
+                    OutgoingRecord(
+                        record: ProducerRecord(topic: names.commands(command.pool), key: key, value: Wire.encode(message), headers: Wire.headers(message.kind)),
+                        origin: .command(id, step: command.step, item: command.item, attempt: command.attempt, compensation: command.isCompensation)))
+            case .createTask(let task):
+                let r = TaskRecord(taskID: task.taskID, status: .open, task: task, decidedBy: nil, partition: partition, at: now)
+                out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(task.taskID.utf8), value: Wire.encode(r), headers: Wire.headers(.task)), origin: .task(id, taskID: task.taskID)))
+            case .closeTask(let taskID, let resolution, let by):
+                let r = TaskRecord(taskID: taskID, status: TaskRecord.Status(resolution), task: nil, decidedBy: by, partition: partition, at: now)
+                out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(taskID.utf8), value: Wire.encode(r), headers: Wire.headers(.task)), origin: .task(id, taskID: taskID)))
+            case .notify(let notification):
+                let r = NotificationRecord(notification: notification, at: now)
+                out.append(OutgoingRecord(record: ProducerRecord(topic: names.notifications, key: key, value: Wire.encode(r), headers: Wire.headers(.notification)), origin: .notification(id)))
+            case .alert(let alert):
+                let r = AlertRecord(alert: AlertMessage(alert), at: now)
+                out.append(OutgoingRecord(record: ProducerRecord(topic: names.alerts, key: key, value: Wire.encode(r), headers: Wire.headers(.alert)), origin: .alert(id)))
+            case .armTimer, .cancelTimer, .completed, .failed, .suspended, .cancelled, .purge:
+                break
+            }
+        }
+        return out
+    }
+}
+
+extension TaskRecord.Status {
+    init(_ resolution: TaskResolution) {
+        switch resolution {
+        case .approved: self = .approved
+        case .rejected: self = .rejected
+        case .timedOut: self = .timedOut
+        case .escalated: self = .escalated
+        case .cancelled: self = .cancelled
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

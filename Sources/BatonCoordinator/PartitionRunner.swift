@@ -1,0 +1,305 @@
+import BatonCore
+import BatonKafka
+import BatonWire
+import DequeModule
+import Foundation
+import Logging
+import Synchronization
+
+/// Runs one events partition on its own task: takes it (fence, rebuild), then applies its events in batches,
+/// one transaction each, while the poll loop keeps reading the next ones into its inbox. Partitions do not
+/// wait for each other.
+///
+/// Failures do not stop it and do not spin: a transaction that fails is retried on the same batch (the
+/// events are still in memory) with a growing backoff, and the on-call is alerted when failures go on; records
+/// the broker refuses make their instances go on without them; a fatal producer error (fenced, or unusable)
+/// makes it take the partition anew, as a new owner would.
+final class PartitionRunner: Sendable {
+    let partition: Int32
+    let context: CoordinatorContext
+
+    enum Reset: Equatable {
+        case none
+        /// Everything from this offset must be read again; the poll loop seeks there.
+        case requested(Int64)
+    }
+
+    struct Inbox {
+        var messages = Deque<KafkaMessage>()
+        var stopping = false
+        var signaled = false
+        var waiter: CheckedContinuation<Void, Never>?
+        /// Whether the waiting runner wants to be woken by an event (not while it backs off).
+        var waiterWantsMessages = true
+        var reset = Reset.none
+        var finished = false
+        var finishWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let inbox = Mutex(Inbox())
+
+    init(partition: Int32, context: CoordinatorContext) {
+        self.partition = partition
+        self.context = context
+    }
+
+    var logger: Logger { context.logger }
+    var configuration: CoordinatorConfiguration { context.configuration }
+
+    // MARK: What the poll loop calls
+
+    func deliver(_ message: KafkaMessage) {
+        let waiter = inbox.withLock { i -> CheckedContinuation<Void, Never>? in
+            // Read before a requested seek took effect: it comes again after it.
+            if case .requested = i.reset { return nil }
+            i.messages.append(message)
+            return i.waiterWantsMessages ? i.takeWaiter() : nil
+        }
+        waiter?.resume()
+    }
+
+    /// Asks the runner to end: it finishes (commits or aborts) its transaction and releases the partition.
+    func stop() {
+        inbox.withLock { i -> CheckedContinuation<Void, Never>? in
+            i.stopping = true
+            return i.takeWaiter()
+        }?.resume()
+    }
+
+    /// Waits until the runner has ended.
+    func finished() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = inbox.withLock { i -> Bool in
+                if i.finished { return true }
+                i.finishWaiters.append(c)
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+
+    var backlog: Int { inbox.withLock { $0.messages.count } }
+
+    /// The offset the runner needs the poll loop to seek to, if any.
+    var pendingReset: Int64? {
+        inbox.withLock { i in if case .requested(let offset) = i.reset { offset } else { nil } }
+    }
+
+    func resetDone() {
+        inbox.withLock { i -> CheckedContinuation<Void, Never>? in
+            i.reset = .none
+            i.messages.removeAll()
+            return i.takeWaiter()
+        }?.resume()
+    }
+
+    // MARK: The runner's own task
+
+    var isStopping: Bool { inbox.withLock { $0.stopping } }
+
+    func run() async {
+        defer {
+            let waiters = inbox.withLock { i -> [CheckedContinuation<Void, Never>] in
+                i.finished = true
+                defer { i.finishWaiters = [] }
+                return i.finishWaiters
+            }
+            for w in waiters { w.resume() }
+        }
+        guard var owned = await take() else { return }
+        var expected = owned.nextOffset
+        var knownGap: (from: Int64, to: Int64)?
+        var timerFailures = 0
+        var timersBlockedUntil = ContinuousClock.now
+        while !isStopping {
+            let now = configuration.clock()
+            if ContinuousClock.now >= timersBlockedUntil {
+                let due = owned.dueTimers(at: now)
+                if !due.isEmpty {
+                    let failed = await owned.fire(due)
+                    timerFailures = failed > 0 ? timerFailures + 1 : 0
+                    if failed > 0 { timersBlockedUntil = .now + backoff(timerFailures) }
+                }
+            }
+            let batch = takeBatch(expected: &expected, knownGap: &knownGap)
+            if batch.isEmpty {
+                let dueIn = owned.nextDue.map { Duration.milliseconds(max(0, $0 - configuration.clock())) } ?? configuration.idleWait
+                await waitForWork(atMost: min(dueIn, configuration.idleWait))
+                continue
+            }
+            switch await process(batch, owned: &owned) {
+            case .done: break
+            case .stopped: break
+            case .retaken:
+                expected = owned.nextOffset
+                knownGap = nil
+            }
+        }
+        await owned.release()
+    }
+
+    /// Takes the partition, trying again with a backoff (and alerting) until it works or the runner is stopped.
+    func take() async -> OwnedPartition? {
+        var failures = 0
+        while !isStopping {
+            do {
+                return try await OwnedPartition.take(partition, context: context)
+            } catch {
+                failures += 1
+                logger.error("could not take partition \(partition) (try \(failures)): \(error)")
+                if failures == configuration.alertAfterFailures {
+                    await context.engineAlert(partition: partition, severity: .critical, "coordinator \(configuration.identity) cannot take events partition \(partition): \(error)")
+                }
+                await waitForWork(atMost: backoff(failures), wakeOnMessages: false)
+            }
+        }
+        return nil
+    }
+
+    enum Outcome { case done, stopped, retaken }
+
+    /// Applies a batch until it is written. What a failure means decides what comes next (see the type's doc).
+    func process(_ batch: [KafkaMessage], owned: inout OwnedPartition) async -> Outcome {
+        var refused: [RecordOrigin: String] = [:]
+        var failures = 0
+        while true {
+            do {
+                try await owned.process(batch, now: configuration.clock(), refused: refused)
+                if failures >= configuration.alertAfterFailures {
+                    logger.notice("partition \(partition) commits again after \(failures) failed transactions")
+                }
+                return .done
+            } catch let error as RecordsRefused {
+                let new = error.refused.filter { refused[$0.key] == nil }
+                guard !new.isEmpty else {
+                    failures += 1
+                    logger.error("the broker refused the same records again: \(error)", metadata: ["partition": "\(partition)"])
+                    if await backOff(failures, error) { return .stopped }
+                    continue
+                }
+                refused.merge(new) { a, _ in a }
+            } catch let stall as WriteGate.Stalled {
+                logger.warning("\(stall); not writing until the group confirms the partition", metadata: ["partition": "\(partition)"])
+                while let until = context.writeGate.openAt, !isStopping { await waitForWork(atMost: until - .now, wakeOnMessages: false) }
+                if isStopping { return .stopped }
+            } catch {
+                if let fatal = (error as? KafkaError).flatMap({ $0.isFatal ? $0 : nil }) ?? owned.producer.fatalError {
+                    logger.error("partition \(partition) lost its producer: \(fatal); taking the partition anew")
+                    await owned.release()
+                    guard let fresh = await take() else { return .stopped }
+                    owned = fresh
+                    requestReset(to: fresh.nextOffset ?? TopicPartitionOffset.beginning)
+                    return .retaken
+                }
+                failures += 1
+                if await backOff(failures, error) { return .stopped }
+            }
+        }
+    }
+
+    /// Waits before the next try, longer each time; alerts once failures go on. True when stopped meanwhile.
+    func backOff(_ failures: Int, _ error: any Error) async -> Bool {
+        let delay = backoff(failures)
+        logger.warning(
+            "transaction failed; trying the batch again", metadata: ["partition": "\(partition)", "try": "\(failures)", "in_ms": "\(delay.inMilliseconds)", "error": "\(error)"])
+        if failures == configuration.alertAfterFailures {
+            await context.engineAlert(
+                partition: partition, severity: .critical,
+                "coordinator \(configuration.identity) cannot commit events partition \(partition): \(failures) transactions failed in a row; the last: \(error)")
+        }
+        await waitForWork(atMost: delay, wakeOnMessages: false)
+        return isStopping
+    }
+
+    func backoff(_ failures: Int) -> Duration {
+        let base = Duration.milliseconds(100) * (1 << min(max(0, failures - 1), 16))
+        return min(base, configuration.maxBackoff)
+    }
+
+    /// Up to `maxBatch` events in offset order. An event below `expected` was processed already (read again after
+    /// a seek) and is dropped. An event past it leaves a gap: the first time, the runner reads again from
+    /// `expected`, in case the broker showed later records before earlier ones; a gap that is still there then
+    /// holds records a read_committed consumer never sees (transaction markers, aborted records).
+    func takeBatch(expected: inout Int64?, knownGap: inout (from: Int64, to: Int64)?) -> [KafkaMessage] {
+        inbox.withLock { i -> [KafkaMessage] in
+            if case .requested = i.reset { return [] }
+            var batch: [KafkaMessage] = []
+            while batch.count < configuration.maxBatch, let m = i.messages.first {
+                if let next = expected {
+                    if m.offset < next {
+                        i.messages.removeFirst()
+                        continue
+                    }
+                    if m.offset > next {
+                        if let gap = knownGap, gap.from == next, gap.to == m.offset {
+                            logger.debug("offsets \(next)..<\(m.offset) hold no readable record", metadata: ["partition": "\(partition)"])
+                        } else if batch.isEmpty {
+                            knownGap = (next, m.offset)
+                            logger.info("offset gap on the events topic; reading again", metadata: ["partition": "\(partition)", "expected": "\(next)", "got": "\(m.offset)"])
+                            i.reset = .requested(next)
+                            i.messages.removeAll()
+                            return []
+                        } else {
+                            break  // the gap is looked at once the events before it are written
+                        }
+                    } else if let gap = knownGap, gap.from == next, m.offset == next {
+                        logger.warning(
+                            "the broker showed later records before earlier ones; read again, they are there now",
+                            metadata: ["partition": "\(partition)", "offsets": "\(gap.from)..<\(gap.to)"])
+                        knownGap = nil
+                    }
+                }
+                batch.append(i.messages.removeFirst())
+                expected = m.offset + 1
+            }
+            return batch
+        }
+    }
+
+    func requestReset(to offset: Int64) {
+        inbox.withLock { i in
+            i.reset = .requested(offset)
+            i.messages.removeAll()
+        }
+    }
+
+    /// Waits until an event arrives (unless `wakeOnMessages` is false), the runner is stopped, or `atMost`
+    /// passed.
+    func waitForWork(atMost wait: Duration, wakeOnMessages: Bool = true) async {
+        guard wait > .zero else { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                // Cancelled (returning early) once the wait is over for another reason.
+                try? await Task.sleep(for: wait)
+                if !Task.isCancelled { signal() }
+            }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = inbox.withLock { i -> Bool in
+                    if i.stopping || i.signaled || (wakeOnMessages && !i.messages.isEmpty && i.reset == .none) {
+                        i.signaled = false
+                        return true
+                    }
+                    i.waiter = c
+                    i.waiterWantsMessages = wakeOnMessages
+                    return false
+                }
+                if now { c.resume() }
+            }
+            group.cancelAll()
+        }
+        inbox.withLock { $0.signaled = false }
+    }
+
+    private func signal() {
+        inbox.withLock { i -> CheckedContinuation<Void, Never>? in
+            i.signaled = true
+            return i.takeWaiter()
+        }?.resume()
+    }
+}
+
+extension PartitionRunner.Inbox {
+    mutating func takeWaiter() -> CheckedContinuation<Void, Never>? {
+        defer { waiter = nil }
+        return waiter
+    }
+}
