@@ -11,6 +11,7 @@ import Synchronization
 public struct StepContext: Sendable {
     public let command: CommandMessage
     public let logger: Logger
+    let heartbeats: HeartbeatSender
     public var input: JSON { command.input }
     public var instanceID: String { command.instanceID }
     public var step: String { command.step }
@@ -19,6 +20,14 @@ public struct StepContext: Sendable {
     /// The same for every attempt of a step (or item): use it to make side effects happen once.
     public var idempotencyKey: String { command.idempotencyKey }
     public var isCompensation: Bool { command.isCompensation }
+    /// When the coordinator stops waiting for this attempt (milliseconds since the epoch).
+    public var deadline: Int64 { command.deadline }
+
+    /// Tells the coordinator the attempt is alive (and how far it got, in `details`, at most 4 KiB of JSON).
+    /// A step with a `heartbeat_timeout` fails an attempt that stays silent that long; call this from a long
+    /// handler at least that often. Calls closer together than a third of the timeout (and at least a second)
+    /// send nothing; a heartbeat that cannot be sent is logged, not thrown.
+    public func heartbeat(_ details: JSON? = nil) async { await heartbeats.send(details) }
 }
 
 /// Throw this from a handler to fail the attempt; `retryable: false` skips the remaining attempts.
@@ -39,12 +48,16 @@ public struct WorkerConfiguration: Sendable {
     public var names: TopicNames
     /// The worker pool: a step's `worker`, else its `type`.
     public var pool: String
-    /// Commands handled at once.
+    /// Commands handled at once. When all are busy the worker keeps polling (so that the group keeps it) but
+    /// fetches nothing more: its partitions are paused until a command finishes.
     public var concurrency = 32
     public var sessionTimeout: Duration = .seconds(10)
     public var maxPollInterval: Duration = .seconds(30)
     /// On graceful shutdown, in-flight commands get this long to finish; the rest are handed back.
     public var shutdownGrace: Duration = .seconds(10)
+    /// A command received this long after its deadline is not run: the coordinator has counted the attempt as
+    /// timed out and sends another (the margin allows for clocks that differ a little).
+    public var deadlineMargin: Duration = .seconds(1)
     /// Partitions of the command topic, if the worker has to create it.
     public var commandTopicPartitions = CommandTopics.defaultPartitions
 
@@ -59,6 +72,10 @@ public struct WorkerConfiguration: Sendable {
 /// for each command (at most `concurrency` at once), sends the result to the events partition the command
 /// names, and commits a command's offset only once its result is delivered, so that the commands of a
 /// worker that dies are redelivered to another member.
+///
+/// It keeps polling whatever its handlers do, so that a step of any length is run once: with every slot
+/// busy, or while results cannot be delivered (the broker is away), its partitions are paused instead. A
+/// producer that hits a fatal error is replaced; a fatal consumer error ends `run` with that error.
 public final class StepWorker: Service, Sendable {
     public let configuration: WorkerConfiguration
     let handler: StepHandler
@@ -83,37 +100,62 @@ public final class StepWorker: Service, Sendable {
             logger: logger)
         var producerConfiguration = KafkaProducerConfiguration(client: configuration.client)
         producerConfiguration.linger = .milliseconds(5)
-        let producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
+        let sender = try ResilientProducer(configuration: producerConfiguration, logger: logger)
         try consumer.subscribe([topic])
         logger.info("worker started", metadata: ["pool": "\(configuration.pool)", "topic": "\(topic)"])
 
-        try await withGracefulShutdownHandler {
-            try await self.loop(consumer: consumer, producer: producer)
-        } onGracefulShutdown: {
-            self.stopping.store(true, ordering: .releasing)
+        let result: Result<Void, any Error>
+        do {
+            try await withGracefulShutdownHandler {
+                try await self.loop(consumer: consumer, sender: sender)
+            } onGracefulShutdown: {
+                self.stopping.store(true, ordering: .releasing)
+            }
+            result = .success(())
+        } catch {
+            result = .failure(error)
         }
-        await producer.close()
-        await consumer.close()
+        // Bounded: a stopping worker must not hang on a broker that does not answer.
+        await sender.close(timeout: .seconds(2))
+        await consumer.close(timeout: .seconds(5))
+        if case .failure(let error) = result {
+            logger.error("worker stopped: \(error)", metadata: ["pool": "\(configuration.pool)"])
+            throw error
+        }
         logger.info("worker stopped", metadata: ["pool": "\(configuration.pool)"])
     }
 
     /// Asks the worker to stop as on a graceful shutdown.
     public func stop() { stopping.store(true, ordering: .releasing) }
 
-    func loop(consumer: KafkaConsumer, producer: KafkaProducer) async throws {
+    func loop(consumer: KafkaConsumer, sender: ResilientProducer) async throws {
         let tracker = OffsetTracker()
         let limiter = Limiter(configuration.concurrency)
+        let delivery = DeliveryHealth()
         var lastCommit = ContinuousClock.now
-        await withDiscardingTaskGroup { group in
+        var assigned = Set<TopicPartition>()
+        var paused = Set<TopicPartition>()
+        var commitFailures = 0
+        try await withThrowingDiscardingTaskGroup { group in
             while !stopping.load(ordering: .acquiring) && !Task.isCancelled {
-                await limiter.waitForRoom()
-                let events: [KafkaConsumerEvent]
+                // Full, or results are not getting through: keep polling, fetch nothing.
+                let hold = limiter.free <= 0 || delivery.failing > 0
                 do {
-                    events = try await consumer.poll(maxEvents: max(1, limiter.free), timeout: .milliseconds(100))
+                    if hold {
+                        let more = assigned.subtracting(paused)
+                        if !more.isEmpty {
+                            try consumer.pause(Array(more))
+                            paused.formUnion(more)
+                        }
+                    } else if !paused.isEmpty {
+                        try consumer.resume(Array(paused))
+                        paused.removeAll()
+                    }
                 } catch {
-                    logger.error("poll failed: \(error)")
-                    break
+                    logger.warning("could not pause or resume the command partitions: \(error)")
                 }
+                // A fatal consumer error ends the loop (and `run`, with it): the process should be replaced.
+                let events = try await consumer.poll(maxEvents: max(1, limiter.free), timeout: .milliseconds(100))
                 for event in events {
                     switch event {
                     case .message(let message):
@@ -122,27 +164,40 @@ public final class StepWorker: Service, Sendable {
                         group.addTask {
                             // A command handed back (cancelled at the end of the grace period) stays uncommitted,
                             // so that the next owner of its partition runs it.
-                            if await self.handle(message, producer: producer) { tracker.finished(message) }
+                            if await self.handle(message, sender: sender, delivery: delivery) { tracker.finished(message) }
                             limiter.give()
                         }
+                    case .assigned(let partitions):
+                        assigned.formUnion(partitions)
                     case .revoked(let partitions, _):
                         // Commit what is done for them while we still may; the rest is redelivered to the new owner.
-                        try? await consumer.commit(tracker.committable(of: Set(partitions)))
+                        let done = tracker.committable(of: Set(partitions))
+                        do { try await consumer.commit(done) } catch {
+                            logger.info("could not commit the finished commands of revoked partitions (they are redelivered): \(error)")
+                        }
                         tracker.forget(Set(partitions))
+                        assigned.subtract(partitions)
+                        paused.subtract(partitions)
                     case .error(let error):
                         logger.warning("consumer: \(error)")
-                    default:
+                    case .partitionEOF:
                         break
                     }
                 }
                 if ContinuousClock.now - lastCommit > .milliseconds(50) {
-                    await commit(tracker, consumer)
+                    if await commit(tracker, consumer) {
+                        commitFailures = 0
+                    } else {
+                        commitFailures += 1
+                        if commitFailures == 100 { logger.warning("offsets have not been committed for a while; finished commands may run again") }
+                    }
                     lastCommit = .now
                 }
             }
             // Graceful stop: in-flight commands get the grace period; the group waits for them.
             let grace = configuration.shutdownGrace
             group.addTask {
+                // Cancelled when the commands finish first.
                 try? await Task.sleep(for: grace)
                 limiter.expire()
             }
@@ -159,23 +214,26 @@ public final class StepWorker: Service, Sendable {
             }
             group.cancelAll()
         }
-        await commit(tracker, consumer)
+        _ = await commit(tracker, consumer)
     }
 
-    func commit(_ tracker: OffsetTracker, _ consumer: KafkaConsumer) async {
+    /// Commits what is finished; false when the commit failed (during a rebalance, or with the broker away).
+    func commit(_ tracker: OffsetTracker, _ consumer: KafkaConsumer) async -> Bool {
         let offsets = tracker.committable(of: nil)
-        guard !offsets.isEmpty else { return }
+        guard !offsets.isEmpty else { return true }
         do {
             try await consumer.commit(offsets)
             tracker.committed(offsets)
+            return true
         } catch {
-            logger.debug("commit failed (a rebalance?): \(error)")
+            logger.debug("commit failed (it is tried again): \(error)")
+            return false
         }
     }
 
     /// Runs one command and delivers its result; a record it cannot use goes to the dead-letter topic.
     /// Returns whether it is done with the record (false: handed back, to be redelivered).
-    func handle(_ message: KafkaMessage, producer: KafkaProducer) async -> Bool {
+    func handle(_ message: KafkaMessage, sender: ResilientProducer, delivery: DeliveryHealth) async -> Bool {
         let names = configuration.names
         let command: CommandMessage
         do {
@@ -187,16 +245,24 @@ public final class StepWorker: Service, Sendable {
             command = try Wire.decode(CommandMessage.self, from: value)
         } catch {
             logger.warning("command sent to the dead-letter topic", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
-            return await deliver(deadLetterRecord(message, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), producer: producer)
+            return await deliver(
+                deadLetterRecord(message, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), sender: sender, delivery: delivery)
         }
         var logger = self.logger
         logger[metadataKey: "instance"] = "\(command.instanceID)"
         logger[metadataKey: "step"] = "\(command.step)"
         logger[metadataKey: "attempt"] = "\(command.attempt)"
-        logger.debug("handling command", metadata: ["instance": "\(command.instanceID)", "age_ms": "\(message.timestamp.map { Int64(Date().timeIntervalSince1970 * 1000) - $0 } ?? -1)"])
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        if now > command.deadline + Int64(configuration.deadlineMargin.inMilliseconds) {
+            // The coordinator has counted this attempt as timed out; running it now would be wasted.
+            logger.info("command past its deadline; not run", metadata: ["late_ms": "\(now - command.deadline)"])
+            return true
+        }
+        logger.debug("handling command", metadata: ["age_ms": "\(message.timestamp.map { now - $0 } ?? -1)"])
+        let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger)
         let result: ResultMessage
         do {
-            let output = try await handler(StepContext(command: command, logger: logger))
+            let output = try await handler(StepContext(command: command, logger: logger, heartbeats: heartbeats))
             result = .completed(command, output: output)
         } catch let failure as StepFailure {
             result = .failed(command, error: failure.message, retryable: failure.retryable)
@@ -208,25 +274,75 @@ public final class StepWorker: Service, Sendable {
         return await deliver(
             ProducerRecord(
                 topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
-                headers: [KafkaHeader(key: WireHeaders.kind, string: result.kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]),
-            producer: producer)
+                headers: Wire.headers(result.kind)),
+            sender: sender, delivery: delivery)
     }
 
-    /// Sends until the broker has it: a result must not be lost (the coordinator ignores duplicates). False
-    /// when cancelled first (the grace period of a shutdown ran out): then the command is handed back.
-    func deliver(_ record: ProducerRecord, producer: KafkaProducer) async -> Bool {
+    /// Sends until the broker has it: a result must not be lost (the coordinator ignores duplicates). While it
+    /// fails, the worker takes no more commands. False when cancelled first (the grace period of a shutdown ran
+    /// out): then the command is handed back.
+    func deliver(_ record: ProducerRecord, sender: ResilientProducer, delivery: DeliveryHealth) async -> Bool {
         var backoff = Duration.milliseconds(100)
+        var failing = false
+        defer { if failing { delivery.recovered() } }
         while !Task.isCancelled {
             do {
-                try await producer.send(record)
+                try await sender.send(record)
                 return true
             } catch {
-                logger.warning("could not deliver to \(record.topic): \(error); retrying")
-                try? await Task.sleep(for: backoff)
+                if !failing {
+                    failing = true
+                    delivery.failed()
+                }
+                logger.warning("could not deliver to \(record.topic)[\(record.partition ?? -1)]: \(error); trying again in \(backoff)")
+                try? await Task.sleep(for: backoff)  // cancelled at the end of a shutdown's grace period: then the loop ends
                 backoff = min(backoff * 2, .seconds(5))
             }
         }
         return false
+    }
+}
+
+/// How many deliveries are failing right now: while any is, the worker takes no more commands.
+final class DeliveryHealth: Sendable {
+    private let count = Atomic(0)
+    var failing: Int { count.load(ordering: .relaxed) }
+    func failed() { count.add(1, ordering: .relaxed) }
+    func recovered() { count.subtract(1, ordering: .relaxed) }
+}
+
+/// Sends a command's heartbeats, no closer together than a third of its heartbeat timeout (and a second).
+final class HeartbeatSender: Sendable {
+    let command: CommandMessage
+    let sender: ResilientProducer
+    let logger: Logger
+    let interval: Duration
+    let last = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(command: CommandMessage, sender: ResilientProducer, logger: Logger) {
+        self.command = command
+        self.sender = sender
+        self.logger = logger
+        interval = max(.seconds(1), .milliseconds(command.heartbeatTimeout ?? 3000) / 3)
+    }
+
+    func send(_ details: JSON?) async {
+        guard !command.isCompensation else { return }
+        let due = last.withLock { last -> Bool in
+            if let last, ContinuousClock.now - last < interval { return false }
+            last = .now
+            return true
+        }
+        guard due else { return }
+        let message = HeartbeatMessage(command, details: details)
+        do {
+            try await sender.send(
+                ProducerRecord(
+                    topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(message),
+                    headers: Wire.headers(.stepHeartbeat)))
+        } catch {
+            logger.warning("could not send a heartbeat: \(error)")
+        }
     }
 }
 
@@ -269,17 +385,17 @@ final class OffsetTracker: Sendable {
             for tp in partitions {
                 s.next[tp] = nil
                 s.committed[tp] = nil
+                s.inFlight[tp] = nil
             }
         }
     }
 }
 
-/// A counting limit on in-flight commands that a loop can wait on.
+/// A count of in-flight commands that a stopping worker can wait on.
 final class Limiter: Sendable {
     struct State {
         var used = 0
         var expired = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
         var idleWaiters: [CheckedContinuation<Void, Never>] = []
     }
     let limit: Int
@@ -293,26 +409,11 @@ final class Limiter: Sendable {
     func give() {
         let resume = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.used -= 1
-            var out = s.waiters
-            s.waiters = []
-            if s.used == 0 {
-                out += s.idleWaiters
-                s.idleWaiters = []
-            }
-            return out
+            guard s.used == 0 else { return [] }
+            defer { s.idleWaiters = [] }
+            return s.idleWaiters
         }
         resume.forEach { $0.resume() }
-    }
-
-    func waitForRoom() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let ready = state.withLock { s -> Bool in
-                if s.used < limit { return true }
-                s.waiters.append(c)
-                return false
-            }
-            if ready { c.resume() }
-        }
     }
 
     func waitUntilIdle() async {
