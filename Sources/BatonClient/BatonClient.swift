@@ -40,9 +40,7 @@ public final class BatonClient: Sendable {
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    func headers(_ kind: Wire.Kind) -> [KafkaHeader] {
-        [KafkaHeader(key: WireHeaders.kind, string: kind.rawValue), KafkaHeader(key: WireHeaders.version, string: String(Wire.version))]
-    }
+    func headers(_ kind: Wire.Kind) -> [KafkaHeader] { Wire.headers(kind) }
 
     /// Sends a record keyed by instance id to the instance's events partition; waits for the broker's
     /// acknowledgement unless `wait` is false (then `flush` does).
@@ -59,29 +57,105 @@ public final class BatonClient: Sendable {
 
     // MARK: Instances
 
-    /// Starts an instance and returns its id. Sending the same id again starts nothing new.
+    /// Sends a start and returns the instance's id, without waiting for a coordinator (`startAndWait` does).
+    /// A start with the id of an existing instance changes nothing (one that asks for another workflow, version
+    /// or input is refused by the coordinator).
     @discardableResult
     public func start(
-        workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, partitions: Int? = nil, wait: Bool = true
+        workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, partitions: Int? = nil, wait: Bool = true,
+        requestID: String? = nil
     ) async throws -> String {
         let id = instanceID ?? UUID().uuidString.lowercased()
-        let message = StartMessage(instanceID: id, workflowID: workflowID, version: version, input: input, sentAt: Self.now())
+        try checkStart(instanceID: id, input: input)
+        let message = StartMessage(instanceID: id, workflowID: workflowID, version: version, input: input, sentAt: Self.now(), requestID: requestID)
         try await sendEvent(instanceID: id, kind: .start, value: Wire.encode(message), partitions: partitions, wait: wait)
         return id
     }
 
-    /// The instance's latest state, read from its partition of the state topic (nil when unknown).
-    public func status(instanceID: String) async throws -> InstanceState? {
-        try await latestState(instanceID: instanceID).state
+    /// What became of a start.
+    public enum StartOutcome: Sendable {
+        /// This start created the instance.
+        case created(InstanceState)
+        /// The instance existed already, started with the same workflow, version and input: nothing changed.
+        case exists(InstanceState)
+        /// The instance exists, started with another workflow, version or input (shown): this start was refused.
+        case conflict(InstanceState)
+
+        public var state: InstanceState {
+            switch self {
+            case .created(let s), .exists(let s), .conflict(let s): s
+            }
+        }
     }
 
-    /// The latest state, and where its partition ended: whatever comes later is written after that offset.
-    func latestState(instanceID: String) async throws -> (state: InstanceState?, end: TopicPartitionOffset) {
-        let partition = TopicPartition(names.state, KafkaPartitioner.partition(forKey: instanceID, partitionCount: try await partitionCount(names.state)))
+    /// Starts an instance and waits until a coordinator has it, then says whether this start created it, found
+    /// it started with the same input already, or conflicts with how it was started. Concurrent starts of one
+    /// id: one creates it; each of the others learns which start runs. Throws when no coordinator took the start
+    /// within `timeout`.
+    public func startAndWait(
+        workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, timeout: Duration = .seconds(30)
+    ) async throws -> StartOutcome {
+        let id = instanceID ?? UUID().uuidString.lowercased()
+        try checkStart(instanceID: id, input: input)
+        let digest = StartDigest.of(workflowID: workflowID, version: version, input: input)
+        func outcome(_ state: InstanceState, request: String?) -> StartOutcome {
+            if let request, state.startRequest == request { return .created(state) }
+            return state.startDigest == nil || state.startDigest == digest ? .exists(state) : .conflict(state)
+        }
+        let (current, end) = try await latestState(instanceID: id, withOutputs: false)
+        if let current { return outcome(current, request: nil) }
+        let request = UUID().uuidString.lowercased()
+        let message = StartMessage(instanceID: id, workflowID: workflowID, version: version, input: input, sentAt: Self.now(), requestID: request)
+        try await sendEvent(instanceID: id, kind: .start, value: Wire.encode(message))
+        var seen: InstanceState?
+        try await follow(from: end, timeout: timeout) { m in
+            guard m.keyString == id, let value = m.value, let state = try? StateCodec.decode(value) else { return false }
+            seen = state
+            return true
+        }
+        guard let seen else {
+            throw ClientError(
+                "sent the start of '\(id)' (request \(request)), but no coordinator took it within \(timeout): is one running? "
+                    + "`baton status \(id)` shows whether it started since; a refused start is on \(names.deadletter)")
+        }
+        return outcome(seen, request: request)
+    }
+
+    /// Refuses before sending what a coordinator would refuse: a bad id, an input over the limit.
+    func checkStart(instanceID: String, input: JSON) throws {
+        do { try InstanceID.check(instanceID, field: "instance id") } catch { throw ClientError(error.reason) }
+        let size = input.encoded().count
+        if size > Wire.maxInputBytes { throw ClientError("the input is \(size) bytes, more than the limit of \(Wire.maxInputBytes)") }
+    }
+
+    /// The instance's latest state with its outputs, read from its partitions of the state and outputs topics
+    /// (nil when unknown).
+    public func status(instanceID: String) async throws -> InstanceState? {
+        try await latestState(instanceID: instanceID, withOutputs: true).state
+    }
+
+    /// The latest state (with its outputs put back, when asked), and where its state partition ended: whatever
+    /// comes later is written after that offset.
+    func latestState(instanceID: String, withOutputs: Bool = false) async throws -> (state: InstanceState?, end: TopicPartitionOffset) {
+        let number = KafkaPartitioner.partition(forKey: instanceID, partitionCount: try await partitionCount(names.state))
+        let partition = TopicPartition(names.state, number)
+        let outputsPartition = TopicPartition(names.outputs, number)
         var state: InstanceState?
-        let ends = try await readToEnd([partition]) { m in
-            guard m.keyString == instanceID else { return }
-            state = try m.value.map { try StateCodec.decode($0) }
+        var outputs: [String: OutputRecord] = [:]
+        let prefix = "\(instanceID)/"
+        let ends = try await readToEnd(withOutputs ? [partition, outputsPartition] : [partition]) { m in
+            guard let key = m.keyString else { return }
+            if m.topic == names.state {
+                guard key == instanceID else { return }
+                state = try m.value.map { try StateCodec.decode($0) }
+            } else if key.hasPrefix(prefix) {
+                outputs[key] = try m.value.map { try Wire.decode(OutputRecord.self, from: $0) }
+            }
+        }
+        if withOutputs, var restored = state, let workflow = try await definition(restored.workflowID, version: restored.version) {
+            let records = outputs.values.filter { $0.instanceID == instanceID }
+            restored.restore(outputs: records.compactMap { r in workflow.index[r.step].map { StoredOutput(step: $0, item: r.item, attempt: r.attempt, output: r.output) } }, workflow: workflow)
+            state = restored
         }
         return (state, TopicPartitionOffset(partition, offset: ends[partition] ?? TopicPartitionOffset.beginning))
     }

@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonWire
 import Foundation
 import Logging
@@ -7,10 +8,12 @@ import Synchronization
 
 /// Follows the state topic and keeps the latest committed state of every instance: for waiting on
 /// instances, for `baton watch`, for the benchmark. Only snapshots from committed transactions are read
-/// (read_committed).
+/// (read_committed). Unless `light`, it follows the outputs topic too and puts each instance's outputs back.
 public final class InstanceWatcher: Sendable {
     struct Seen {
         var states: [String: InstanceState] = [:]
+        var snapshots: [String: InstanceState] = [:]
+        var outputs: [String: [String: OutputRecord]] = [:]
         /// In light mode, only statuses are kept.
         var statuses: [String: InstanceStatus] = [:]
         /// When each instance was first seen finished, in this process's clock (milliseconds since the epoch).
@@ -18,6 +21,8 @@ public final class InstanceWatcher: Sendable {
     }
     let seen = Mutex(Seen())
     let consumer: KafkaConsumer
+    let registry: DefinitionRegistry?
+    let names: TopicNames
     let task: Mutex<Task<Void, Never>?> = Mutex(nil)
     let logger: Logger
     /// Keeps only each instance's status (no full decode): for watching many instances cheaply.
@@ -26,12 +31,17 @@ public final class InstanceWatcher: Sendable {
     public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger, light: Bool = false) async throws {
         self.logger = logger
         self.light = light
+        self.names = names
         let configuration = KafkaConsumerConfiguration(client: client, groupID: nil)
         consumer = try KafkaConsumer(configuration: configuration, logger: logger)
-        guard let topic = try await consumer.metadata().topics[names.state] else {
-            throw ClientError("topic \(names.state) does not exist; run `baton topics apply` first")
+        registry = light ? nil : try await DefinitionRegistry(client: client, names: names, logger: logger)
+        let metadata = try await consumer.metadata()
+        var partitions: [TopicPartitionOffset] = []
+        for topic in light ? [names.state] : [names.state, names.outputs] {
+            guard let t = metadata.topics[topic] else { throw ClientError("topic \(topic) does not exist; run `baton topics apply` first") }
+            partitions += (0..<Int32(t.partitionCount)).map { TopicPartitionOffset(topic, $0, offset: TopicPartitionOffset.beginning) }
         }
-        try consumer.assign((0..<Int32(topic.partitionCount)).map { TopicPartitionOffset(names.state, $0, offset: TopicPartitionOffset.beginning) })
+        try consumer.assign(partitions)
         let t = Task { [self] in await follow() }
         task.withLock { $0 = t }
     }
@@ -41,22 +51,49 @@ public final class InstanceWatcher: Sendable {
             guard let events = try? await consumer.poll(maxEvents: 5000, timeout: .milliseconds(50)) else { return }
             let now = Int64(Date().timeIntervalSince1970 * 1000)
             var decoded: [(String, InstanceStatus, InstanceState?)] = []
+            var outputs: [OutputRecord] = []
             for case .message(let m) in events {
                 guard let value = m.value, let id = m.keyString else { continue }
-                if light {
+                // Records a coordinator did not write (a foreign producer on an engine topic) are not the watcher's
+                // to report: the coordinators dead-letter what they cannot read; the watcher skips it.
+                if m.topic == names.outputs {
+                    if let record = try? Wire.decode(OutputRecord.self, from: value) { outputs.append(record) }
+                } else if light {
                     if let status = StateCodec.status(value) { decoded.append((id, status, nil)) }
                 } else if let state = try? StateCodec.decode(value) {
                     decoded.append((id, state.status, state))
                 }
             }
-            guard !decoded.isEmpty else { continue }
+            guard !decoded.isEmpty || !outputs.isEmpty else { continue }
+            // A definition registered since: read it before putting outputs back (if reading fails, the outputs of
+            // that workflow's instances wait until the next round).
+            if !outputs.isEmpty { try? await registry?.catchUp() }
+            let registry = self.registry
             seen.withLock { s in
+                var changed = Set<String>()
+                for record in outputs {
+                    s.outputs[record.instanceID, default: [:]][record.key] = record
+                    changed.insert(record.instanceID)
+                }
                 for (id, status, state) in decoded {
                     s.statuses[id] = status
-                    if let state { s.states[id] = state }
+                    if let state {
+                        s.snapshots[id] = state
+                        changed.insert(id)
+                    }
                     if status.isFinished || status == .suspended, s.finishedSeenAt[id] == nil {
                         s.finishedSeenAt[id] = now
                     }
+                }
+                for id in changed {
+                    guard var state = s.snapshots[id] else { continue }
+                    if let workflow = registry?.workflow(state.workflowID, version: state.version) {
+                        let stored = (s.outputs[id] ?? [:]).values.compactMap { r in
+                            workflow.index[r.step].map { StoredOutput(step: $0, item: r.item, attempt: r.attempt, output: r.output) }
+                        }
+                        state.restore(outputs: stored, workflow: workflow)
+                    }
+                    s.states[id] = state
                 }
             }
         }
@@ -83,5 +120,6 @@ public final class InstanceWatcher: Sendable {
         task.withLock { $0?.cancel() }
         await task.withLock { $0 }?.value
         await consumer.close()
+        await registry?.close()
     }
 }

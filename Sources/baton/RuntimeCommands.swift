@@ -39,12 +39,22 @@ struct CoordinatorCommand: AsyncParsableCommand {
         commandName: "coordinator",
         abstract: "Run a saga coordinator: a member of the coordinators' group on the events topic.")
     @OptionGroup var connection: ConnectionOptions
+    @Option(help: ArgumentHelp("How long a finished instance stays queryable, when its definition has no retention, such as 7d or 12h.", valueName: "duration"))
+    var retention: String = "7d"
+    @Option(help: ArgumentHelp("The largest record the brokers take, in bytes (Kafka's max.message.bytes, less a margin).", valueName: "bytes"))
+    var maxRecordBytes = 990_000
 
     func run() async throws {
         var logger = connection.makeLogger("baton.coordinator")
         if connection.logLevel == .error { logger.logLevel = .info }
-        let coordinator = Coordinator(configuration: CoordinatorConfiguration(client: try connection.clientConfiguration, names: connection.names), logger: logger)
-        try await runServices([coordinator], logger: logger)
+        guard let retention = Millis.parse(retention), retention.value > 0 else {
+            throw CLIFailure("--retention: '\(self.retention)' is not a duration such as 7d, 12h or 30m")
+        }
+        guard maxRecordBytes >= 64 << 10 else { throw CLIFailure("--max-record-bytes: \(maxRecordBytes) is too small (at least 65536)") }
+        var configuration = CoordinatorConfiguration(client: try connection.clientConfiguration, names: connection.names)
+        configuration.retention = retention
+        configuration.maxRecordBytes = maxRecordBytes
+        try await runServices([Coordinator(configuration: configuration, logger: logger)], logger: logger)
     }
 }
 
@@ -74,25 +84,46 @@ struct WorkersCommand: AsyncParsableCommand {
 }
 
 struct Start: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Start a workflow instance; prints its id.")
+    static let configuration = CommandConfiguration(
+        abstract: "Start a workflow instance; prints its id.",
+        discussion: """
+            Waits until a coordinator has the instance, then says whether this start created it. Starting an id that \
+            exists with the same workflow, version and input changes nothing and says so (exit 0); starting it with \
+            another workflow, version or input is refused as a conflict (exit 3) and shows how it was started.
+            """)
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "The workflow id.") var workflow: String
     @Option(help: "The input, as JSON.") var input: String = "{}"
     @Option(help: "A definition version (default: the latest).") var version: Int?
-    @Option(help: "The instance id (default: a new UUID). Starting an existing id again does nothing.") var id: String?
+    @Option(help: "The instance id (default: a new UUID).") var id: String?
+    @Option(help: "Seconds to wait for a coordinator to take the start; 0 sends it and does not wait.") var wait = 30
 
     func run() async throws {
         let value: JSON
         do { value = try JSON.parse(Data(input.utf8)) } catch { throw CLIFailure("--input is not valid JSON: \(error)") }
-        let instance = try await connection.withClient { client in
+        try await connection.withClient { client in
             // A start for a workflow the coordinators do not know would only reach the dead-letter topic.
             guard try await client.definition(workflow, version: version) != nil else {
                 let what = version.map { "version \($0) of '\(workflow)' is not" } ?? "no workflow '\(workflow)' is"
                 throw CLIFailure("\(what) registered on \(connection.names.definitions); register it first: baton definitions register FILE")
             }
-            return try await client.start(workflowID: workflow, version: version, input: value, instanceID: id)
+            guard wait > 0 else {
+                print(try await client.start(workflowID: workflow, version: version, input: value, instanceID: id))
+                return
+            }
+            switch try await client.startAndWait(workflowID: workflow, version: version, input: value, instanceID: id, timeout: .seconds(wait)) {
+            case .created(let state):
+                print(state.instanceID)
+            case .exists(let state):
+                print(state.instanceID)
+                FileHandle.standardError.write(Data("'\(state.instanceID)' exists already with the same workflow and input (\(state.status.rawValue)); nothing changed\n".utf8))
+            case .conflict(let state):
+                // Exit status 3: the id is taken by an instance started with something else.
+                let message = "conflict: '\(state.instanceID)' exists already as \(state.workflowID) v\(state.version) (\(state.status.rawValue)), started with another workflow, version or input: \(state.input.jsonText)"
+                FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
+                throw ExitCode(3)
+            }
         }
-        print(instance)
     }
 }
 
@@ -105,12 +136,12 @@ struct Status: AsyncParsableCommand {
     func run() async throws {
         try await connection.withClient { client in
             guard let state = try await client.status(instanceID: id) else { throw CLIFailure("no instance '\(id)' (yet)") }
+            let workflow = try await client.definition(state.workflowID, version: state.version)
             if json {
                 let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(state), as: UTF8.self))
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                print(String(decoding: try encoder.encode(InstanceView(state, workflow: workflow)), as: UTF8.self))
             } else {
-                let workflow = try? await client.definition(state.workflowID, version: state.version)
                 print(StatusReport.render(state, workflow: workflow))
             }
         }
