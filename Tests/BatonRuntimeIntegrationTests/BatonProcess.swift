@@ -20,13 +20,13 @@ final class BatonProcess: @unchecked Sendable {
         return URL(fileURLWithPath: ".build/debug/baton")
     }
 
-    init(_ arguments: [String], namespace: String) throws {
+    init(_ arguments: [String], namespace: String, brokers: KafkaBrokers = TestKafka.brokers) throws {
         log = FileManager.default.temporaryDirectory.appendingPathComponent("\(TestKafka.uniqueName("baton-proc")).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         process.executableURL = Self.binary
         let level = arguments.contains("--log-level") ? [] : ["--log-level", "info"]
-        process.arguments = arguments + ["--namespace", namespace, "--brokers", TestKafka.brokers.bootstrapServers] + level
+        process.arguments = arguments + ["--namespace", namespace, "--brokers", brokers.bootstrapServers] + level
         process.standardOutput = handle
         process.standardError = handle
         try process.run()
@@ -46,6 +46,8 @@ final class BatonProcess: @unchecked Sendable {
             process.waitUntilExit()
         }
     }
+
+    var isRunning: Bool { process.isRunning }
 
     /// Waits (on a Dispatch thread, not the cooperative pool) for the process to exit; its exit status.
     func exitStatus() async -> Int32 {

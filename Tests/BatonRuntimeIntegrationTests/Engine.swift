@@ -19,22 +19,25 @@ final class Engine: Sendable {
     let client: BatonClient
     let watcher: InstanceWatcher
     let partitions: Int
+    /// The broker it talks to: the shared one, or a test's own (`PrivateBroker`).
+    let kafka: KafkaClientConfiguration
     let coordinators = Mutex<[Task<Void, any Error>]>([])
     let workers = Mutex<[(StepWorker, Task<Void, any Error>)]>([])
 
-    init(partitions: Int = 3) async throws {
+    init(partitions: Int = 3, kafka: KafkaClientConfiguration = TestKafka.client) async throws {
         names = TopicNames(namespace: TestKafka.uniqueName("e"))
         self.partitions = partitions
+        self.kafka = kafka
         var specs = try TopicSpecLoader.load(directory: repositoryRoot.appendingPathComponent("topics"))
         for i in specs.indices where specs[i].isKeyed { specs[i].partitions = partitions }
-        let applier = TopicApplier(admin: try TestKafka.admin(), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger)
+        let applier = TopicApplier(admin: try KafkaAdmin(configuration: kafka, logger: TestKafka.logger), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger)
         _ = try await applier.apply(specs)
-        client = try BatonClient(client: TestKafka.client, names: names, logger: TestKafka.logger)
-        watcher = try await InstanceWatcher(client: TestKafka.client, names: names, logger: TestKafka.logger)
+        client = try BatonClient(client: kafka, names: names, logger: TestKafka.logger)
+        watcher = try await InstanceWatcher(client: kafka, names: names, logger: TestKafka.logger)
     }
 
     var coordinatorConfiguration: CoordinatorConfiguration {
-        var c = CoordinatorConfiguration(client: TestKafka.client, names: names)
+        var c = CoordinatorConfiguration(client: kafka, names: names)
         c.sessionTimeout = .seconds(6)
         c.maxPollInterval = .seconds(6)
         c.idleWait = .milliseconds(20)
@@ -42,9 +45,10 @@ final class Engine: Sendable {
     }
 
     @discardableResult
-    func startCoordinator() -> Int {
+    func startCoordinator(_ configure: (inout CoordinatorConfiguration) -> Void = { _ in }) -> Int {
         var configuration = coordinatorConfiguration
         configuration.identity = "in-process-\(coordinators.withLock { $0.count })"
+        configure(&configuration)
         let coordinator = Coordinator(configuration: configuration, logger: TestKafka.logger)
         return coordinators.withLock {
             $0.append(Task { try await coordinator.run() })
@@ -60,12 +64,15 @@ final class Engine: Sendable {
 
     /// Runs a worker of the pool until `shutdown` (or until the test stops it and awaits its task).
     @discardableResult
-    func startWorker(_ pool: String, concurrency: Int = 16, handler: @escaping StepHandler) -> (worker: StepWorker, task: Task<Void, any Error>) {
-        var c = WorkerConfiguration(client: TestKafka.client, names: names, pool: pool)
+    func startWorker(
+        _ pool: String, concurrency: Int = 16, configure: (inout WorkerConfiguration) -> Void = { _ in }, handler: @escaping StepHandler
+    ) -> (worker: StepWorker, task: Task<Void, any Error>) {
+        var c = WorkerConfiguration(client: kafka, names: names, pool: pool)
         c.concurrency = concurrency
         c.sessionTimeout = .seconds(6)
         c.maxPollInterval = .seconds(6)
         c.shutdownGrace = .seconds(2)
+        configure(&c)
         let worker = StepWorker(configuration: c, logger: TestKafka.logger, handler: handler)
         let task = Task { try await worker.run() }
         workers.withLock { $0.append((worker, task)) }
@@ -74,8 +81,13 @@ final class Engine: Sendable {
 
     /// Runs one `baton` command (as an operator would) against this namespace; its exit status and output.
     func baton(_ arguments: [String]) async throws -> (status: Int32, output: String) {
-        let process = try BatonProcess(arguments + ["--log-level", "error"], namespace: names.namespace)
+        let process = try BatonProcess(arguments + ["--log-level", "error"], namespace: names.namespace, brokers: kafka.brokers)
         return (await process.exitStatus(), process.output)
+    }
+
+    /// A long-running `baton` service (coordinator, workers) as a child process on this engine's broker.
+    func process(_ arguments: [String]) throws -> BatonProcess {
+        try BatonProcess(arguments, namespace: names.namespace, brokers: kafka.brokers)
     }
 
     func register(_ yaml: String) async throws -> Workflow {

