@@ -70,3 +70,26 @@ extension InstanceState {
         }
     }
 }
+
+extension InstanceState {
+    /// The state with what may make it large left out (input, for_each items, progress, long errors): for an
+    /// instance whose snapshot the broker refused, which is then kept as a record of how it ended.
+    public var minimized: InstanceState {
+        var copy = self
+        copy.input = .null
+        copy.output = nil
+        for s in copy.steps.indices {
+            copy.steps[s].items = copy.steps[s].items.map { _ in [] }
+            copy.steps[s].output = nil
+            copy.steps[s].error = copy.steps[s].error.map { String($0.prefix(500)) }
+            for u in copy.steps[s].units.indices {
+                copy.steps[s].units[u].output = nil
+                copy.steps[s].units[u].progress = nil
+                copy.steps[s].units[u].error = copy.steps[s].units[u].error.map { String($0.prefix(500)) }
+                copy.steps[s].units[u].compensationError = copy.steps[s].units[u].compensationError.map { String($0.prefix(500)) }
+            }
+        }
+        copy.reason = copy.reason.map { String($0.prefix(2000)) }
+        return copy
+    }
+}

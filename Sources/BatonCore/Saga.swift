@@ -45,6 +45,16 @@ public enum Saga {
     /// The timers an instance has armed (to arm again after the coordinator rebuilt its state).
     public static func timers(of state: InstanceState) -> [ArmedTimer] { state.timers }
 
+    /// Ends an instance at once as failed, without running its failure path: for an instance the engine cannot
+    /// keep going (the broker refuses its records). Open tasks close, timers go, the on-call gets a critical
+    /// alert saying that nothing was compensated.
+    public static func abandon(_ workflow: Workflow, _ state: InstanceState, reason: String, now: Timestamp, settings: SagaSettings = .init()) -> Transition {
+        guard !state.status.isFinished else { return Transition(state: state, effects: [], outcome: .ignored(.notApplicable("the instance is \(state.status.rawValue)"))) }
+        var machine = Machine(workflow: workflow, state: state, now: now, settings: settings)
+        machine.abandonInstance(reason: reason)
+        return Transition(state: machine.state, effects: machine.effects, outcome: .applied)
+    }
+
     /// A finished instance written before retention existed has no retention timer: this arms it, due when
     /// the instance finished plus its retention (a coordinator does this when it rebuilds such a state).
     public static func armingRetention(_ state: InstanceState, workflow: Workflow?, settings: SagaSettings = .init()) -> InstanceState {
@@ -289,6 +299,22 @@ struct Machine {
                 state.steps[s].error = state.steps[s].error ?? "abandoned: \(reason)"
             }
         }
+    }
+
+    mutating func abandonInstance(reason: String) {
+        for s in state.steps.indices {
+            for u in state.steps[s].units.indices where [.running, .backoff, .pending].contains(state.steps[s].units[u].status) {
+                abandonUnit(s, u, why: "abandoned: \(reason)")
+            }
+            if state.steps[s].status == .active {
+                state.steps[s].status = .failed
+                state.steps[s].finishedAt = now
+            }
+        }
+        let undone = state.steps.contains { $0.units.contains { $0.status == .completed && $0.compensation != .done } }
+        let left = undone ? "; nothing was compensated: what its completed steps did is still in place" : ""
+        effects.append(.alert(Alert(severity: .critical, instanceID: state.instanceID, workflowID: workflow.id, step: state.failedStep, message: "\(reason)\(left)")))
+        finish(.failed, reason: reason)
     }
 
     /// Stops a unit that has not finished: its timers go, an open task closes.
