@@ -11,7 +11,7 @@ import Synchronization
 public final class BatonClient: Sendable {
     public let names: TopicNames
     let client: KafkaClientConfiguration
-    let producer: KafkaProducer
+    let producer: ResilientProducer
     let admin: KafkaAdmin
     let logger: Logger
     let partitionCounts = Mutex<[String: Int]>([:])
@@ -22,7 +22,7 @@ public final class BatonClient: Sendable {
         self.logger = logger
         var producerConfiguration = KafkaProducerConfiguration(client: client)
         producerConfiguration.linger = .milliseconds(1)
-        producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
+        producer = try ResilientProducer(configuration: producerConfiguration, logger: logger)
         admin = try KafkaAdmin(configuration: client, logger: logger)
     }
 
@@ -97,10 +97,9 @@ public final class BatonClient: Sendable {
     ) async throws -> StartOutcome {
         let id = instanceID ?? UUID().uuidString.lowercased()
         try checkStart(instanceID: id, input: input)
-        let digest = StartDigest.of(workflowID: workflowID, version: version, input: input)
         func outcome(_ state: InstanceState, request: String?) -> StartOutcome {
             if let request, state.startRequest == request { return .created(state) }
-            return state.startDigest == nil || state.startDigest == digest ? .exists(state) : .conflict(state)
+            return state.isSameStart(workflowID: workflowID, version: version, input: input) ? .exists(state) : .conflict(state)
         }
         let (current, end) = try await latestState(instanceID: id, withOutputs: false)
         if let current { return outcome(current, request: nil) }

@@ -171,6 +171,8 @@ public final class Coordinator: Service, Sendable {
         let names = configuration.names
         let consumer = context.consumer
         var runners: [Int32: PartitionRunner] = [:]
+        /// Runners told to stop that had not ended when the poll loop stopped waiting for them.
+        var retiring: [Int32: PartitionRunner] = [:]
         var paused = Set<Int32>()
         var lastPoll = ContinuousClock.now
         defer {
@@ -190,24 +192,31 @@ public final class Coordinator: Service, Sendable {
                 switch event {
                 case .assigned(let partitions):
                     for p in partitions where p.topic == names.events {
-                        if let old = runners[p.partition] {
+                        if let old = runners.removeValue(forKey: p.partition) {
                             logger.warning("partition \(p.partition) assigned again while still held; starting over")
                             old.stop()
-                            await old.finished()
+                            retiring[p.partition] = old
                         }
-                        let runner = PartitionRunner(partition: p.partition, context: context)
+                        // A runner of this partition still ending goes first: the new one takes the partition after.
+                        let runner = PartitionRunner(partition: p.partition, context: context, after: retiring.removeValue(forKey: p.partition))
                         runners[p.partition] = runner
                         paused.remove(p.partition)
                         group.addTask { await runner.run() }
                     }
                 case .revoked(let partitions, let lost):
-                    // Each runner ends its transaction (commit or abort) before the partition is let go.
+                    // Each runner ends its transaction (commit or abort) before the partition is let go; the loop
+                    // waits for that, but not so long that the group takes this member for dead.
                     let gone = partitions.filter { $0.topic == names.events }.compactMap { p in runners.removeValue(forKey: p.partition).map { (p.partition, $0) } }
                     for (_, runner) in gone { runner.stop() }
+                    let deadline = ContinuousClock.now + configuration.maxPollInterval / 3
                     for (p, runner) in gone {
-                        await runner.finished()
+                        if await runner.finished(before: deadline) {
+                            logger.info("released partition", metadata: ["partition": "\(p)", "lost": "\(lost)"])
+                        } else {
+                            logger.warning("partition \(p) is still ending its transaction; going on", metadata: ["lost": "\(lost)"])
+                            retiring[p] = runner
+                        }
                         paused.remove(p)
-                        logger.info("released partition", metadata: ["partition": "\(p)", "lost": "\(lost)"])
                     }
                 case .message(let m):
                     runners[m.partition]?.deliver(m)
@@ -244,7 +253,7 @@ public final class Coordinator: Service, Sendable {
             }
         }
         for runner in runners.values { runner.stop() }
-        for runner in runners.values { await runner.finished() }
+        for runner in Array(runners.values) + Array(retiring.values) { await runner.finished() }
         runners.removeAll()
     }
 }

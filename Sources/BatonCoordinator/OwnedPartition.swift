@@ -343,9 +343,8 @@ final class OwnedPartition {
                     deadLetter(m, "instance \(id) belongs on partition \(home) (murmur2 of its key), not \(partition)")
                     continue
                 }
-                let digest = start.digest
                 if let existing = instances[id] {
-                    if existing.startDigest == nil || existing.startDigest == digest {
+                    if existing.isSameStart(workflowID: start.workflowID, version: start.version, input: start.input) {
                         logger.debug("duplicate start ignored", metadata: ["instance": "\(id)", "request": "\(start.requestID ?? "")"])
                     } else {
                         deadLetter(
@@ -364,7 +363,7 @@ final class OwnedPartition {
                     deadLetter(m, "unknown workflow '\(start.workflowID)'\(start.version.map { " version \($0)" } ?? ""): register it first")
                     continue
                 }
-                apply(id, Saga.start(workflow, instanceID: id, input: start.input, now: now, request: start.requestID, digest: digest, settings: context.settings))
+                apply(id, Saga.start(workflow, instanceID: id, input: start.input, now: now, request: start.requestID, settings: context.settings))
             case .event(_, let event):
                 guard let state = instances[id] else {
                     deadLetter(m, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")

@@ -17,6 +17,8 @@ import Synchronization
 final class PartitionRunner: Sendable {
     let partition: Int32
     let context: CoordinatorContext
+    /// The previous runner of this partition, if it was still ending when this one was made: it goes first.
+    let predecessor: PartitionRunner?
 
     enum Reset: Equatable {
         case none
@@ -33,13 +35,15 @@ final class PartitionRunner: Sendable {
         var waiterWantsMessages = true
         var reset = Reset.none
         var finished = false
-        var finishWaiters: [CheckedContinuation<Void, Never>] = []
+        var finishWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
     }
     private let inbox = Mutex(Inbox())
 
-    init(partition: Int32, context: CoordinatorContext) {
+    init(partition: Int32, context: CoordinatorContext, after predecessor: PartitionRunner? = nil) {
         self.partition = partition
         self.context = context
+        self.predecessor = predecessor
     }
 
     var logger: Logger { context.logger }
@@ -65,15 +69,40 @@ final class PartitionRunner: Sendable {
         }?.resume()
     }
 
-    /// Waits until the runner has ended.
+    /// Waits until the runner has ended (or the waiting task is cancelled).
     func finished() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let done = inbox.withLock { i -> Bool in
-                if i.finished { return true }
-                i.finishWaiters.append(c)
+        let id = inbox.withLock { i -> Int in
+            defer { i.nextWaiter += 1 }
+            return i.nextWaiter
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let done = inbox.withLock { i -> Bool in
+                    if i.finished || Task.isCancelled { return true }
+                    i.finishWaiters[id] = c
+                    return false
+                }
+                if done { c.resume() }
+            }
+        } onCancel: {
+            inbox.withLock { $0.finishWaiters.removeValue(forKey: id) }?.resume()
+        }
+    }
+
+    /// Waits until the runner has ended or `deadline` passed; whether it ended.
+    func finished(before deadline: ContinuousClock.Instant) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await self.finished()
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(until: deadline)  // cancelled when the runner ends first
                 return false
             }
-            if done { c.resume() }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
         }
     }
 
@@ -100,11 +129,12 @@ final class PartitionRunner: Sendable {
         defer {
             let waiters = inbox.withLock { i -> [CheckedContinuation<Void, Never>] in
                 i.finished = true
-                defer { i.finishWaiters = [] }
-                return i.finishWaiters
+                defer { i.finishWaiters = [:] }
+                return Array(i.finishWaiters.values)
             }
             for w in waiters { w.resume() }
         }
+        if let predecessor { await predecessor.finished() }
         guard var owned = await take() else { return }
         var expected = owned.nextOffset
         var knownGap: (from: Int64, to: Int64)?

@@ -12,16 +12,14 @@
 /// - Events about superseded attempts, repeated events and events that do not fit the instance's status
 ///   change nothing, and the outcome says why.
 public enum Saga {
-    /// A new instance. `request` and `digest` identify the start that created it (see `StartDigest`).
+    /// A new instance; `request` is the id of the start request that created it, when it has one.
     public static func start(
-        _ workflow: Workflow, instanceID: String, input: JSON, now: Timestamp, request: String? = nil, digest: String? = nil,
-        settings: SagaSettings = .init()
+        _ workflow: Workflow, instanceID: String, input: JSON, now: Timestamp, request: String? = nil, settings: SagaSettings = .init()
     ) -> Transition {
         var state = InstanceState(
             instanceID: instanceID, workflowID: workflow.id, version: workflow.version, status: .running, input: input,
             startedAt: now, steps: Array(repeating: StepState(), count: workflow.steps.count))
         state.startRequest = request
-        state.startDigest = digest
         var machine = Machine(workflow: workflow, state: state, now: now, settings: settings)
         if let timeout = workflow.definition.timeout {
             machine.state.deadline = now + timeout.value

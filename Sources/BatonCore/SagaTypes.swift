@@ -142,32 +142,16 @@ public struct InstanceState: Sendable, Hashable, Codable {
     public var requests: [String] = []
     /// Grows on every manual restart, so that timers armed before it (the workflow timeout) cannot fire after it.
     public var generation: Int = 0
-    /// The start that created the instance: its request id (when the client gave one) and the digest of what it
-    /// asked for (workflow, version, input), so that a second start with the same id can be told apart from a
-    /// conflicting one.
+    /// The request id of the start that created the instance, when the client gave one.
     public var startRequest: String?
-    public var startDigest: String?
 
     public static let rememberedRequests = 16
-}
 
-/// What a start asked for, reduced to a digest: two starts of one instance id are the same start when their
-/// digests are equal (same workflow, same requested version, same input, whatever the key order).
-public enum StartDigest {
-    public static func of(workflowID: String, version: Int?, input: JSON) -> String {
-        var bytes = Array(workflowID.utf8)
-        bytes.append(0)
-        bytes += Array((version.map(String.init) ?? "latest").utf8)
-        bytes.append(0)
-        bytes += Array(input.encoded())
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        var g: UInt64 = 0x8422_2325_cbf2_9ce4
-        for b in bytes {
-            h = (h ^ UInt64(b)) &* 0x100_0000_01b3
-            g = (g &+ UInt64(b)) &* 0x9E37_79B9_7F4A_7C15
-            g ^= g >> 29
-        }
-        return String(h, radix: 16) + String(g, radix: 16)
+    /// Whether a start asking for `workflowID`, `version` (nil: the latest) and `input` is the start that
+    /// created this instance (sent again) rather than a conflicting one: the same workflow, the same input as
+    /// JSON values (key order does not matter), and no version or the one it runs.
+    public func isSameStart(workflowID: String, version: Int?, input: JSON) -> Bool {
+        self.workflowID == workflowID && (version == nil || version == self.version) && self.input == input
     }
 }
 

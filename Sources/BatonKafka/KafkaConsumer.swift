@@ -126,19 +126,28 @@ public final class KafkaConsumer: Sendable {
     /// Only the messages, as an `AsyncSequence` that ends when the consumer is closed.
     public var messages: KafkaConsumerMessages { KafkaConsumerMessages(consumer: self) }
 
-    /// Commits offsets synchronously (the next offset to read for each partition).
-    public func commit(_ offsets: [TopicPartitionOffset]) async throws {
+    /// Commits offsets (the next offset to read for each partition) and waits for the broker's answer, at most
+    /// `timeout`: librdkafka's own synchronous commit waits for ever when no broker answers, which would hang a
+    /// stopping worker. A commit not answered in time fails with `timedOut` (it may still complete later).
+    public func commit(_ offsets: [TopicPartitionOffset], timeout: Duration = .seconds(10)) async throws {
         guard !offsets.isEmpty else { return }
-        let handle = UncheckedHandle(client.handle)
-        let err = try await runBlocking {
-            TopicPartitionList.with(offsets) { list -> Result<Void, KafkaError> in
-                let err = rd_kafka_commit(handle.pointer, list, 0)
-                if err != RD_KAFKA_RESP_ERR_NO_ERROR { return .failure(KafkaError(err, context: "commit \(offsets)")) }
-                if let error = TopicPartitionList.firstError(in: list) { return .failure(error) }
-                return .success(())
+        let client = self.client
+        let result = try await runBlocking { () -> Result<Void, KafkaError> in
+            guard let queue = rd_kafka_queue_new(client.handle) else { return .failure(KafkaError.client("commit: no queue", code: .state)) }
+            // Dropping our reference is safe even while the commit is outstanding: its reply holds one of its own.
+            defer { rd_kafka_queue_destroy(queue) }
+            let err = TopicPartitionList.with(offsets) { rd_kafka_commit_queue(client.handle, $0, queue, nil, nil) }
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR { return .failure(KafkaError(err, context: "commit \(offsets)")) }
+            guard let event = rd_kafka_queue_poll(queue, Int32(timeout.milliseconds)) else {
+                return .failure(KafkaError(code: .timedOut, message: "commit \(offsets): no answer within \(timeout)", isRetriable: true))
             }
+            defer { rd_kafka_event_destroy(event) }
+            let eventError = rd_kafka_event_error(event)
+            if eventError != RD_KAFKA_RESP_ERR_NO_ERROR { return .failure(KafkaError(eventError, context: "commit \(offsets)")) }
+            if let list = rd_kafka_event_topic_partition_list(event), let error = TopicPartitionList.firstError(in: list) { return .failure(error) }
+            return .success(())
         }
-        try err.get()
+        try result.get()
     }
 
     /// Commits the offset after `message`.

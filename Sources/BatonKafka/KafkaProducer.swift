@@ -160,16 +160,22 @@ public final class KafkaProducer: Sendable {
     }
 
     /// Flushes what is outstanding (waiting at most `timeout`) and stops the delivery thread. What is not
-    /// delivered by then is dropped, with a warning naming how many records.
+    /// delivered by then is purged, with a warning naming how many records: every `send` still waiting fails
+    /// then (so that its caller can send again elsewhere), none is left waiting for ever.
     public func close(timeout: Duration = .seconds(10)) async {
         let client = self.client
         let left = await runBlockingIgnoringErrors {
             let err = rd_kafka_flush(client.handle, Int32(timeout.milliseconds))
             let left = err == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : Int(rd_kafka_outq_len(client.handle))
+            if left > 0 {
+                // Fail what is queued or in flight, then serve those delivery reports before the poller stops.
+                _ = rd_kafka_purge(client.handle, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT | RD_KAFKA_PURGE_F_NON_BLOCKING)
+                _ = rd_kafka_flush(client.handle, 1000)
+            }
             client.stopPolling()
             return left
         }
-        if left > 0 { client.logger.warning("producer closed with \(left) record(s) undelivered after \(timeout)") }
+        if left > 0 { client.logger.warning("producer closed with \(left) record(s) undelivered after \(timeout); they were failed") }
     }
 
     /// Cluster metadata seen through this producer's connections.

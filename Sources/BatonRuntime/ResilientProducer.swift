@@ -32,6 +32,24 @@ public final class ResilientProducer: Sendable {
         }
     }
 
+    /// Hands a record over without waiting for it (see `KafkaProducer.enqueue`); `flush` reports failures.
+    public func enqueue(_ record: ProducerRecord) async throws {
+        let producer = self.producer
+        do { try await producer.enqueue(record) } catch {
+            if let fatal = producer.fatalError { await replace(producer, because: fatal) }
+            throw error
+        }
+    }
+
+    /// Waits for everything enqueued; throws the first delivery failure since the last flush.
+    public func flush(timeout: Duration = .seconds(30)) async throws {
+        let producer = self.producer
+        do { try await producer.flush(timeout: timeout) } catch {
+            if let fatal = producer.fatalError { await replace(producer, because: fatal) }
+            throw error
+        }
+    }
+
     /// Swaps in a new producer for `dead`, unless that was done already.
     func replace(_ dead: KafkaProducer, because error: KafkaError) async {
         let replaced: Bool

@@ -135,9 +135,10 @@ public enum Wire {
     }
 }
 
-/// Start an instance. A start for an instance id that exists already with the same workflow, version and input
-/// is a duplicate and changes nothing, so a client may resend it; one that asks for something else is refused
-/// (dead-lettered as a conflict). The instance's state names the start that created it (`request_id`).
+/// Start an instance. A start for an instance id that exists already with the same workflow and input (and no
+/// version, or the one it runs) is a duplicate and changes nothing, so a client may resend it; one that asks
+/// for something else is refused (dead-lettered as a conflict). The instance's state names the start that
+/// created it (`request_id`).
 public struct StartMessage: Codable, Sendable, Hashable {
     public var v = Wire.version
     public var kind = Wire.Kind.start
@@ -159,9 +160,6 @@ public struct StartMessage: Codable, Sendable, Hashable {
         self.sentAt = sentAt
         self.requestID = requestID
     }
-
-    /// What this start asks for, as the instance's state records it.
-    public var digest: String { StartDigest.of(workflowID: workflowID, version: version, input: input) }
 
     enum CodingKeys: String, CodingKey {
         case v, kind, instanceID = "instance_id", workflowID = "workflow_id", version, input, sentAt = "sent_at", requestID = "request_id"

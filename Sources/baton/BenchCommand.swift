@@ -30,6 +30,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Coordinator processes.") var coordinators = 1
     @Option(help: "Partitions of the events and state topics in the bench namespace.") var partitions = 12
     @Option(help: "Seconds to wait for the instances to finish.") var deadline = 300
+    @Flag(help: "Audit offsets at the end: for every instance that did not finish, where it stopped (see docs/benchmarks.md); exits 1 when any did not.")
+    var audit = false
 
     static let definitions: [Shape: String] = [
         .order: #"{"workflow_id":"bench_order","steps":[{"id":"validate","type":"service_call","depends_on":[]},{"id":"reserve","type":"service_call","depends_on":["validate"]},{"id":"charge","type":"service_call","depends_on":["reserve"]},{"id":"ship","type":"service_call","depends_on":["charge"]},{"id":"notify","type":"notification","depends_on":["ship"]}]}"#,
@@ -82,6 +84,8 @@ struct Bench: AsyncParsableCommand {
         try await client.flush()
         let offeredFor = clock.now - began
         let done = await watcher.wait(for: Set(sentAt.keys), toBe: [.completed, .failed], timeout: .seconds(deadline))
+        let stragglers = Set(sentAt.keys.filter { watcher.finishedSeenAt($0) == nil })
+        let report = audit ? try await OffsetAudit.run(client: client, instanceIDs: stragglers, logger: logger) : nil
         children.stopAll()
         await watcher.close()
         await client.close()
@@ -100,6 +104,17 @@ struct Bench: AsyncParsableCommand {
                      Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
         print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
         print(String(format: "latency start-to-finish: p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
+        if let report {
+            let reread = children.logLines(containing: "the broker showed later records before earlier ones").count
+            print("audit: \(reread) out-of-order read(s) seen (and read again) by the coordinators")
+            if report.entries.isEmpty {
+                print("audit: every instance finished")
+            } else {
+                for (finding, count) in report.counts.sorted(by: { $0.value > $1.value }) { print("audit: \(count) \(finding.rawValue)") }
+                for entry in report.entries.prefix(20) { print("audit:   \(entry)") }
+                throw ExitCode(1)
+            }
+        }
     }
 }
 

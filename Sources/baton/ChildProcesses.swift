@@ -28,6 +28,14 @@ final class ChildProcesses: @unchecked Sendable {
         processes.append(process)
     }
 
+    /// The lines of every child's log that contain `text`.
+    func logLines(containing text: String) -> [String] {
+        let files = (try? FileManager.default.contentsOfDirectory(at: logDirectory, includingPropertiesForKeys: nil)) ?? []
+        return files.flatMap { file in
+            ((try? String(contentsOf: file, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains(text) }.map(String.init)
+        }
+    }
+
     /// SIGTERM to each (graceful shutdown), then wait for them.
     func stopAll() {
         for p in processes where p.isRunning { p.terminate() }

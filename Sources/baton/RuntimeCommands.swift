@@ -253,7 +253,32 @@ struct Tasks: AsyncParsableCommand {
 
 struct Instances: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List instances, and operators' commands on one.", subcommands: [List.self, Resume.self, Retry.self, Skip.self, Cancel.self])
+        abstract: "List instances, and operators' commands on one.", subcommands: [List.self, Resume.self, Retry.self, Skip.self, Cancel.self, Audit.self])
+
+    struct Audit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Find where running instances stopped: command published? consumed by the pool? result sent? applied?",
+            discussion: """
+                Reads every record of the state, command and events topics and the offsets each group committed. For \
+                each attempt an instance waits on, it says whether its command was never published, the pool is behind, \
+                the pool committed past the command with no result (skipped), the coordinators are behind, or they \
+                committed past the result without applying it (skipped). Exits 1 when something was skipped.
+                """)
+        @OptionGroup var connection: ConnectionOptions
+        @Argument(help: "Instance ids (default: every instance that is running or compensating).") var ids: [String] = []
+
+        func run() async throws {
+            let skipped = try await connection.withClient { client -> Bool in
+                let targets = ids.isEmpty ? Set(try await client.instances(statuses: [.running, .compensating]).map(\.instanceID)) : Set(ids)
+                let report = try await OffsetAudit.run(client: client, instanceIDs: targets, logger: connection.makeLogger("baton.audit"))
+                if report.entries.isEmpty { print("nothing to audit: no instance is running or compensating") }
+                for (finding, count) in report.counts.sorted(by: { $0.value > $1.value }) { print("\(count) \(finding.rawValue)") }
+                for entry in report.entries { print("  \(entry)") }
+                return report.entries.contains { $0.finding == .workerSkippedCommand || $0.finding == .coordinatorSkippedResult }
+            }
+            if skipped { throw ExitCode(1) }
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -103,15 +103,17 @@ struct LifecycleTests {
         #expect(sim.alerts.last?.message.hasSuffix("compensated: hold, reserve") == true, "\(sim.alerts)")
     }
 
-    @Test func aStartDigestIgnoresKeyOrderButNotTheWorkflowVersionOrInput() {
-        let a = StartDigest.of(workflowID: "w", version: nil, input: ["x": 1, "y": ["a", "b"]])
-        #expect(a == StartDigest.of(workflowID: "w", version: nil, input: .object(["y": ["a", "b"], "x": 1])))
-        #expect(a != StartDigest.of(workflowID: "w", version: 1, input: ["x": 1, "y": ["a", "b"]]))
-        #expect(a != StartDigest.of(workflowID: "v", version: nil, input: ["x": 1, "y": ["a", "b"]]))
-        #expect(a != StartDigest.of(workflowID: "w", version: nil, input: ["x": 2, "y": ["a", "b"]]))
-        let state = Saga.start(try! workflow("workflow_id: w\nsteps: [{ id: a, type: t }]"), instanceID: "i", input: [:], now: 0, request: "r1", digest: a).state
-        #expect(state.startRequest == "r1" && state.startDigest == a)
-        #expect(try! StateCodec.decode(StateCodec.encode(state)) == state)
+    @Test func aSecondStartIsTheSameStartOnlyWithTheSameWorkflowInputAndVersion() throws {
+        let w = try workflow("workflow_id: w\nversion: 2\nsteps: [{ id: a, type: t }]")
+        let state = Saga.start(w, instanceID: "i", input: ["x": 1, "y": ["a", "b"]], now: 0, request: "r1").state
+        #expect(state.startRequest == "r1")
+        #expect(try StateCodec.decode(StateCodec.encode(state)) == state)
+        #expect(state.isSameStart(workflowID: "w", version: nil, input: .object(["y": ["a", "b"], "x": 1])))
+        #expect(state.isSameStart(workflowID: "w", version: 2, input: ["x": 1, "y": ["a", "b"]]))
+        #expect(!state.isSameStart(workflowID: "w", version: 1, input: ["x": 1, "y": ["a", "b"]]))
+        #expect(!state.isSameStart(workflowID: "v", version: nil, input: ["x": 1, "y": ["a", "b"]]))
+        #expect(!state.isSameStart(workflowID: "w", version: nil, input: ["x": 2, "y": ["a", "b"]]))
+        #expect(!state.isSameStart(workflowID: "w", version: nil, input: ["x": 1, "y": ["b", "a"]]))
     }
 
     @Test func outputsLeaveTheSnapshotAndComeBackOnRestore() throws {
