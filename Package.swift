@@ -78,6 +78,7 @@ let package = Package(
             name: "BatonWorker",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonWire", "BatonRuntime",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

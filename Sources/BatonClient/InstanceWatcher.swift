@@ -16,8 +16,10 @@ public final class InstanceWatcher: Sendable {
         var outputs: [String: [String: OutputRecord]] = [:]
         /// In light mode, only statuses are kept.
         var statuses: [String: InstanceStatus] = [:]
-        /// When each instance was first seen finished, in this process's clock (milliseconds since the epoch).
+        /// When each instance was first seen finished (or suspended), in this process's clock (milliseconds since the epoch).
         var finishedSeenAt: [String: Int64] = [:]
+        /// When each instance was first seen waiting for a person.
+        var waitingSeenAt: [String: Int64] = [:]
     }
     let seen = Mutex(Seen())
     let consumer: KafkaConsumer
@@ -84,6 +86,7 @@ public final class InstanceWatcher: Sendable {
                     if status.isFinished || status == .suspended, s.finishedSeenAt[id] == nil {
                         s.finishedSeenAt[id] = now
                     }
+                    if status == .waiting, s.waitingSeenAt[id] == nil { s.waitingSeenAt[id] = now }
                 }
                 for id in changed {
                     guard var state = s.snapshots[id] else { continue }
@@ -102,6 +105,7 @@ public final class InstanceWatcher: Sendable {
     public func state(_ id: String) -> InstanceState? { seen.withLock { $0.states[id] } }
     public func status(_ id: String) -> InstanceStatus? { seen.withLock { $0.statuses[id] } }
     public func finishedSeenAt(_ id: String) -> Int64? { seen.withLock { $0.finishedSeenAt[id] } }
+    public func waitingSeenAt(_ id: String) -> Int64? { seen.withLock { $0.waitingSeenAt[id] } }
     public var all: [InstanceState] { seen.withLock { Array($0.states.values) } }
 
     /// Waits until every one of `ids` has one of `statuses`; false when `timeout` passed first.

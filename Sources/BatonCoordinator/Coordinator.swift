@@ -31,6 +31,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var alertAfterFailures = 5
     /// Events waiting for a partition's transaction beyond this pause its fetching until it catches up.
     public var maxBacklog = 20_000
+    /// Whether to read an events partition again when its offsets jump (see `GapRereads`).
+    public var gapRereads = GapRereads.auto
     /// Overrides the clock (milliseconds since the epoch); for tests that move time.
     public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
     /// Names this coordinator in the records it writes.
@@ -53,6 +55,8 @@ struct CoordinatorContext: Sendable {
     let sideProducer: ResilientProducer
     let writeGate: WriteGate
     let logger: Logger
+    /// Whether runners read an events partition again when its offsets jump (the broker is Tansu, or asked).
+    let gapRereads: Bool
 
     var settings: SagaSettings { SagaSettings(retention: configuration.retention) }
 
@@ -136,9 +140,10 @@ public final class Coordinator: Service, Sendable {
         let context = CoordinatorContext(
             configuration: configuration, registry: registry,
             commandTopics: CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger),
-            consumer: consumer, sideProducer: sideProducer, writeGate: WriteGate(), logger: logger)
+            consumer: consumer, sideProducer: sideProducer, writeGate: WriteGate(), logger: logger,
+            gapRereads: configuration.gapRereads.enabled(clusterID: try await admin.metadata().clusterID))
         try consumer.subscribe([names.events])
-        logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)"])
+        logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)", "gap_rereads": "\(context.gapRereads)"])
 
         let result: Result<Void, any Error>
         do {

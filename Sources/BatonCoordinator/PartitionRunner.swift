@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonWire
 import DequeModule
 import Foundation
@@ -136,8 +137,7 @@ final class PartitionRunner: Sendable {
         }
         if let predecessor { await predecessor.finished() }
         guard var owned = await take() else { return }
-        var expected = owned.nextOffset
-        var knownGap: (from: Int64, to: Int64)?
+        var gaps = fresh(owned)
         var timerFailures = 0
         var timersBlockedUntil = ContinuousClock.now
         while !isStopping {
@@ -150,7 +150,7 @@ final class PartitionRunner: Sendable {
                     if failed > 0 { timersBlockedUntil = .now + backoff(timerFailures) }
                 }
             }
-            let batch = takeBatch(expected: &expected, knownGap: &knownGap)
+            let batch = takeBatch(&gaps)
             if batch.isEmpty {
                 let dueIn = owned.nextDue.map { Duration.milliseconds(max(0, $0 - configuration.clock())) } ?? configuration.idleWait
                 await waitForWork(atMost: min(dueIn, configuration.idleWait))
@@ -160,8 +160,7 @@ final class PartitionRunner: Sendable {
             case .done: break
             case .stopped: break
             case .retaken:
-                expected = owned.nextOffset
-                knownGap = nil
+                gaps = fresh(owned)
             }
         }
         await owned.release()
@@ -245,41 +244,37 @@ final class PartitionRunner: Sendable {
         return min(base, configuration.maxBackoff)
     }
 
-    /// Up to `maxBatch` events in offset order. An event below `expected` was processed already (read again after
-    /// a seek) and is dropped. An event past it leaves a gap: the first time, the runner reads again from
-    /// `expected`, in case the broker showed later records before earlier ones; a gap that is still there then
-    /// holds records a read_committed consumer never sees (transaction markers, aborted records).
-    func takeBatch(expected: inout Int64?, knownGap: inout (from: Int64, to: Int64)?) -> [KafkaMessage] {
+    /// A gap guard that expects the partition's next offset to process.
+    func fresh(_ owned: OwnedPartition) -> GapGuard {
+        var gaps = GapGuard(enabled: context.gapRereads)
+        gaps.expect(owned.nextOffset, on: TopicPartition(configuration.names.events, partition))
+        return gaps
+    }
+
+    /// Up to `maxBatch` events in offset order. An event processed already (read again after a seek) is
+    /// dropped; at a gap not seen before (see `GapGuard`), the batch ends and the partition is read again from
+    /// the gap's first offset.
+    func takeBatch(_ gaps: inout GapGuard) -> [KafkaMessage] {
         inbox.withLock { i -> [KafkaMessage] in
             if case .requested = i.reset { return [] }
             var batch: [KafkaMessage] = []
             while batch.count < configuration.maxBatch, let m = i.messages.first {
-                if let next = expected {
-                    if m.offset < next {
-                        i.messages.removeFirst()
-                        continue
-                    }
-                    if m.offset > next {
-                        if let gap = knownGap, gap.from == next, gap.to == m.offset {
-                            logger.debug("offsets \(next)..<\(m.offset) hold no readable record", metadata: ["partition": "\(partition)"])
-                        } else if batch.isEmpty {
-                            knownGap = (next, m.offset)
-                            logger.info("offset gap on the events topic; reading again", metadata: ["partition": "\(partition)", "expected": "\(next)", "got": "\(m.offset)"])
-                            i.reset = .requested(next)
-                            i.messages.removeAll()
-                            return []
-                        } else {
-                            break  // the gap is looked at once the events before it are written
-                        }
-                    } else if let gap = knownGap, gap.from == next, m.offset == next {
-                        logger.warning(
-                            "the broker showed later records before earlier ones; read again, they are there now",
-                            metadata: ["partition": "\(partition)", "offsets": "\(gap.from)..<\(gap.to)"])
-                        knownGap = nil
-                    }
+                switch gaps.check(m) {
+                case .take:
+                    batch.append(i.messages.removeFirst())
+                case .drop:
+                    i.messages.removeFirst()
+                case .filledGap(let from, let to):
+                    logger.warning(
+                        "the broker showed later records before earlier ones; read again, they are there now",
+                        metadata: ["partition": "\(partition)", "offsets": "\(from)..<\(to)"])
+                    batch.append(i.messages.removeFirst())
+                case .reread(let from):
+                    logger.info("offset gap on the events topic; reading again", metadata: ["partition": "\(partition)", "expected": "\(from)", "got": "\(m.offset)"])
+                    i.reset = .requested(from)
+                    i.messages.removeAll()
+                    return batch
                 }
-                batch.append(i.messages.removeFirst())
-                expected = m.offset + 1
             }
             return batch
         }

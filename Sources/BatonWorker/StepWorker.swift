@@ -2,6 +2,7 @@ import BatonCore
 import BatonKafka
 import BatonRuntime
 import BatonWire
+import DequeModule
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -60,6 +61,8 @@ public struct WorkerConfiguration: Sendable {
     public var deadlineMargin: Duration = .seconds(1)
     /// Partitions of the command topic, if the worker has to create it.
     public var commandTopicPartitions = CommandTopics.defaultPartitions
+    /// Whether to read a command partition again when its offsets jump (see `GapRereads`).
+    public var gapRereads = GapRereads.auto
 
     public init(client: KafkaClientConfiguration, names: TopicNames, pool: String) {
         self.client = client
@@ -102,12 +105,13 @@ public final class StepWorker: Service, Sendable {
         producerConfiguration.linger = .milliseconds(5)
         let sender = try ResilientProducer(configuration: producerConfiguration, logger: logger)
         try consumer.subscribe([topic])
-        logger.info("worker started", metadata: ["pool": "\(configuration.pool)", "topic": "\(topic)"])
+        let rereads = configuration.gapRereads.enabled(clusterID: try await admin.metadata().clusterID)
+        logger.info("worker started", metadata: ["pool": "\(configuration.pool)", "topic": "\(topic)", "gap_rereads": "\(rereads)"])
 
         let result: Result<Void, any Error>
         do {
             try await withGracefulShutdownHandler {
-                try await self.loop(consumer: consumer, sender: sender)
+                try await self.loop(consumer: consumer, sender: sender, gaps: GapGuard(enabled: rereads))
             } onGracefulShutdown: {
                 self.stopping.store(true, ordering: .releasing)
             }
@@ -128,18 +132,42 @@ public final class StepWorker: Service, Sendable {
     /// Asks the worker to stop as on a graceful shutdown.
     public func stop() { stopping.store(true, ordering: .releasing) }
 
-    func loop(consumer: KafkaConsumer, sender: ResilientProducer) async throws {
+    func loop(consumer: KafkaConsumer, sender: ResilientProducer, gaps initialGaps: GapGuard) async throws {
+        var gaps = initialGaps
         let tracker = OffsetTracker()
         let limiter = Limiter(configuration.concurrency)
         let delivery = DeliveryHealth()
+        let waiting = CommandQueue()
+        // Commands polled beyond the free slots wait here; past this many, fetching pauses until half are taken.
+        // (Pausing drops what librdkafka fetched ahead, and resuming costs a fetch: not for every free slot.)
+        let bufferLimit = max(64, 2 * configuration.concurrency)
         var lastCommit = ContinuousClock.now
         var assigned = Set<TopicPartition>()
         var paused = Set<TopicPartition>()
         var commitFailures = 0
         try await withThrowingDiscardingTaskGroup { group in
+            /// Starts waiting commands while there are free slots; each task takes the next waiting command when it
+            /// is done with one, so that a freed slot is used at once.
+            func startWaiting() {
+                while limiter.free > 0, let first = waiting.take(tracker) {
+                    limiter.take()
+                    group.addTask {
+                        var next: KafkaMessage? = first
+                        while let message = next {
+                            // A command handed back (cancelled at the end of the grace period) stays uncommitted,
+                            // so that the next owner of its partition runs it.
+                            if await self.handle(message, sender: sender, delivery: delivery) { tracker.finished(message) }
+                            next = Task.isCancelled || self.stopping.load(ordering: .acquiring) ? nil : waiting.take(tracker)
+                        }
+                        limiter.give()
+                    }
+                }
+            }
             while !stopping.load(ordering: .acquiring) && !Task.isCancelled {
-                // Full, or results are not getting through: keep polling, fetch nothing.
-                let hold = limiter.free <= 0 || delivery.failing > 0
+                // Many commands waiting, or results are not getting through: keep polling (so that the group
+                // keeps this member, however long its steps run), fetch nothing more.
+                let backlog = waiting.count
+                let hold = delivery.failing > 0 || backlog >= bufferLimit || (!paused.isEmpty && backlog > bufferLimit / 2)
                 do {
                     if hold {
                         let more = assigned.subtracting(paused)
@@ -155,22 +183,40 @@ public final class StepWorker: Service, Sendable {
                     logger.warning("could not pause or resume the command partitions: \(error)")
                 }
                 // A fatal consumer error ends the loop (and `run`, with it): the process should be replaced.
-                let events = try await consumer.poll(maxEvents: max(1, limiter.free), timeout: .milliseconds(100))
+                let events = try await consumer.poll(maxEvents: max(1, bufferLimit - backlog), timeout: .milliseconds(100))
+                var readingAgain = Set<TopicPartition>()
                 for event in events {
                     switch event {
                     case .message(let message):
-                        tracker.started(message)
-                        limiter.take()
-                        group.addTask {
-                            // A command handed back (cancelled at the end of the grace period) stays uncommitted,
-                            // so that the next owner of its partition runs it.
-                            if await self.handle(message, sender: sender, delivery: delivery) { tracker.finished(message) }
-                            limiter.give()
+                        if readingAgain.contains(message.topicPartition) { continue }  // comes again after the seek
+                        switch gaps.check(message) {
+                        case .take:
+                            waiting.append(message)
+                        case .drop:
+                            break
+                        case .filledGap(let from, let to):
+                            logger.warning(
+                                "the broker showed later commands before earlier ones; read again, they are there now",
+                                metadata: ["partition": "\(message.topicPartition)", "offsets": "\(from)..<\(to)"])
+                            waiting.append(message)
+                        case .reread(let from):
+                            do {
+                                try await consumer.seek([TopicPartitionOffset(message.topicPartition, offset: from)])
+                                readingAgain.insert(message.topicPartition)
+                            } catch {
+                                logger.warning("could not read \(message.topicPartition) again from \(from); going on: \(error)")
+                                gaps.forget([message.topicPartition])
+                                _ = gaps.check(message)
+                                waiting.append(message)
+                            }
                         }
                     case .assigned(let partitions):
                         assigned.formUnion(partitions)
                     case .revoked(let partitions, _):
-                        // Commit what is done for them while we still may; the rest is redelivered to the new owner.
+                        // Commands not started yet go back with their partitions; commit what is done for them while
+                        // we still may; the rest is redelivered to the new owner.
+                        waiting.drop(Set(partitions))
+                        gaps.forget(Set(partitions))
                         let done = tracker.committable(of: Set(partitions))
                         do { try await consumer.commit(done) } catch {
                             logger.info("could not commit the finished commands of revoked partitions (they are redelivered): \(error)")
@@ -184,6 +230,7 @@ public final class StepWorker: Service, Sendable {
                         break
                     }
                 }
+                startWaiting()
                 if ContinuousClock.now - lastCommit > .milliseconds(50) {
                     if await commit(tracker, consumer) {
                         commitFailures = 0
@@ -194,7 +241,8 @@ public final class StepWorker: Service, Sendable {
                     lastCommit = .now
                 }
             }
-            // Graceful stop: in-flight commands get the grace period; the group waits for them.
+            // Graceful stop: commands not started are handed back; in-flight ones get the grace period.
+            waiting.drop(nil)
             let grace = configuration.shutdownGrace
             group.addTask {
                 // Cancelled when the commands finish first.
@@ -300,6 +348,32 @@ public final class StepWorker: Service, Sendable {
             }
         }
         return false
+    }
+}
+
+/// Commands polled and not started yet, in the order they came (so each partition's are started in offset
+/// order, and a command is only committed once everything before it on its partition is done).
+final class CommandQueue: Sendable {
+    private let queue = Mutex(Deque<KafkaMessage>())
+
+    var count: Int { queue.withLock { $0.count } }
+
+    func append(_ message: KafkaMessage) { queue.withLock { $0.append(message) } }
+
+    /// The next command, marked started for the offset tracker.
+    func take(_ tracker: OffsetTracker) -> KafkaMessage? {
+        queue.withLock { q in
+            guard let m = q.popFirst() else { return nil }
+            tracker.started(m)
+            return m
+        }
+    }
+
+    /// Drops the waiting commands of these partitions (nil: all): they are redelivered to whoever owns them next.
+    func drop(_ partitions: Set<TopicPartition>?) {
+        queue.withLock { q in
+            if let partitions { q.removeAll { partitions.contains($0.topicPartition) } } else { q.removeAll() }
+        }
     }
 }
 

@@ -21,10 +21,13 @@ struct Bench: AsyncParsableCommand {
         case order
         /// A fan-out/fan-in DAG: one step, four in parallel, one after them.
         case fanout
+        /// One human task: instances wait for a person. For memory per held instance and rebuild speed.
+        case hold
     }
 
     @OptionGroup var connection: ConnectionOptions
-    @Option(help: "order (5 steps in a chain) or fanout (1, then 4 in parallel, then 1).") var workflow: Shape = .order
+    @Option(help: "order (5 steps in a chain), fanout (1, then 4 in parallel, then 1), or hold (instances wait for a person: measures memory per instance and the rebuild).")
+    var workflow: Shape = .order
     @Option(help: "Instances to run.") var instances = 5000
     @Option(help: "Instances offered per second; 0 sends them as fast as possible.") var rate = 0
     @Option(help: "Coordinator processes.") var coordinators = 1
@@ -36,6 +39,7 @@ struct Bench: AsyncParsableCommand {
     static let definitions: [Shape: String] = [
         .order: #"{"workflow_id":"bench_order","steps":[{"id":"validate","type":"service_call","depends_on":[]},{"id":"reserve","type":"service_call","depends_on":["validate"]},{"id":"charge","type":"service_call","depends_on":["reserve"]},{"id":"ship","type":"service_call","depends_on":["charge"]},{"id":"notify","type":"notification","depends_on":["ship"]}]}"#,
         .fanout: #"{"workflow_id":"bench_fanout","steps":[{"id":"split","type":"service_call"},{"id":"a","type":"service_call","depends_on":["split"]},{"id":"b","type":"service_call","depends_on":["split"]},{"id":"c","type":"service_call","depends_on":["split"]},{"id":"d","type":"service_call","depends_on":["split"]},{"id":"join","type":"notification","depends_on":["a","b","c","d"]}]}"#,
+        .hold: #"{"workflow_id":"bench_hold","steps":[{"id":"approve","type":"human_task","assignee":"role:bench","timeout":"48h"}]}"#,
     ]
 
     func run() async throws {
@@ -54,17 +58,21 @@ struct Bench: AsyncParsableCommand {
 
         let children = ChildProcesses()
         let common = ["--namespace", namespace] + connection.childArguments
-        for i in 0..<coordinators { try children.spawn("coordinator-\(i)", ["coordinator"] + common) }
+        var coordinatorProcesses: [Process] = []
+        for i in 0..<coordinators { coordinatorProcesses.append(try children.spawn("coordinator-\(i)", ["coordinator"] + common)) }
         try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
         print("namespace \(namespace); \(coordinators) coordinator(s) and the example workers running (logs in \(children.logDirectory.path))")
 
         // Warm up until the whole pipeline answers: groups joined, partitions taken.
+        let holding = self.workflow == .hold
+        let reached: Set<InstanceStatus> = holding ? [.waiting] : [.completed, .failed]
         let warm = (0..<20).map { "warmup-\($0)" }
         for id in warm { try await client.start(workflowID: workflow.id, input: [:], instanceID: id, partitions: partitions) }
-        guard await watcher.wait(for: Set(warm), toBe: [.completed], timeout: .seconds(120)) else {
+        guard await watcher.wait(for: Set(warm), toBe: holding ? [.waiting] : [.completed], timeout: .seconds(120)) else {
             children.stopAll()
             throw CLIFailure("the warm-up instances did not complete within 120 s; see the logs in \(children.logDirectory.path)")
         }
+        let residentBefore = coordinatorProcesses.compactMap(ChildProcesses.residentBytes).reduce(0, +)
 
         print("offering \(instances) instances of \(workflow.id) (\(steps) steps) \(rate > 0 ? "at \(rate)/s" : "as fast as possible")")
         var sentAt: [String: Int64] = [:]
@@ -83,15 +91,18 @@ struct Bench: AsyncParsableCommand {
         }
         try await client.flush()
         let offeredFor = clock.now - began
-        let done = await watcher.wait(for: Set(sentAt.keys), toBe: [.completed, .failed], timeout: .seconds(deadline))
-        let stragglers = Set(sentAt.keys.filter { watcher.finishedSeenAt($0) == nil })
-        let report = audit ? try await OffsetAudit.run(client: client, instanceIDs: stragglers, logger: logger) : nil
+        let done = await watcher.wait(for: Set(sentAt.keys), toBe: reached, timeout: .seconds(deadline))
+        func reachedAt(_ id: String) -> Int64? { holding ? watcher.waitingSeenAt(id) : watcher.finishedSeenAt(id) }
+        let stragglers = Set(sentAt.keys.filter { reachedAt($0) == nil })
+        let held = holding ? try await measureHeld(sentAt.count + warm.count, coordinators: coordinatorProcesses, residentBefore: residentBefore, children: children, common: common) : nil
         children.stopAll()
+        // Audited once nothing moves any more: what a group committed then is final.
+        let report = audit ? try await OffsetAudit.run(client: client, instanceIDs: stragglers, logger: logger) : nil
         await watcher.close()
         await client.close()
 
-        let finished = sentAt.keys.compactMap { id in watcher.finishedSeenAt(id).map { (id, $0) } }
-        let unfinished = sentAt.keys.filter { watcher.finishedSeenAt($0) == nil }.sorted()
+        let finished = sentAt.keys.compactMap { id in reachedAt(id).map { (id, $0) } }
+        let unfinished = sentAt.keys.filter { reachedAt($0) == nil }.sorted()
         for id in unfinished.prefix(10) {
             print("not finished: \(id) (last seen: \(watcher.status(id)?.rawValue ?? "never"))")
         }
@@ -103,7 +114,8 @@ struct Bench: AsyncParsableCommand {
         print(String(format: "offered %d in %.2f s (%.0f/s); %d of them finished%@", instances, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18,
                      Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
         print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
-        print(String(format: "latency start-to-finish: p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
+        print(String(format: "latency start-to-\(holding ? "waiting" : "finish"): p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
+        if let held { print(held) }
         if let report {
             let reread = children.logLines(containing: "the broker showed later records before earlier ones").count
             print("audit: \(reread) out-of-order read(s) seen (and read again) by the coordinators")
@@ -115,6 +127,40 @@ struct Bench: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
+    }
+}
+
+extension Bench {
+    /// With `count` instances held: the coordinators' resident memory per instance, then a new coordinator's
+    /// rebuild of them (time, records and instances per second, from its "took partition" lines) and its memory.
+    func measureHeld(_ count: Int, coordinators: [Process], residentBefore: Int, children: ChildProcesses, common: [String]) async throws -> String {
+        let residentAfter = coordinators.compactMap(ChildProcesses.residentBytes).reduce(0, +)
+        var lines = [String(format: "memory: %.0f MB resident with %d instances held, %.0f MB before: %.0f bytes per held instance",
+                            Double(residentAfter) / 1e6, count, Double(residentBefore) / 1e6, Double(residentAfter - residentBefore) / Double(max(1, count)))]
+        for process in coordinators { children.stop(process) }
+        let clock = ContinuousClock()
+        let started = clock.now
+        let fresh = try children.spawn("coordinator-rebuild", ["coordinator"] + common)
+        var took: [(ms: Int, instances: Int, records: Int)] = []
+        while took.count < partitions, clock.now - started < .seconds(3600) {
+            try await Task.sleep(for: .milliseconds(200))  // polling a child's log file: no event to wait on
+            took = children.log("coordinator-rebuild").split(separator: "\n").filter { $0.contains("took partition") }.compactMap { line in
+                func field(_ name: String) -> Int? { line.split(separator: " ").first { $0.hasPrefix("\(name)=") }.flatMap { Int($0.dropFirst(name.count + 1)) } }
+                guard let ms = field("ms"), let instances = field("instances"), let records = field("records") else { return nil }
+                return (ms, instances, records)
+            }
+        }
+        let wall = clock.now - started
+        let slowest = took.map(\.ms).max() ?? 0
+        let instances = took.map(\.instances).reduce(0, +)
+        let records = took.map(\.records).reduce(0, +)
+        lines.append(String(format: "rebuild: %d instances from %d records in %.2f s (slowest of %d partitions; %.0f instances/s, %.0f records/s); process up and rebuilt in %.2f s",
+                            instances, records, Double(slowest) / 1000, took.count, Double(instances) / max(0.001, Double(slowest) / 1000),
+                            Double(records) / max(0.001, Double(slowest) / 1000), Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18))
+        if let rebuilt = ChildProcesses.residentBytes(fresh) {
+            lines.append(String(format: "memory after the rebuild: %.0f MB resident, %.0f bytes per held instance (all in)", Double(rebuilt) / 1e6, Double(rebuilt) / Double(max(1, instances))))
+        }
+        return lines.joined(separator: "\n")
     }
 }
 

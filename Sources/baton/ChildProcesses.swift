@@ -15,7 +15,8 @@ final class ChildProcesses: @unchecked Sendable {
     }
 
     /// Starts `baton <arguments>`, its output going to `<name>.log` in the log directory.
-    func spawn(_ name: String, _ arguments: [String]) throws {
+    @discardableResult
+    func spawn(_ name: String, _ arguments: [String]) throws -> Process {
         let log = logDirectory.appendingPathComponent("\(name).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
@@ -26,6 +27,28 @@ final class ChildProcesses: @unchecked Sendable {
         process.standardError = handle
         try process.run()
         processes.append(process)
+        return process
+    }
+
+    /// SIGTERM to one (graceful shutdown), then wait for it.
+    func stop(_ process: Process) {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        processes.removeAll { $0 === process }
+    }
+
+    /// The log of a child, as written so far.
+    func log(_ name: String) -> String {
+        (try? String(contentsOf: logDirectory.appendingPathComponent("\(name).log"), encoding: .utf8)) ?? ""
+    }
+
+    /// A process's resident memory in bytes (Linux: VmRSS in /proc/<pid>/status).
+    static func residentBytes(_ process: Process) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kb = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        else { return nil }
+        return kb * 1024
     }
 
     /// The lines of every child's log that contain `text`.
