@@ -27,8 +27,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var progressInterval: Duration = .seconds(5)
     /// A partition whose transactions keep failing backs off up to this long between tries...
     public var maxBackoff: Duration = .seconds(10)
-    /// ...and alerts the on-call after this many failures in a row.
+    /// ...and alerts the on-call after this many failures in a row, or once it has been failing this long.
     public var alertAfterFailures = 5
+    public var alertAfter: Duration = .seconds(30)
     /// Events waiting for a partition's transaction beyond this pause its fetching until it catches up.
     public var maxBacklog = 20_000
     /// Whether to read an events partition again when its offsets jump (see `GapRereads`).
@@ -61,16 +62,20 @@ struct CoordinatorContext: Sendable {
     var settings: SagaSettings { SagaSettings(retention: configuration.retention) }
 
     /// Tells the on-call about the engine itself (a partition that cannot commit); logged when even that fails.
-    func engineAlert(partition: Int32, severity: Alert.Severity, _ message: String) async {
-        logger.error("alert: \(message)", metadata: ["partition": "\(partition)"])
+    /// Whether the alert was delivered.
+    @discardableResult
+    func engineAlert(partition: Int32, severity: Alert.Severity, _ message: String) async -> Bool {
+        logger.log(level: severity == .warning ? .warning : .error, "alert: \(message)", metadata: ["partition": "\(partition)"])
         let names = configuration.names
         let record = AlertRecord(
             alert: AlertMessage(severity: severity, instanceID: nil, workflowID: nil, step: nil, message: message, partition: partition), at: configuration.clock())
         do {
             try await sideProducer.send(
                 ProducerRecord(topic: names.alerts, key: Data("coordinator/\(partition)".utf8), value: Wire.encode(record), headers: Wire.headers(.alert)))
+            return true
         } catch {
-            logger.error("could not send the alert either: \(error)", metadata: ["partition": "\(partition)"])
+            logger.error("could not send the alert either (it is tried again): \(error)", metadata: ["partition": "\(partition)"])
+            return false
         }
     }
 }

@@ -168,17 +168,14 @@ final class PartitionRunner: Sendable {
 
     /// Takes the partition, trying again with a backoff (and alerting) until it works or the runner is stopped.
     func take() async -> OwnedPartition? {
-        var failures = 0
+        var failing = FailureEpisode()
         while !isStopping {
             do {
-                return try await OwnedPartition.take(partition, context: context)
+                let owned = try await OwnedPartition.take(partition, context: context)
+                await failing.ended(self, "takes events partition \(partition) again")
+                return owned
             } catch {
-                failures += 1
-                logger.error("could not take partition \(partition) (try \(failures)): \(error)")
-                if failures == configuration.alertAfterFailures {
-                    await context.engineAlert(partition: partition, severity: .critical, "coordinator \(configuration.identity) cannot take events partition \(partition): \(error)")
-                }
-                await waitForWork(atMost: backoff(failures), wakeOnMessages: false)
+                if await failing.failed(self, "cannot take events partition \(partition)", error) { return nil }
             }
         }
         return nil
@@ -189,20 +186,17 @@ final class PartitionRunner: Sendable {
     /// Applies a batch until it is written. What a failure means decides what comes next (see the type's doc).
     func process(_ batch: [KafkaMessage], owned: inout OwnedPartition) async -> Outcome {
         var refused: [RecordOrigin: String] = [:]
-        var failures = 0
+        var failing = FailureEpisode()
         while true {
             do {
                 try await owned.process(batch, now: configuration.clock(), refused: refused)
-                if failures >= configuration.alertAfterFailures {
-                    logger.notice("partition \(partition) commits again after \(failures) failed transactions")
-                }
+                await failing.ended(self, "commits events partition \(partition) again")
                 return .done
             } catch let error as RecordsRefused {
                 let new = error.refused.filter { refused[$0.key] == nil }
                 guard !new.isEmpty else {
-                    failures += 1
                     logger.error("the broker refused the same records again: \(error)", metadata: ["partition": "\(partition)"])
-                    if await backOff(failures, error) { return .stopped }
+                    if await failing.failed(self, "cannot commit events partition \(partition)", error) { return .stopped }
                     continue
                 }
                 refused.merge(new) { a, _ in a }
@@ -219,24 +213,9 @@ final class PartitionRunner: Sendable {
                     requestReset(to: fresh.nextOffset ?? TopicPartitionOffset.beginning)
                     return .retaken
                 }
-                failures += 1
-                if await backOff(failures, error) { return .stopped }
+                if await failing.failed(self, "cannot commit events partition \(partition)", error) { return .stopped }
             }
         }
-    }
-
-    /// Waits before the next try, longer each time; alerts once failures go on. True when stopped meanwhile.
-    func backOff(_ failures: Int, _ error: any Error) async -> Bool {
-        let delay = backoff(failures)
-        logger.warning(
-            "transaction failed; trying the batch again", metadata: ["partition": "\(partition)", "try": "\(failures)", "in_ms": "\(delay.inMilliseconds)", "error": "\(error)"])
-        if failures == configuration.alertAfterFailures {
-            await context.engineAlert(
-                partition: partition, severity: .critical,
-                "coordinator \(configuration.identity) cannot commit events partition \(partition): \(failures) transactions failed in a row; the last: \(error)")
-        }
-        await waitForWork(atMost: delay, wakeOnMessages: false)
-        return isStopping
     }
 
     func backoff(_ failures: Int) -> Duration {
@@ -319,6 +298,45 @@ final class PartitionRunner: Sendable {
             i.signaled = true
             return i.takeWaiter()
         }?.resume()
+    }
+}
+
+/// Failures in a row of one thing a runner must do (take its partition, commit a batch): each is followed by
+/// a wait that grows, and once they go on (`alertAfterFailures` tries, or `alertAfter`), the on-call gets a
+/// critical alert, sent again until it is delivered; a notice follows when it works again.
+struct FailureEpisode {
+    var failures = 0
+    var since: ContinuousClock.Instant?
+    var alerted = false
+
+    /// Records a failure, alerts when due, and waits before the next try. True when the runner was stopped meanwhile.
+    mutating func failed(_ runner: PartitionRunner, _ what: String, _ error: any Error) async -> Bool {
+        let configuration = runner.configuration
+        failures += 1
+        let since = self.since ?? .now
+        self.since = since
+        let delay = runner.backoff(failures)
+        runner.logger.warning(
+            "\(what); trying again", metadata: ["partition": "\(runner.partition)", "try": "\(failures)", "in_ms": "\(delay.inMilliseconds)", "error": "\(error)"])
+        if !alerted, failures >= configuration.alertAfterFailures || ContinuousClock.now - since >= configuration.alertAfter {
+            alerted = await runner.context.engineAlert(
+                partition: runner.partition, severity: .critical,
+                "coordinator \(configuration.identity) \(what): \(failures) tries failed over \((ContinuousClock.now - since).inMilliseconds / 1000) s; the last: \(error)")
+        }
+        await runner.waitForWork(atMost: delay, wakeOnMessages: false)
+        return runner.isStopping
+    }
+
+    /// It worked: after an alert, the on-call hears that it is over.
+    mutating func ended(_ runner: PartitionRunner, _ what: String) async {
+        defer { self = FailureEpisode() }
+        guard failures > 0 else { return }
+        let took = since.map { (ContinuousClock.now - $0).inMilliseconds / 1000 } ?? 0
+        runner.logger.notice("coordinator \(what) after \(failures) failed tries over \(took) s", metadata: ["partition": "\(runner.partition)"])
+        if alerted {
+            await runner.context.engineAlert(
+                partition: runner.partition, severity: .warning, "coordinator \(runner.configuration.identity) \(what) after \(failures) failed tries over \(took) s")
+        }
     }
 }
 

@@ -255,6 +255,13 @@ struct DefinitionReader {
             workflowID: id, version: version, description: description, timeout: timeout, onFailure: policy, retention: retention, steps: steps)
     }
 
+    /// A step type or worker names a worker pool, whose command topic is `<namespace>.commands.<pool>`: it must be
+    /// a valid part of a Kafka topic name.
+    mutating func poolName(_ name: String?, at path: String) {
+        guard let name, !isIdentifier(name) || name.utf8.count > 180 else { return }
+        fail(path, "'\(name)' names a worker pool (and its command topic): use at most 180 letters, digits, '_', '-' and '.'")
+    }
+
     func isIdentifier(_ s: String) -> Bool {
         s.count <= 200 && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }
     }
@@ -267,6 +274,8 @@ struct DefinitionReader {
         }
         let type = string(o, "type", at: path, required: true)
         let worker = string(o, "worker", at: path)
+        poolName(type, at: join(path, "type"))
+        poolName(worker, at: join(path, "worker"))
         var dependsOn: [String] = []
         switch o["depends_on"] {
         case nil: break
@@ -290,7 +299,9 @@ struct DefinitionReader {
         var compensation: Compensation?
         if let c = o["compensation"], let co = object(c, at: join(path, "compensation"), fields: Self.compensationFields, what: "a compensation") {
             let cpath = join(path, "compensation")
+            poolName(co["worker"]?.stringValue, at: join(cpath, "worker"))
             if let ctype = string(co, "type", at: cpath, required: true) {
+                poolName(ctype, at: join(cpath, "type"))
                 compensation = Compensation(
                     type: ctype, worker: string(co, "worker", at: cpath), input: co["input"],
                     retry: co["retry"].flatMap { retryPolicy($0, at: join(cpath, "retry"), defaults: .compensationDefault) },

@@ -8,7 +8,8 @@ import BatonKafka
 /// and skip one a producer is still writing (docs/kafka-compatibility.md). Reading again from the first offset
 /// of a gap, once, finds such records; a gap still there then is a real one.
 public enum GapRereads: String, Sendable, CaseIterable {
-    /// On brokers known to expose later records first (Tansu), off elsewhere.
+    /// On brokers known to expose later records first (Tansu), off elsewhere. (A worker reads again only when
+    /// its command partitions have more than one writer: fewer of them than events partitions.)
     case auto
     case on
     case off

@@ -105,7 +105,10 @@ public final class StepWorker: Service, Sendable {
         producerConfiguration.linger = .milliseconds(5)
         let sender = try ResilientProducer(configuration: producerConfiguration, logger: logger)
         try consumer.subscribe([topic])
-        let rereads = configuration.gapRereads.enabled(clusterID: try await admin.metadata().clusterID)
+        // On Tansu, a command partition written by two coordinator partitions at once can show later commands first.
+        let metadata = try await admin.metadata()
+        let shared = (metadata.topics[topic]?.partitionCount ?? 0) < (metadata.topics[names.events]?.partitionCount ?? 0)
+        let rereads = configuration.gapRereads == .auto ? shared && GapRereads.auto.enabled(clusterID: metadata.clusterID) : configuration.gapRereads == .on
         logger.info("worker started", metadata: ["pool": "\(configuration.pool)", "topic": "\(topic)", "gap_rereads": "\(rereads)"])
 
         let result: Result<Void, any Error>

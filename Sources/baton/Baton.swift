@@ -39,6 +39,13 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .error
 
+    @Option(help: ArgumentHelp(
+        "Whether coordinators and workers read a partition again when its offsets jump: auto (on Tansu, which shows later records first), on, off (default: $BATON_GAP_REREADS, else auto).",
+        valueName: "mode"))
+    var gapRereads: GapRereads?
+
+    var resolvedGapRereads: GapRereads { gapRereads ?? environment["BATON_GAP_REREADS"].flatMap(GapRereads.init(rawValue:)) ?? .auto }
+
     var environment: [String: String] { ProcessInfo.processInfo.environment }
     var resolvedBrokers: KafkaBrokers { brokers.map(KafkaBrokers.init) ?? .fromEnvironment(environment) }
     var resolvedNamespace: String { namespace ?? environment["BATON_NAMESPACE"] ?? "baton" }
@@ -69,11 +76,13 @@ struct ConnectionOptions: ParsableArguments {
         var arguments = ["--brokers", resolvedBrokers.bootstrapServers, "--log-level", logLevel.rawValue, "--timeout", String(timeout)]
         if let path = resolvedKafkaConfig { arguments += ["--kafka-config", path] }
         if let wait = resolvedFetchWait { arguments += ["--fetch-wait", wait] }
+        arguments += ["--gap-rereads", resolvedGapRereads.rawValue]
         return arguments
     }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension GapRereads: ExpressibleByArgument {}
 
 private let loggingBootstrapped: Void = LoggingSystem.bootstrap(StreamLogHandler.standardError)
 func bootstrapLogging() { _ = loggingBootstrapped }

@@ -54,6 +54,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         var configuration = CoordinatorConfiguration(client: try connection.clientConfiguration, names: connection.names)
         configuration.retention = retention
         configuration.maxRecordBytes = maxRecordBytes
+        configuration.gapRereads = connection.resolvedGapRereads
         try await runServices([Coordinator(configuration: configuration, logger: logger)], logger: logger)
     }
 }
@@ -76,6 +77,7 @@ struct WorkersCommand: AsyncParsableCommand {
                 throw CLIFailure("no example worker for pool '\(name)'; known: \(ExampleWorkers.handlers.keys.sorted().joined(separator: ", "))")
             }
             var configuration = WorkerConfiguration(client: try connection.clientConfiguration, names: connection.names, pool: name)
+            configuration.gapRereads = connection.resolvedGapRereads
             configuration.concurrency = concurrency
             services.append(StepWorker(configuration: configuration, logger: logger, handler: handler))
         }

@@ -167,3 +167,17 @@ struct LifecycleTests {
         ])
     }
 }
+
+extension LifecycleTests {
+    @Test func stepTypesAndWorkersMustMakeValidTopicNames() {
+        let errors = definitionErrors("""
+            workflow_id: pools
+            steps:
+              - { id: a, type: "send mail" }
+              - { id: b, type: svc, worker: "payments/charge" }
+              - { id: c, type: svc, compensation: { type: "undo!" } }
+            """)
+        #expect(errors.map(\.path) == ["steps[0].type", "steps[1].worker", "steps[2].compensation.type"])
+        #expect(errors.first?.message.contains("names a worker pool (and its command topic)") == true)
+    }
+}

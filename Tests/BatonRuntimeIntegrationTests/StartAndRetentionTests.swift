@@ -3,6 +3,7 @@ import BatonCoordinator
 import BatonCore
 import BatonKafka
 import BatonTestSupport
+import BatonTopics
 import BatonWire
 import BatonWorker
 import Foundation
@@ -192,5 +193,68 @@ struct StartAndRetentionTests {
         }
         #expect(fresh.input == ["n": 2])
         await engine.shutdown()
+    }
+}
+
+@Suite("Production faults: a partition that cannot be taken", .serialized, .timeLimit(.minutes(3)))
+struct UntakeablePartitionTests {
+    /// A coordinator that cannot take its partitions (here: the outputs topic was never created) tries again
+    /// with a growing wait, not in a hot loop; the on-call gets a critical alert naming the partition and the
+    /// cause; once an operator creates the topic, the partitions are taken, the waiting start runs, and the
+    /// on-call hears that it is over.
+    @Test func aPartitionThatCannotBeTakenBacksOffAlertsAndRecoversWhenFixed() async throws {
+        let names = TopicNames(namespace: TestKafka.uniqueName("untaken"))
+        var specs = try TopicSpecLoader.load(directory: repositoryRoot.appendingPathComponent("topics"))
+        for i in specs.indices where specs[i].isKeyed { specs[i].partitions = 2 }
+        let outputs = try #require(specs.first { $0.name == "outputs" })
+        specs.removeAll { $0.name == "outputs" }
+        _ = try await TopicApplier(admin: try TestKafka.admin(), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger).apply(specs)
+        let client = try BatonClient(client: TestKafka.client, names: names, logger: TestKafka.logger)
+        _ = try await client.register(document: Data("workflow_id: w\nsteps: [{ id: a, type: svc }]".utf8))
+        var configuration = CoordinatorConfiguration(client: TestKafka.client, names: names)
+        configuration.sessionTimeout = .seconds(6)
+        configuration.maxPollInterval = .seconds(6)
+        configuration.alertAfterFailures = 3
+        configuration.maxBackoff = .milliseconds(400)
+        let coordinator = Coordinator(configuration: configuration, logger: TestKafka.logger)
+        let running = Task { try await coordinator.run() }
+        var worker = WorkerConfiguration(client: TestKafka.client, names: names, pool: "svc")
+        worker.sessionTimeout = .seconds(6)
+        worker.maxPollInterval = .seconds(6)
+        let svc = StepWorker(configuration: worker, logger: TestKafka.logger) { _ in ["ok": true] }
+        let serving = Task { try await svc.run() }
+        defer {
+            coordinator.stop()
+            svc.stop()
+            running.cancel()
+            serving.cancel()
+        }
+        func alerts() async throws -> [AlertMessage] {
+            var out: [AlertMessage] = []
+            try await client.readAll(names.alerts) { m in
+                if let value = m.value, let r = try? Wire.decode(AlertRecord.self, from: value) { out.append(r.alert) }
+            }
+            return out
+        }
+        try await waitUntil("a critical alert about a partition that cannot be taken", timeout: .seconds(60)) {
+            try await alerts().contains { a in
+                a.severity == .critical && a.instanceID == nil && a.partition != nil && a.message.contains("cannot take events partition")
+                    && a.message.contains("\(names.outputs) does not exist")
+            }
+        }
+        let id = try await client.start(workflowID: "w", input: [:], instanceID: "waits-for-the-fix")
+        // The operator's fix.
+        try await TestKafka.createTopic(names.outputs, partitions: 2, configs: outputs.configs)
+        try await waitUntil("the instance to complete once the partitions are taken", timeout: .seconds(60)) {
+            try await client.status(instanceID: id)?.status == .completed
+        }
+        try await waitUntil("the on-call to hear that it is over", timeout: .seconds(30)) {
+            try await alerts().contains { $0.severity == .warning && $0.message.contains("takes events partition") && $0.message.contains("again after") }
+        }
+        coordinator.stop()
+        svc.stop()
+        try await running.value
+        try await serving.value
+        await client.close()
     }
 }
