@@ -49,9 +49,12 @@ public struct WorkerConfiguration: Sendable {
     public var names: TopicNames
     /// The worker pool: a step's `worker`, else its `type`.
     public var pool: String
-    /// Commands handled at once. When all are busy the worker keeps polling (so that the group keeps it) but
-    /// fetches nothing more: its partitions are paused until a command finishes.
+    /// Commands handled at once. When all are busy the worker keeps polling (so that the group keeps it), and
+    /// the commands it receives wait for a free slot.
     public var concurrency = 32
+    /// Commands fetched ahead and waiting for a slot at most; past that, the worker's partitions are paused (it
+    /// keeps polling) until half of them are taken.
+    public var prefetch = 10_000
     public var sessionTimeout: Duration = .seconds(10)
     public var maxPollInterval: Duration = .seconds(30)
     /// On graceful shutdown, in-flight commands get this long to finish; the rest are handed back.
@@ -141,9 +144,10 @@ public final class StepWorker: Service, Sendable {
         let limiter = Limiter(configuration.concurrency)
         let delivery = DeliveryHealth()
         let waiting = CommandQueue()
-        // Commands polled beyond the free slots wait here; past this many, fetching pauses until half are taken.
-        // (Pausing drops what librdkafka fetched ahead, and resuming costs a fetch: not for every free slot.)
-        let bufferLimit = max(64, 2 * configuration.concurrency)
+        // Commands polled beyond the free slots wait here; past `prefetch` of them, fetching pauses until half are
+        // taken. Pausing is for backlogs, not bursts: librdkafka delivers nothing for about a second after a
+        // partition is resumed (measured: a burst of 5,000 orders ran at 450 workflows/s instead of 1,300).
+        let bufferLimit = max(configuration.prefetch, 2 * configuration.concurrency)
         var lastCommit = ContinuousClock.now
         var assigned = Set<TopicPartition>()
         var paused = Set<TopicPartition>()
