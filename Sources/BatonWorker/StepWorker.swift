@@ -87,6 +87,7 @@ public final class StepWorker: Service, Sendable {
     let handler: StepHandler
     let logger: Logger
     let stopping = Atomic<Bool>(false)
+    let recent = RecentCommands(capacity: 10_000)
 
     public init(configuration: WorkerConfiguration, logger: Logger, handler: @escaping StepHandler) {
         self.configuration = configuration
@@ -313,6 +314,17 @@ public final class StepWorker: Service, Sendable {
             logger.info("command past its deadline; not run", metadata: ["late_ms": "\(now - command.deadline)"])
             return true
         }
+        let key = "\(command.idempotencyKey)#\(command.attempt)"
+        switch recent.begin(key) {
+        case .answered(let record):
+            logger.info("command delivered again; answering with the result sent before, without running it again")
+            return await deliver(record, sender: sender, delivery: delivery)
+        case .running:
+            logger.info("command delivered again while it runs; the run under way answers it")
+            return true
+        case .new:
+            break
+        }
         logger.debug("handling command", metadata: ["age_ms": "\(message.timestamp.map { now - $0 } ?? -1)"])
         let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger)
         let result: ResultMessage
@@ -322,15 +334,16 @@ public final class StepWorker: Service, Sendable {
         } catch let failure as StepFailure {
             result = .failed(command, error: failure.message, retryable: failure.retryable)
         } catch is CancellationError {
+            recent.abandon(key)
             return false  // handed back: not committed, so redelivered
         } catch {
             result = .failed(command, error: "\(error)", retryable: true)
         }
-        return await deliver(
-            ProducerRecord(
-                topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
-                headers: Wire.headers(result.kind)),
-            sender: sender, delivery: delivery)
+        let record = ProducerRecord(
+            topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
+            headers: Wire.headers(result.kind))
+        recent.finish(key, record)
+        return await deliver(record, sender: sender, delivery: delivery)
     }
 
     /// Sends until the broker has it: a result must not be lost (the coordinator ignores duplicates). While it
@@ -517,4 +530,40 @@ final class Limiter: Sendable {
         }
         resume.forEach { $0.resume() }
     }
+}
+
+/// The commands this worker ran lately, by idempotency key and attempt, with the result it sent. A command
+/// that comes again (redelivered after a rebalance, or a copy from an aborted coordinator transaction that a
+/// broker such as Tansu shows) is answered with the same result instead of running the handler again. Bounded:
+/// the oldest are forgotten first, and a new process remembers nothing (the idempotency key is the guarantee).
+final class RecentCommands: Sendable {
+    enum Seen { case new, running, answered(ProducerRecord) }
+    struct State {
+        var running: Set<String> = []
+        var answered: [String: ProducerRecord] = [:]
+        var order: Deque<String> = []
+    }
+    let capacity: Int
+    let state = Mutex(State())
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func begin(_ key: String) -> Seen {
+        state.withLock { s in
+            if let record = s.answered[key] { return .answered(record) }
+            if s.running.contains(key) { return .running }
+            s.running.insert(key)
+            return .new
+        }
+    }
+
+    func finish(_ key: String, _ record: ProducerRecord) {
+        state.withLock { s in
+            s.running.remove(key)
+            if s.answered.updateValue(record, forKey: key) == nil { s.order.append(key) }
+            while s.order.count > capacity, let oldest = s.order.popFirst() { s.answered[oldest] = nil }
+        }
+    }
+
+    func abandon(_ key: String) { _ = state.withLock { $0.running.remove(key) } }
 }

@@ -63,7 +63,7 @@ extension OneAtATime {
             leaving.signal(SIGTERM)
             let status = await leaving.exitStatus()
             let took = clock.now - asked
-            #expect(took < .seconds(25), "a worker asked to stop during the outage took \(took)")
+            #expect(took < .seconds(25), "a worker asked to stop during the outage took \(took); its log ends:\n\(leaving.output.suffix(3000))")
             #expect(status == 0, "it exited with \(status); its log ends:\n\(leaving.output.suffix(2000))")
             try await Task.sleep(until: began + .seconds(55), clock: clock)
             broker.resume()
