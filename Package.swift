@@ -22,6 +22,13 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.5.0"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // librdkafka through pkg-config; `scripts/setup` installs a version >= 2.1.
@@ -89,6 +96,36 @@ let package = Package(
             dependencies: ["BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
+        // The read model: the engine's topics followed into indexed views, with a stream of changes.
+        .target(
+            name: "BatonReadModel",
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonWire", "BatonRuntime",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // `baton serve`: the HTTP API, authentication and roles, and the web console.
+        .target(
+            name: "BatonServer",
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonWire", "BatonRuntime", "BatonReadModel", "BatonClient",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            resources: [.embedInCode("Resources/openapi.yaml"), .embedInCode("Resources/console.css"), .embedInCode("Resources/console.js")],
+            swiftSettings: strict
+        ),
         // Workers for the examples (stand-ins for real services).
         .target(name: "BatonExamples", dependencies: ["BatonCore", "BatonWorker"], swiftSettings: strict),
         // Helpers shared by the test targets: broker address, unique names, waiting with a deadline.
@@ -102,6 +139,11 @@ let package = Package(
             name: "baton",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonTopics", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonExamples", "BatonWire",
+                "BatonReadModel", "BatonServer",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -121,7 +163,10 @@ let package = Package(
             name: "BatonRuntimeIntegrationTests",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonTopics", "BatonWire", "BatonRuntime", "BatonCoordinator", "BatonWorker", "BatonClient",
-                "BatonTestSupport",
+                "BatonTestSupport", "BatonReadModel", "BatonServer",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

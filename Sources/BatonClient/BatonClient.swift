@@ -52,6 +52,21 @@ public final class BatonClient: Sendable {
         if wait { try await producer.send(record) } else { try await producer.enqueue(record) }
     }
 
+    /// Sends an engine record to an instance's events partition (the one its key hashes to, or `partition`)
+    /// and waits for the broker's acknowledgement.
+    public func sendEvent<M: Encodable>(_ message: M, kind: Wire.Kind, instanceID: String, partition: Int32? = nil) async throws {
+        if let partition {
+            try await producer.send(
+                ProducerRecord(topic: names.events, partition: partition, key: Data(instanceID.utf8), value: Wire.encode(message), headers: headers(kind)))
+        } else {
+            try await sendEvent(instanceID: instanceID, kind: kind, value: Wire.encode(message))
+        }
+    }
+
+    /// Produces a record as it is and waits for the broker's acknowledgement (a dead letter sent again).
+    @discardableResult
+    public func produce(_ record: ProducerRecord) async throws -> DeliveryReport { try await producer.send(record) }
+
     /// Waits until everything sent without waiting is acknowledged.
     public func flush() async throws { try await producer.flush() }
 

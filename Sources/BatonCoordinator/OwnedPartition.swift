@@ -583,12 +583,12 @@ final class OwnedPartition {
                     OutgoingRecord(
                         record: ProducerRecord(topic: names.commands(command.pool), key: key, value: Wire.encode(message), headers: Wire.headers(message.kind)),
                         origin: .command(id, step: command.step, item: command.item, attempt: command.attempt, compensation: command.isCompensation)))
-            case .createTask(let task):
+            case .createTask(let task), .updateTask(let task):
                 let r = TaskRecord(taskID: task.taskID, status: .open, task: task, decidedBy: nil, partition: partition, at: now)
                 out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(task.taskID.utf8), value: Wire.encode(r), headers: Wire.headers(.task)), origin: .task(id, taskID: task.taskID)))
-            case .closeTask(let taskID, let resolution, let by):
-                let r = TaskRecord(taskID: taskID, status: TaskRecord.Status(resolution), task: nil, decidedBy: by, partition: partition, at: now)
-                out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(taskID.utf8), value: Wire.encode(r), headers: Wire.headers(.task)), origin: .task(id, taskID: taskID)))
+            case .closeTask(let task, let resolution, let by):
+                let r = TaskRecord(taskID: task.taskID, status: TaskRecord.Status(resolution), task: task, decidedBy: by, partition: partition, at: now)
+                out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(task.taskID.utf8), value: Wire.encode(r), headers: Wire.headers(.task)), origin: .task(id, taskID: task.taskID)))
             case .notify(let notification):
                 let r = NotificationRecord(notification: notification, at: now)
                 out.append(OutgoingRecord(record: ProducerRecord(topic: names.notifications, key: key, value: Wire.encode(r), headers: Wire.headers(.notification)), origin: .notification(id)))

@@ -106,8 +106,10 @@ struct Machine {
             return compensationDone(step: step, item: item, attempt: attempt)
         case .compensationFailed(let step, let item, let attempt, let error):
             return compensationFailed(step: step, item: item, attempt: attempt, error: error)
-        case .taskDecided(let step, let attempt, let approved, let by, let comment):
-            return decide(step: step, attempt: attempt, approved: approved, by: by, comment: comment)
+        case .taskDecided(let step, let attempt, let approved, let by, let comment, let data, let request, let override):
+            return decide(step: step, attempt: attempt, approved: approved, by: by, comment: comment, data: data, request: request, override: override)
+        case .taskClaimed(let step, let attempt, let claimant, let by, let request, let override):
+            return claim(step: step, attempt: attempt, claimant: claimant, by: by, request: request, override: override)
         case .heartbeat(let step, let item, let attempt, let details):
             return heartbeat(step: step, item: item, attempt: attempt, details: details)
         case .timerFired(let key):
@@ -324,7 +326,7 @@ struct Machine {
         case .running:
             if steps[s].isHumanTask {
                 disarm(TimerKey(kind: .taskTimeout, step: s, attempt: unit.attempt))
-                effects.append(.closeTask(taskID: taskID(s, attempt: unit.attempt), resolution: .cancelled, by: nil))
+                closeTask(s, u, .cancelled, TaskActivity(.cancelled, at: now, comment: why))
             } else {
                 endAttempt(s, u)
             }
@@ -334,21 +336,38 @@ struct Machine {
         state.steps[s].units[u].error = state.steps[s].units[u].error ?? why
     }
 
-    mutating func decide(step: String, attempt: Int, approved: Bool, by: String, comment: String?) -> IgnoredReason? {
-        guard let s = workflow.index[step] else { return .unknown("no step '\(step)'") }
-        guard steps[s].isHumanTask else { return .notApplicable("'\(step)' is not a human task") }
-        let u: Int
+    /// The open task of a human task's attempt, or why an event about it does not fit.
+    func openTask(step: String, attempt: Int) -> Result<(Int, HumanTask), IgnoredReason> {
+        guard let s = workflow.index[step] else { return .failure(.unknown("no step '\(step)'")) }
+        guard steps[s].isHumanTask else { return .failure(.notApplicable("'\(step)' is not a human task")) }
         switch locate(step: step, item: nil, attempt: attempt) {
+        case .failure(let reason): return .failure(reason)
+        case .success(let found):
+            guard state.steps[s].units[found.1].status == .running else {
+                return .failure(.duplicate("the task for attempt \(attempt) of '\(step)' is already closed"))
+            }
+            return .success((s, state.steps[s].units[found.1].task ?? makeTask(s, attempt: attempt, createdAt: now)))
+        }
+    }
+
+    mutating func decide(
+        step: String, attempt: Int, approved: Bool, by: String, comment: String?, data: JSON?, request: String?, override: Bool
+    ) -> IgnoredReason? {
+        let s: Int
+        let task: HumanTask
+        switch openTask(step: step, attempt: attempt) {
         case .failure(let reason): return reason
-        case .success(let found): u = found.1
+        case .success(let found): (s, task) = found
         }
-        guard state.steps[s].units[u].status == .running else {
-            return .duplicate("the task for attempt \(attempt) of '\(step)' is already closed")
+        if let claimant = task.claimedBy, claimant != by, !override {
+            return .notApplicable("the task is claimed by \(claimant): only they can decide it")
         }
+        let u = 0
         disarm(TimerKey(kind: .taskTimeout, step: s, attempt: attempt))
-        effects.append(.closeTask(taskID: taskID(s, attempt: attempt), resolution: approved ? .approved : .rejected, by: by))
+        closeTask(s, u, approved ? .approved : .rejected, TaskActivity(approved ? .approved : .rejected, at: now, by: by, comment: comment, request: request))
         var output: [String: JSON] = ["approved": .bool(approved), "by": .string(by)]
         if let comment { output["comment"] = .string(comment) }
+        if let data { output["data"] = data }
         if approved {
             finishUnit(s, u, output: .object(output))
         } else {
@@ -357,6 +376,48 @@ struct Machine {
             failStep(s, reason: "'\(step)' was rejected by \(by)\(comment.map { ": \($0)" } ?? "")")
         }
         return nil
+    }
+
+    mutating func claim(step: String, attempt: Int, claimant: String?, by: String, request: String?, override: Bool) -> IgnoredReason? {
+        let s: Int
+        var task: HumanTask
+        switch openTask(step: step, attempt: attempt) {
+        case .failure(let reason): return reason
+        case .success(let found): (s, task) = found
+        }
+        if let claimant {
+            if task.claimedBy == claimant { return .duplicate("the task is claimed by \(claimant) already") }
+            if let holder = task.claimedBy, !override { return .notApplicable("the task is claimed by \(holder)") }
+            task.history.append(TaskActivity(.claimed, at: now, by: by, to: claimant, request: request))
+        } else {
+            guard let holder = task.claimedBy else { return .duplicate("the task is not claimed") }
+            if holder != by, !override { return .notApplicable("the task is claimed by \(holder): only they can give it back") }
+            task.history.append(TaskActivity(.unclaimed, at: now, by: by, request: request))
+        }
+        task.claimedBy = claimant
+        state.steps[s].units[0].task = task
+        effects.append(.updateTask(task))
+        return nil
+    }
+
+    /// Closes the open task of a human task's unit with `resolution`, its history ending with `activity`.
+    mutating func closeTask(_ s: Int, _ u: Int, _ resolution: TaskResolution, _ activity: TaskActivity) {
+        let attempt = state.steps[s].units[u].attempt
+        var task = state.steps[s].units[u].task ?? makeTask(s, attempt: attempt, createdAt: now)
+        task.history.append(activity)
+        state.steps[s].units[u].task = nil
+        effects.append(.closeTask(task, resolution: resolution, by: activity.by))
+    }
+
+    /// The task for an attempt of a human task, as it opens.
+    func makeTask(_ s: Int, attempt: Int, createdAt: Timestamp) -> HumanTask {
+        let step = steps[s]
+        let spec = step.humanTask ?? HumanTaskSpec(assignee: "role:admin")
+        let assignee = state.steps[s].escalated ? (spec.escalateTo ?? spec.assignee) : spec.assignee
+        return HumanTask(
+            taskID: taskID(s, attempt: attempt), instanceID: state.instanceID, workflowID: workflow.id, step: step.id, attempt: attempt,
+            assignee: assignee, title: spec.title ?? "\(workflow.id): \(step.id)", input: renderInput(s, item: nil), createdAt: createdAt,
+            dueAt: createdAt + step.effectiveTimeout.value)
     }
 
     mutating func fire(_ key: TimerKey) -> IgnoredReason? {
@@ -409,11 +470,11 @@ struct Machine {
         let timeout = steps[s].effectiveTimeout
         switch action {
         case .escalate:
-            effects.append(.closeTask(taskID: taskID(s, attempt: attempt), resolution: .escalated, by: nil))
+            closeTask(s, 0, .escalated, TaskActivity(.escalated, at: now, to: spec.escalateTo ?? spec.assignee, comment: "nobody decided within \(timeout)"))
             state.steps[s].escalated = true
             dispatchUnit(s, 0)
         case .reject, .fail:
-            effects.append(.closeTask(taskID: taskID(s, attempt: attempt), resolution: .timedOut, by: nil))
+            closeTask(s, 0, .timedOut, TaskActivity(.timedOut, at: now, comment: "nobody decided within \(timeout)"))
             state.steps[s].units[0].status = .failed
             let verb = action == .reject ? "was rejected: nobody decided" : "failed: nobody decided"
             failStep(s, reason: "'\(steps[s].id)' \(verb) within \(timeout)")
@@ -730,13 +791,12 @@ struct Machine {
         let timeout = step.effectiveTimeout.value
         let item = itemIndex(s, u)
         let input = renderInput(s, item: item)
-        if let spec = step.humanTask {
-            let assignee = state.steps[s].escalated ? (spec.escalateTo ?? spec.assignee) : spec.assignee
-            let task = HumanTask(
-                taskID: taskID(s, attempt: attempt), instanceID: state.instanceID, workflowID: workflow.id, step: step.id, attempt: attempt,
-                assignee: assignee, title: spec.title ?? "\(workflow.id): \(step.id)", input: input, createdAt: now, dueAt: now + timeout)
+        if step.isHumanTask {
+            var task = makeTask(s, attempt: attempt, createdAt: now)
+            task.history = [TaskActivity(.created, at: now, to: task.assignee), TaskActivity(.notified, at: now, to: task.assignee)]
+            state.steps[s].units[u].task = task
             effects.append(.createTask(task))
-            effects.append(.notify(NotificationMessage(recipient: assignee, subject: "New task: \(task.title)", instanceID: state.instanceID, taskID: task.taskID)))
+            effects.append(.notify(NotificationMessage(recipient: task.assignee, subject: "New task: \(task.title)", instanceID: state.instanceID, taskID: task.taskID)))
             arm(TimerKey(kind: .taskTimeout, step: s, attempt: attempt), at: now + timeout)
         } else {
             effects.append(

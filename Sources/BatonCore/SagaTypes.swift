@@ -56,6 +56,8 @@ public struct UnitState: Sendable, Hashable, Codable {
     /// What the worker last reported about a running attempt (`step.heartbeat`), and when.
     public var progress: JSON?
     public var heartbeatAt: Timestamp?
+    /// A human task's open task (who claimed it, its history so far); nil once it closed.
+    public var task: HumanTask?
 }
 
 public struct StepState: Sendable, Hashable, Codable {
@@ -169,7 +171,14 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     case stepFailed(step: String, item: Int?, attempt: Int, error: String, retryable: Bool)
     case compensationCompleted(step: String, item: Int?, attempt: Int)
     case compensationFailed(step: String, item: Int?, attempt: Int, error: String)
-    case taskDecided(step: String, attempt: Int, approved: Bool, by: String, comment: String?)
+    /// A person's decision on a human task. `data` joins the step's output; `request` names the request (the task's
+    /// history records it); `override` lets the decision stand although another person has claimed the task
+    /// (an admin's).
+    case taskDecided(step: String, attempt: Int, approved: Bool, by: String, comment: String?, data: JSON? = nil, request: String? = nil, override: Bool = false)
+    /// A person claims an open task for `claimant` (themselves, or someone an admin assigns it to), or gives it
+    /// back (`claimant` nil). A task claimed by one person cannot be claimed by another, or decided by another,
+    /// unless `override`.
+    case taskClaimed(step: String, attempt: Int, claimant: String?, by: String, request: String?, override: Bool = false)
     /// A worker reports that a running attempt is alive (and, optionally, how far it got).
     case heartbeat(step: String, item: Int?, attempt: Int, details: JSON?)
     case timerFired(TimerKey)
@@ -186,8 +195,8 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     public var step: String? {
         switch self {
         case .stepCompleted(let step, _, _, _), .stepFailed(let step, _, _, _, _), .compensationCompleted(let step, _, _),
-            .compensationFailed(let step, _, _, _), .taskDecided(let step, _, _, _, _), .skip(let step, _, _, _),
-            .heartbeat(let step, _, _, _):
+            .compensationFailed(let step, _, _, _), .taskDecided(let step, _, _, _, _, _, _, _), .skip(let step, _, _, _),
+            .heartbeat(let step, _, _, _), .taskClaimed(let step, _, _, _, _, _):
             step
         case .retry(let step, _, _): step
         case .timerFired, .cancel, .resume: nil
@@ -224,17 +233,103 @@ public struct StepCommand: Sendable, Hashable, Codable {
     public var heartbeatTimeout: Millis?
 }
 
+/// A human task: what a person is asked to decide, who may, until when, and what happened to it so far.
 public struct HumanTask: Sendable, Hashable, Codable {
     public var taskID: String
     public var instanceID: String
     public var workflowID: String
     public var step: String
     public var attempt: Int
+    /// Who may decide: `role:<name>` or `user:<name>` (after an escalation, the role it was escalated to).
     public var assignee: String
     public var title: String
     public var input: JSON
     public var createdAt: Timestamp
     public var dueAt: Timestamp
+    /// The person who claimed it, while one has.
+    public var claimedBy: String?
+    /// What happened to it, oldest first: created, notified, claimed, unclaimed, and how it closed.
+    public var history: [TaskActivity]
+
+    public init(
+        taskID: String, instanceID: String, workflowID: String, step: String, attempt: Int, assignee: String, title: String, input: JSON,
+        createdAt: Timestamp, dueAt: Timestamp, claimedBy: String? = nil, history: [TaskActivity] = []
+    ) {
+        self.taskID = taskID
+        self.instanceID = instanceID
+        self.workflowID = workflowID
+        self.step = step
+        self.attempt = attempt
+        self.assignee = assignee
+        self.title = title
+        self.input = input
+        self.createdAt = createdAt
+        self.dueAt = dueAt
+        self.claimedBy = claimedBy
+        self.history = history
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case taskID = "task_id", instanceID = "instance_id", workflowID = "workflow_id", step, attempt, assignee, title, input
+        case createdAt = "created_at", dueAt = "due_at", claimedBy = "claimed_by", history
+    }
+
+    /// Records written before 0.2 named the fields in camel case (`taskID`, `dueAt`): they are read too.
+    enum LegacyKeys: String, CodingKey { case taskID, instanceID, workflowID, createdAt, dueAt }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        if c.contains(.taskID) {
+            taskID = try c.decode(String.self, forKey: .taskID)
+            instanceID = try c.decode(String.self, forKey: .instanceID)
+            workflowID = try c.decode(String.self, forKey: .workflowID)
+            createdAt = try c.decode(Timestamp.self, forKey: .createdAt)
+            dueAt = try c.decode(Timestamp.self, forKey: .dueAt)
+        } else {
+            let legacy = try decoder.container(keyedBy: LegacyKeys.self)
+            taskID = try legacy.decode(String.self, forKey: .taskID)
+            instanceID = try legacy.decode(String.self, forKey: .instanceID)
+            workflowID = try legacy.decode(String.self, forKey: .workflowID)
+            createdAt = try legacy.decode(Timestamp.self, forKey: .createdAt)
+            dueAt = try legacy.decode(Timestamp.self, forKey: .dueAt)
+        }
+        step = try c.decode(String.self, forKey: .step)
+        attempt = try c.decode(Int.self, forKey: .attempt)
+        assignee = try c.decode(String.self, forKey: .assignee)
+        title = try c.decode(String.self, forKey: .title)
+        input = try c.decodeIfPresent(JSON.self, forKey: .input) ?? .null
+        claimedBy = try c.decodeIfPresent(String.self, forKey: .claimedBy)
+        history = try c.decodeIfPresent([TaskActivity].self, forKey: .history) ?? []
+    }
+}
+
+/// One entry of a human task's history.
+public struct TaskActivity: Sendable, Hashable, Codable {
+    public enum Action: String, Sendable, Hashable, Codable, CaseIterable {
+        case created, notified, claimed, unclaimed, escalated, approved, rejected
+        case timedOut = "timed_out"
+        case cancelled
+    }
+    public var action: Action
+    public var at: Timestamp
+    /// The person who did it (claimed, unclaimed, approved, rejected), when a person did.
+    public var by: String?
+    /// created, notified, escalated: the role or user it went to; claimed: the claimant.
+    public var to: String?
+    public var comment: String?
+    /// The request that did it, when the client named one.
+    public var request: String?
+
+    public init(_ action: Action, at: Timestamp, by: String? = nil, to: String? = nil, comment: String? = nil, request: String? = nil) {
+        self.action = action
+        self.at = at
+        self.by = by
+        self.to = to
+        self.comment = comment
+        self.request = request
+    }
+
+    enum CodingKeys: String, CodingKey { case action, at, by, to, comment, request = "request_id" }
 }
 
 public enum TaskResolution: String, Sendable, Hashable, Codable {
@@ -278,8 +373,12 @@ public enum SagaEffect: Sendable, Hashable, Codable {
     case compensate(StepCommand)
     case armTimer(TimerKey, at: Timestamp)
     case cancelTimer(TimerKey)
+    /// A human task opens (its history says created and notified).
     case createTask(HumanTask)
-    case closeTask(taskID: String, resolution: TaskResolution, by: String?)
+    /// An open task changed: claimed or given back.
+    case updateTask(HumanTask)
+    /// A task closed; its history ends with how.
+    case closeTask(HumanTask, resolution: TaskResolution, by: String?)
     case notify(NotificationMessage)
     case alert(Alert)
     case completed(output: JSON)

@@ -89,7 +89,7 @@ extension UnitState {
     enum CodingKeys: String, CodingKey {
         case status = "s", attempt = "a", output = "o", error = "e", completedSeq = "q"
         case compensation = "c", compensationAttempt = "ca", compensationError = "ce", compensatedSeq = "cq"
-        case progress = "p", heartbeatAt = "h"
+        case progress = "p", heartbeatAt = "h", task = "t"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -105,6 +105,7 @@ extension UnitState {
         compensatedSeq = try c.decodeIfPresent(Int.self, forKey: .compensatedSeq)
         progress = try c.decodeIfPresent(JSON.self, forKey: .progress)
         heartbeatAt = try c.decodeIfPresent(Timestamp.self, forKey: .heartbeatAt)
+        task = try c.decodeIfPresent(HumanTask.self, forKey: .task)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -120,6 +121,7 @@ extension UnitState {
         try c.encodeIfPresent(compensatedSeq, forKey: .compensatedSeq)
         try c.encodeIfPresent(progress, forKey: .progress)
         try c.encodeIfPresent(heartbeatAt, forKey: .heartbeatAt)
+        try c.encodeIfPresent(task, forKey: .task)
     }
 }
 

@@ -18,6 +18,13 @@ public enum ExampleWorkers {
         "shipping.create": { ctx in try await simulate(ctx, as: "ship") },
         "shipping.cancel": { ctx in try await simulate(ctx, as: "cancel_shipment") },
         "notifications.email": { ctx in try await simulate(ctx, as: "notify") },
+        // Loan processing (examples/loan-processing.yaml).
+        "kyc.verify": { ctx in try await simulate(ctx, as: "verify") },
+        "bureau.score": { ctx in try await simulate(ctx, as: "score") },
+        "core_banking.open_loan_account": { ctx in try await simulate(ctx, as: "open_account") },
+        "core_banking.close_loan_account": { ctx in try await simulate(ctx, as: "close_account") },
+        "payments.disburse": { ctx in try await simulate(ctx, as: "disburse") },
+        "payments.claw_back": { ctx in try await simulate(ctx, as: "claw_back") },
     ]
 
     static func simulate(_ ctx: StepContext, as action: String) async throws -> JSON {
@@ -31,13 +38,19 @@ public enum ExampleWorkers {
             throw StepFailure("\(action) declined for \(ctx.instanceID) (attempt \(ctx.attempt))", retryable: true)
         }
         // Derived from the idempotency key: every attempt of a step gets the same ids, as a real service would.
-        let token = String(ctx.idempotencyKey.utf8.reduce(UInt64(1_469_598_103_934_665_603)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 } % 1_000_000)
+        let hash = ctx.idempotencyKey.utf8.reduce(UInt64(1_469_598_103_934_665_603)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 }
+        let token = String(hash % 1_000_000)
         switch action {
         case "validate": return ["valid": true]
         case "reserve": return ["reservation_id": .string("res-\(token)")]
         case "charge": return ["payment_id": .string("pay-\(token)"), "amount": input["amount"] ?? .null]
         case "ship": return ["shipment_id": .string("shp-\(token)"), "tracking_number": .string("TRK\(token)")]
         case "notify": return ["sent": true]
+        case "verify": return ["verified": true]
+        // A credit score from 580 to 819, the same for every attempt of the instance's step.
+        case "score": return ["score": .number(Double(580 + hash % 240))]
+        case "open_account": return ["account_id": .string("acc-\(token)")]
+        case "disburse": return ["transfer_id": .string("trf-\(token)")]
         default: return ["done": .string(action)]
         }
     }

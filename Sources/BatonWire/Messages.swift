@@ -14,6 +14,7 @@ public enum Wire {
         case compensationCompleted = "compensation.completed"
         case compensationFailed = "compensation.failed"
         case taskDecided = "task.decided"
+        case taskClaimed = "task.claimed"
         case stepHeartbeat = "step.heartbeat"
         case operatorCommand = "operator"
         case timerFired = "timer.fired"
@@ -298,8 +299,17 @@ public struct DecisionMessage: Codable, Sendable, Hashable {
     public var approved: Bool
     public var by: String
     public var comment: String?
+    /// Joins the step's output as `data`.
+    public var data: JSON?
+    /// Unique per request: the task's history names the request that decided it.
+    public var requestID: String?
+    /// Decide although another person claimed the task (an admin's decision).
+    public var override: Bool?
 
-    public init(instanceID: String, taskID: String?, step: String, attempt: Int, approved: Bool, by: String, comment: String?) {
+    public init(
+        instanceID: String, taskID: String?, step: String, attempt: Int, approved: Bool, by: String, comment: String?, data: JSON? = nil,
+        requestID: String? = nil, override: Bool? = nil
+    ) {
         self.instanceID = instanceID
         self.taskID = taskID
         self.step = step
@@ -307,9 +317,46 @@ public struct DecisionMessage: Codable, Sendable, Hashable {
         self.approved = approved
         self.by = by
         self.comment = comment
+        self.data = data
+        self.requestID = requestID
+        self.override = override
     }
 
-    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, approved, by, comment }
+    enum CodingKeys: String, CodingKey {
+        case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, approved, by, comment, data, requestID = "request_id", override
+    }
+}
+
+/// A person claims an open task (`claimant`: who it is claimed for), or gives it back (`claimant` null).
+public struct ClaimMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.taskClaimed
+    public var instanceID: String
+    public var taskID: String?
+    public var step: String
+    public var attempt: Int
+    public var claimant: String?
+    public var by: String
+    public var requestID: String?
+    /// Take the task from whoever holds it (an admin assigning it).
+    public var override: Bool?
+
+    public init(
+        instanceID: String, taskID: String?, step: String, attempt: Int, claimant: String?, by: String, requestID: String?, override: Bool? = nil
+    ) {
+        self.instanceID = instanceID
+        self.taskID = taskID
+        self.step = step
+        self.attempt = attempt
+        self.claimant = claimant
+        self.by = by
+        self.requestID = requestID
+        self.override = override
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, claimant, by, requestID = "request_id", override
+    }
 }
 
 /// An operator's command on an instance.
@@ -401,7 +448,20 @@ public enum EventMessage: Sendable, Hashable {
         case .taskDecided:
             let m = try Wire.decode(DecisionMessage.self, from: data)
             try checkAttempt(m.attempt)
-            return .event(instanceID: m.instanceID, .taskDecided(step: m.step, attempt: m.attempt, approved: m.approved, by: m.by, comment: m.comment))
+            if let data = m.data, data.encoded().count > Wire.maxResultBytes {
+                throw Wire.DecodeError("field 'data' is \(data.encoded().count) bytes, more than the limit of \(Wire.maxResultBytes)")
+            }
+            return .event(
+                instanceID: m.instanceID,
+                .taskDecided(
+                    step: m.step, attempt: m.attempt, approved: m.approved, by: m.by, comment: m.comment, data: m.data, request: m.requestID,
+                    override: m.override ?? false))
+        case .taskClaimed:
+            let m = try Wire.decode(ClaimMessage.self, from: data)
+            try checkAttempt(m.attempt)
+            return .event(
+                instanceID: m.instanceID,
+                .taskClaimed(step: m.step, attempt: m.attempt, claimant: m.claimant, by: m.by, request: m.requestID, override: m.override ?? false))
         case .stepHeartbeat:
             let m = try Wire.decode(HeartbeatMessage.self, from: data)
             try checkAttempt(m.attempt)

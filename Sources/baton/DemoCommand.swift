@@ -54,7 +54,7 @@ struct Demo: AsyncParsableCommand {
         print("")
         for id in ids {
             if let state = watcher.state(id) {
-                print(StatusReport.render(state, workflow: workflow))
+                print(StatusReport.render(InstanceView(state, workflow: workflow)))
             } else {
                 print("\(id): no state seen")
             }

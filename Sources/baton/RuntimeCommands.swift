@@ -4,6 +4,8 @@ import BatonCore
 import BatonCoordinator
 import BatonExamples
 import BatonKafka
+import BatonReadModel
+import NIOHTTP1
 import BatonWire
 import BatonWorker
 import Foundation
@@ -132,38 +134,44 @@ struct Start: AsyncParsableCommand {
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show an instance: every step's state, attempts, outputs and errors.")
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var server: ServerOptions
     @Argument(help: "The instance id.") var id: String
     @Flag(help: "Print the state as JSON.") var json = false
 
     func run() async throws {
-        try await connection.withClient { client in
-            guard let state = try await client.status(instanceID: id) else { throw CLIFailure("no instance '\(id)' (yet)") }
-            let workflow = try await client.definition(state.workflowID, version: state.version)
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(InstanceView(state, workflow: workflow)), as: UTF8.self))
-            } else {
-                print(StatusReport.render(state, workflow: workflow))
-            }
+        let view: InstanceView
+        if let api = try server.api() {
+            let (_, body) = try await api.call(.GET, "/v1/instances/\(APIClient.escape(id))")
+            guard let instance = body["instance"] else { throw CLIFailure("the server's answer has no instance") }
+            view = try JSONDecoder().decode(InstanceView.self, from: instance.encoded())
+        } else {
+            let id = self.id
+            let found = try await connection.withReadModel { model in model.state(id).map { InstanceView($0.state, workflow: $0.workflow) } }
+            guard let found else { throw CLIFailure("no instance '\(id)' (yet)") }
+            view = found
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(view), as: UTF8.self))
+        } else {
+            print(StatusReport.render(view))
         }
     }
 }
 
 enum StatusReport {
-    static func render(_ state: InstanceState, workflow: Workflow?) -> String {
-        var lines = ["\(state.instanceID)  \(state.workflowID) v\(state.version)  \(state.status.rawValue)"]
-        if let reason = state.reason { lines.append("  reason: \(reason)") }
-        if let output = state.output { lines.append("  output: \(output.jsonText)") }
-        for (i, step) in state.steps.enumerated() {
-            let name = workflow.map { i < $0.steps.count ? $0.steps[i].id : "step \(i + 1)" } ?? "step \(i + 1)"
-            var line = "  \(name): \(step.status.rawValue)"
-            let attempts = step.units.map(\.attempt).max() ?? 0
-            if attempts > 0 { line += ", attempt \(attempts)" }
-            if step.units.count > 1 { line += ", \(step.units.count) items" }
-            let compensated = step.units.filter { $0.compensation == .done }.count
-            if compensated > 0 { line += ", compensated" }
-            if let e = step.error ?? step.units.compactMap(\.error).last { line += "  error: \(e)" }
+    static func render(_ view: InstanceView) -> String {
+        var lines = ["\(view.instanceID)  \(view.workflowID) v\(view.version)  \(view.status.rawValue)"]
+        if let reason = view.reason { lines.append("  reason: \(reason)") }
+        if let output = view.output { lines.append("  output: \(output.jsonText)") }
+        for step in view.steps {
+            var line = "  \(step.id): \(step.status.rawValue)"
+            if step.attempt > 0 { line += ", attempt \(step.attempt)" }
+            if let items = step.items, items.count > 1 { line += ", \(items.count) items" }
+            let compensated = step.compensation?.status == .done || (step.items ?? []).contains { $0.compensation?.status == .done }
+            if compensated { line += ", compensated" }
+            if let e = step.error ?? step.items?.compactMap(\.error).last { line += "  error: \(e)" }
             if let o = step.output { line += "  output: \(o.jsonText)" }
             lines.append(line)
         }
@@ -197,45 +205,70 @@ struct Definitions: AsyncParsableCommand {
 }
 
 struct Tasks: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Human tasks: list, approve, reject.", subcommands: [List.self, Approve.self, Reject.self])
+    static let configuration = CommandConfiguration(
+        abstract: "Human tasks: list, claim, approve, reject.",
+        discussion: "Claims and decisions go through `baton serve` (--server, --token): only a holder of the task's role, or an admin, may decide it.",
+        subcommands: [List.self, Claim.self, Approve.self, Reject.self])
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List open tasks.")
+        static let configuration = CommandConfiguration(abstract: "List tasks: through the server, the inbox of the token's principal; without one, every open task.")
         @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var server: ServerOptions
+        @Option(help: "The inbox view through the server: open, mine, unassigned, completed.") var view = "open"
         @Option(help: "Only tasks for this assignee, as role:credit_manager.") var assignee: String?
-        @Flag(help: "Closed tasks too.") var all = false
+        @Flag(help: "Closed tasks too (without a server).") var all = false
 
         func run() async throws {
-            let tasks = try await connection.withClient { try await $0.tasks() }
-                .filter { all || $0.status == .open }.filter { assignee == nil || $0.task?.assignee == assignee }
-            if tasks.isEmpty { print("no \(all ? "" : "open ")tasks") }
-            for t in tasks {
-                let task = t.task
-                print("\(t.taskID)  \(t.status.rawValue)  \(task?.assignee ?? "")  \(task?.title ?? "")  input: \(task?.input.jsonText ?? "")")
+            var tasks: [TaskView]
+            if let api = try server.api() {
+                let (_, body) = try await api.call(.GET, "/v1/tasks?view=\(APIClient.escape(view))")
+                tasks = try (body["items"]?.arrayValue ?? []).map { try JSONDecoder().decode(TaskView.self, from: $0.encoded()) }
+            } else {
+                let all = self.all
+                tasks = try await connection.withReadModel { model in model.tasks { all || $0.status == .open } }
             }
+            tasks = tasks.filter { assignee == nil || $0.assignee == assignee }
+            if tasks.isEmpty { print("no tasks") }
+            for t in tasks {
+                print("\(t.taskID)  \(t.status.rawValue)  \(t.assignee)  \(t.claimedBy.map { "claimed by \($0)  " } ?? "")\(t.title)  input: \(t.input.jsonText)")
+            }
+        }
+    }
+
+    struct Claim: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Claim a task (or give it back with --release) through the server.")
+        @OptionGroup var server: ServerOptions
+        @Argument(help: "The task id.") var task: String
+        @Flag(help: "Give the task back.") var release = false
+
+        func run() async throws {
+            guard let api = try server.api() else { throw CLIFailure("claims go through the server: give --server (or $BATON_SERVER) and a token") }
+            let (_, body) = try await api.call(.POST, "/v1/tasks/\(APIClient.escape(task))/\(release ? "unclaim" : "claim")", body: .object([:]))
+            print(release ? "released \(task)" : "claimed \(task) for \(body["claimed_by"]?.stringValue ?? "you")")
         }
     }
 
     /// What approving and rejecting share.
     struct Decision: ParsableArguments {
-        @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var server: ServerOptions
         @Argument(help: "The task id.") var task: String
-        @Option(help: "Who decides.") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
         @Option(help: "A comment.") var comment: String?
-        @Option(help: "Seconds to wait for a coordinator to apply the decision; 0 sends it and does not wait.") var wait = 30
+        @Option(help: "Data that becomes part of the step's output, as JSON.") var data: String?
 
         func send(approve: Bool) async throws {
-            try await connection.withClient { client in
-                if wait > 0 {
-                    let closed = try await client.decideAndWait(taskID: task, approve: approve, by: by, comment: comment, timeout: .seconds(wait))
-                    guard closed.status == (approve ? .approved : .rejected) else {
-                        throw CLIFailure("task '\(task)' was closed as \(closed.status.rawValue) before the decision was applied")
-                    }
-                    print("\(approve ? "approved" : "rejected") \(task)")
-                } else {
-                    try await client.decide(taskID: task, approve: approve, by: by, comment: comment)
-                    print("sent: \(approve ? "approve" : "reject") \(task)")
-                }
+            guard let api = try server.api() else {
+                throw CLIFailure("decisions go through the server, which checks your role: give --server (or $BATON_SERVER) and a token (--token or $BATON_TOKEN)")
+            }
+            var body: [String: JSON] = ["approved": .bool(approve)]
+            if let comment { body["comment"] = .string(comment) }
+            if let data {
+                do { body["data"] = try JSON.parse(Data(data.utf8)) } catch { throw CLIFailure("--data is not valid JSON: \(error)") }
+            }
+            let (status, answer) = try await api.call(.POST, "/v1/tasks/\(APIClient.escape(task))/decision", body: .object(body))
+            if status == 202 {
+                print("sent: \(approve ? "approve" : "reject") \(task) (not applied yet: \(answer["detail"]?.stringValue ?? ""))")
+            } else {
+                print("\(approve ? "approved" : "rejected") \(task) as \(answer["decided_by"]?.stringValue ?? "?")")
             }
         }
     }
@@ -284,18 +317,31 @@ struct Instances: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List instances: id, workflow, status, and why it failed or is suspended. Reads the whole state topic.")
+            abstract: "List instances, latest change first: id, workflow, status, and why it failed or is suspended.")
         @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var server: ServerOptions
         @Option(help: "Only instances with this status (repeatable): \(InstanceStatus.allCases.map(\.rawValue).joined(separator: ", ")).")
         var status: [InstanceStatus] = []
         @Option(help: "Only instances of this workflow.") var workflow: String?
+        @Option(help: "At most this many.") var limit = 1000
 
         func run() async throws {
-            let found = try await connection.withClient { try await $0.instances(statuses: status.isEmpty ? nil : Set(status), workflowID: workflow) }
+            let found: [InstanceSummary]
+            if let api = try server.api() {
+                var query = ["limit=\(limit)"]
+                if !status.isEmpty { query.append("status=\(status.map(\.rawValue).joined(separator: ","))") }
+                if let workflow { query.append("workflow=\(APIClient.escape(workflow))") }
+                let (_, body) = try await api.call(.GET, "/v1/instances?\(query.joined(separator: "&"))")
+                found = try (body["items"]?.arrayValue ?? []).map { try JSONDecoder().decode(InstanceSummary.self, from: $0.encoded()) }
+            } else {
+                let filter = InstanceFilter(statuses: status.isEmpty ? nil : Set(status), workflowID: workflow)
+                let limit = self.limit
+                found = try await connection.withReadModel { $0.instances(filter, limit: limit).items }
+            }
             if found.isEmpty { print("no instances") }
-            for state in found {
-                let started = Date(timeIntervalSince1970: Double(state.startedAt) / 1000).formatted(.iso8601)
-                print("\(state.instanceID)  \(state.workflowID) v\(state.version)  \(state.status.rawValue)  started \(started)\(state.reason.map { "  \($0)" } ?? "")")
+            for s in found {
+                let started = Date(timeIntervalSince1970: Double(s.startedAt) / 1000).formatted(.iso8601)
+                print("\(s.instanceID)  \(s.workflowID) v\(s.version)  \(s.status.rawValue)  started \(started)\(s.reason.map { "  \($0)" } ?? "")")
             }
         }
     }

@@ -179,7 +179,7 @@ struct SagaPropertyTests {
                 event = .stepFailed(step: step, item: item, attempt: attempt, error: "e", retryable: rng.chance(0.8))
             case .compensationCompleted(let step, let item, let attempt) where rng.chance(0.15):
                 event = .compensationFailed(step: step, item: item, attempt: attempt, error: "e")
-            case .taskDecided(let step, let attempt, _, _, _) where rng.chance(0.3):
+            case .taskDecided(let step, let attempt, _, _, _, _, _, _) where rng.chance(0.3):
                 event = .taskDecided(step: step, attempt: attempt, approved: false, by: "p", comment: nil)
             default: break
             }
@@ -259,7 +259,7 @@ struct SagaPropertyTests {
         case (.compensationCompleted(let s1, let i1, let a1), .compensationCompleted(let s2, let i2, let a2)),
             (.compensationCompleted(let s1, let i1, let a1), .compensationFailed(let s2, let i2, let a2, _)):
             return s1 == s2 && i1 == i2 && a1 == a2
-        case (.taskDecided(let s1, let a1, _, _, _), .taskDecided(let s2, let a2, _, _, _)):
+        case (.taskDecided(let s1, let a1, _, _, _, _, _, _), .taskDecided(let s2, let a2, _, _, _, _, _, _)):
             return s1 == s2 && a1 == a2
         default:
             return false

@@ -214,11 +214,40 @@ struct SagaTests {
         #expect(sim.send(.stepCompleted(step: "approve", item: nil, attempt: 1, output: [:])).outcome == .ignored(.notApplicable("'approve' is a human task: it completes by a decision")))
         #expect(sim.send(.taskDecided(step: "approve", attempt: 2, approved: true, by: "eve", comment: nil)).outcome != .applied)
         sim.send(.taskDecided(step: "approve", attempt: 1, approved: true, by: "alice", comment: "fine"), at: 5_000)
-        #expect(sim.effects.contains { $0.effect == .closeTask(taskID: "i-1/approve/1", resolution: .approved, by: "alice") })
+        #expect(sim.closed("i-1/approve/1")?.resolution == .approved)
+        #expect(sim.closed("i-1/approve/1")?.task.history.map(\.action) == [.created, .notified, .approved])
+        #expect(sim.closed("i-1/approve/1")?.task.history.last?.by == "alice")
         #expect(sim.state.status == .running)
         #expect(sim.command("disburse") != nil)
         #expect(sim.state.steps[1].output == ["approved": true, "by": "alice", "comment": "fine"])
         #expect(sim.send(.taskDecided(step: "approve", attempt: 1, approved: false, by: "bob", comment: nil)).outcome == .ignored(.duplicate("the task for attempt 1 of 'approve' is already closed")))
+    }
+
+    @Test func aClaimedTaskIsDecidedByItsClaimantOnlyAndItsHistorySaysWhoDidWhat() throws {
+        var sim = Simulator(try workflow(Self.loanYAML))
+        sim.complete("score", output: ["score": 500], at: 1_000)
+        let claim = SagaEvent.taskClaimed(step: "approve", attempt: 1, claimant: "bob", by: "bob", request: "r1")
+        #expect(sim.send(claim, at: 2_000).outcome == .applied)
+        #expect(sim.state.steps[1].units[0].task?.claimedBy == "bob")
+        // Claimed: nobody else claims it or decides it, unless overriding (an admin).
+        #expect(sim.send(.taskClaimed(step: "approve", attempt: 1, claimant: "carol", by: "carol", request: "r2")).outcome == .ignored(.notApplicable("the task is claimed by bob")))
+        #expect(sim.send(.taskDecided(step: "approve", attempt: 1, approved: true, by: "alice", comment: nil, request: "r3")).outcome == .ignored(.notApplicable("the task is claimed by bob: only they can decide it")))
+        #expect(sim.send(claim).outcome == .ignored(.duplicate("the task is claimed by bob already")))
+        #expect(sim.send(.taskClaimed(step: "approve", attempt: 1, claimant: nil, by: "carol", request: "r4")).outcome != .applied)
+        sim.send(.taskClaimed(step: "approve", attempt: 1, claimant: nil, by: "bob", request: "r5"), at: 3_000)
+        #expect(sim.state.steps[1].units[0].task?.claimedBy == nil)
+        sim.send(.taskClaimed(step: "approve", attempt: 1, claimant: "carol", by: "root", request: "r6", override: true), at: 4_000)
+        sim.send(.taskDecided(step: "approve", attempt: 1, approved: true, by: "carol", comment: "ok", data: ["limit": 5000], request: "r7"), at: 5_000)
+        let closed = try #require(sim.closed("i-1/approve/1"))
+        #expect(closed.resolution == .approved)
+        #expect(closed.task.history.map(\.action) == [.created, .notified, .claimed, .unclaimed, .claimed, .approved])
+        #expect(closed.task.history.map(\.at) == [1_000, 1_000, 2_000, 3_000, 4_000, 5_000])
+        #expect(closed.task.history[4].by == "root" && closed.task.history[4].to == "carol")
+        #expect(closed.task.history[5].request == "r7" && closed.task.history[5].comment == "ok")
+        #expect(sim.state.steps[1].output == ["approved": true, "by": "carol", "comment": "ok", "data": ["limit": 5000]])
+        #expect(sim.state.steps[1].units[0].task == nil)
+        // Every open-task change was written for the inbox.
+        #expect(sim.effects.filter { if case .updateTask = $0.effect { true } else { false } }.count == 3)
     }
 
     @Test func aRejectedTaskTakesTheFailurePath() throws {
@@ -235,12 +264,13 @@ struct SagaTests {
         var sim = Simulator(try workflow(Self.loanYAML))
         sim.complete("score", output: ["score": 500])
         sim.advance(to: 48 * 3_600_000)
-        #expect(sim.effects.contains { $0.effect == .closeTask(taskID: "i-1/approve/1", resolution: .escalated, by: nil) })
+        #expect(sim.closed("i-1/approve/1")?.resolution == .escalated)
+        #expect(sim.closed("i-1/approve/1")?.task.history.last?.to == "role:head_of_credit")
         #expect(sim.tasks.map(\.assignee) == ["role:credit_manager", "role:head_of_credit"])
         #expect(sim.tasks.last?.taskID == "i-1/approve/2")
         #expect(sim.state.status == .waiting)
         sim.advance(to: 96 * 3_600_000)
-        #expect(sim.effects.contains { $0.effect == .closeTask(taskID: "i-1/approve/2", resolution: .timedOut, by: nil) })
+        #expect(sim.closed("i-1/approve/2")?.resolution == .timedOut)
         #expect(sim.state.reason == "'approve' was rejected: nobody decided within 2d")
         #expect(sim.state.status == .compensating)
     }

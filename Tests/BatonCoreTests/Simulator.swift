@@ -40,6 +40,11 @@ struct Simulator {
     var dispatched: [StepCommand] { effects.compactMap { if case .dispatch(let c) = $0.effect { c } else { nil } } }
     var compensations: [StepCommand] { effects.compactMap { if case .compensate(let c) = $0.effect { c } else { nil } } }
     var tasks: [HumanTask] { effects.compactMap { if case .createTask(let t) = $0.effect { t } else { nil } } }
+    /// How a task closed, and the task as it closed.
+    func closed(_ taskID: String) -> (task: HumanTask, resolution: TaskResolution, by: String?)? {
+        for e in effects { if case .closeTask(let t, let r, let by) = e.effect, t.taskID == taskID { return (t, r, by) } }
+        return nil
+    }
     var alerts: [Alert] { effects.compactMap { if case .alert(let a) = $0.effect { a } else { nil } } }
 
     func dispatchTimes(of step: String) -> [Timestamp] {

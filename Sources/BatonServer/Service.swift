@@ -1,0 +1,271 @@
+import BatonClient
+import BatonCore
+import BatonReadModel
+import BatonWire
+import Foundation
+import HTTPTypes
+import Logging
+
+/// What the API and the console do, apart from HTTP: reads from the read model, writes through Kafka, each
+/// write checked first (the same checks as the CLI) and answered once applied.
+public struct BatonService: Sendable {
+    public let model: ReadModel
+    public let client: BatonClient
+    public let auth: Authenticator
+    public let logger: Logger
+    /// How long a write waits to see its effect before it answers 202 (sent, not yet applied).
+    public var applyTimeout: Duration = .seconds(10)
+
+    public init(model: ReadModel, client: BatonClient, auth: Authenticator, logger: Logger) {
+        self.model = model
+        self.client = client
+        self.auth = auth
+        self.logger = logger
+    }
+
+    static func newRequestID() -> String { UUID().uuidString.lowercased() }
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    // MARK: Starts
+
+    public struct StartRequest: Decodable, Sendable {
+        var workflowID: String
+        var version: Int?
+        var input: JSON?
+        var instanceID: String?
+        enum CodingKeys: String, CodingKey { case workflowID = "workflow_id", version, input, instanceID = "instance_id" }
+    }
+
+    public enum StartOutcome: String, Codable, Sendable {
+        /// Sent and acknowledged; no coordinator has taken it yet (or the caller did not wait).
+        case accepted
+        case created
+        /// The instance existed with the same workflow and input.
+        case exists
+    }
+
+    public struct StartAnswer: Encodable, Sendable {
+        var instanceID: String
+        var outcome: StartOutcome
+        var requestID: String?
+        var partition: Int32?
+        var instance: InstanceSummary?
+        enum CodingKeys: String, CodingKey { case instanceID = "instance_id", outcome, requestID = "request_id", partition, instance }
+    }
+
+    /// Starts an instance (or finds it started with the same input); a conflicting start is a 409.
+    func start(_ request: StartRequest, wait: Bool) async throws -> StartAnswer {
+        let id = request.instanceID ?? UUID().uuidString.lowercased()
+        try checkID(id, what: "instance_id")
+        guard !request.workflowID.isEmpty else { throw Problem.badRequest("field 'workflow_id' is empty") }
+        let input = request.input ?? .object([:])
+        let size = input.encoded().count
+        if size > Wire.maxInputBytes { throw Problem(.contentTooLarge, "too-large", "the input is \(size) bytes, more than \(Wire.maxInputBytes)") }
+        guard let (_, workflow) = model.definition(request.workflowID, version: request.version), workflow != nil else {
+            let which = request.version.map { "version \($0) of " } ?? ""
+            throw Problem(.unprocessableContent, "unknown-workflow", "\(which)workflow '\(request.workflowID)' is not registered")
+        }
+        if let existing = model.state(id)?.state { return try existingStart(existing, request: request, input: input) }
+        let requestID = Self.newRequestID()
+        let message = StartMessage(instanceID: id, workflowID: request.workflowID, version: request.version, input: input, sentAt: Self.now(), requestID: requestID)
+        try await client.sendEvent(message, kind: .start, instanceID: id)
+        guard wait else { return StartAnswer(instanceID: id, outcome: .accepted, requestID: requestID) }
+        let seen = await model.wait(timeout: applyTimeout) { $0.state(id)?.state }
+        guard let seen else { return StartAnswer(instanceID: id, outcome: .accepted, requestID: requestID) }
+        if seen.startRequest == requestID { return StartAnswer(instanceID: id, outcome: .created, requestID: requestID, instance: model.summary(id)) }
+        return try existingStart(seen, request: request, input: input)
+    }
+
+    func existingStart(_ state: InstanceState, request: StartRequest, input: JSON) throws -> StartAnswer {
+        guard state.isSameStart(workflowID: request.workflowID, version: request.version, input: input) else {
+            throw Problem.conflict(
+                "instance '\(state.instanceID)' exists already, started as \(state.workflowID) v\(state.version) with another input; this start changed nothing",
+                extra: ["instance_id": .string(state.instanceID), "workflow_id": .string(state.workflowID), "version": .number(Double(state.version)), "input": state.input])
+        }
+        return StartAnswer(instanceID: state.instanceID, outcome: .exists, instance: model.summary(state.instanceID))
+    }
+
+    // MARK: Operator actions
+
+    public struct ActionRequest: Decodable, Sendable {
+        var action: OperatorMessage.Command
+        var step: String?
+        var output: JSON?
+        var reason: String?
+    }
+
+    public enum ActionOutcome: String, Codable, Sendable { case applied, pending, refused }
+
+    /// Checks an operator's action against the instance as the coordinator will (the same pure transition),
+    /// sends it, and waits until the instance shows it applied.
+    func act(_ request: ActionRequest, on instanceID: String, by principal: Principal, wait: Bool = true) async throws -> (ActionOutcome, String?) {
+        guard let (state, workflow, _) = model.state(instanceID) else { throw Problem.notFound("no instance '\(instanceID)'") }
+        guard let workflow else {
+            throw Problem(.unprocessableContent, "unknown-workflow", "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not registered")
+        }
+        let message = OperatorMessage(
+            instanceID: instanceID, command: request.action, step: request.step, output: request.output, reason: request.reason, by: principal.subject,
+            requestID: Self.newRequestID())
+        let value = Wire.encode(message)
+        let event: SagaEvent
+        do {
+            guard case .event(_, let e) = try EventMessage.decode(value) else { throw Problem.badRequest("not an instance action") }
+            event = e
+        } catch let error as Wire.DecodeError {
+            throw Problem.badRequest(error.reason)
+        }
+        if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
+            return (.refused, "\(request.action.rawValue) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
+        }
+        try await client.sendEvent(message, kind: .operatorCommand, instanceID: instanceID)
+        guard wait else { return (.pending, message.requestID) }
+        let applied = await model.wait(timeout: applyTimeout) { $0.state(instanceID)?.state.requests.contains(message.requestID) == true ? true : nil }
+        return applied == true ? (.applied, nil) : (.pending, "sent (request \(message.requestID)); no coordinator applied it within \(applyTimeout)")
+    }
+
+    // MARK: Tasks
+
+    public struct DecisionRequest: Decodable, Sendable {
+        var approved: Bool
+        var comment: String?
+        var data: JSON?
+    }
+
+    public struct ClaimRequest: Decodable, Sendable {
+        /// Who to assign it to (admins only); the caller when absent.
+        var assignee: String?
+    }
+
+    func openTask(_ taskID: String, for principal: Principal) throws -> (TaskView, Int32) {
+        guard let task = model.task(taskID), let partition = model.taskPartition(taskID) else { throw Problem.notFound("no task '\(taskID)'") }
+        guard principal.mayDecide(assignee: task.assignee) else {
+            throw Problem.forbidden("task '\(taskID)' is for \(task.assignee); \(principal.subject) does not hold it")
+        }
+        guard task.status == .open else {
+            throw Problem.conflict("task '\(taskID)' is \(task.status.rawValue)\(task.decidedBy.map { " (by \($0))" } ?? "")", extra: ["task": taskJSON(task)])
+        }
+        return (task, partition)
+    }
+
+    /// Approves or rejects a task as `principal`; exactly one of concurrent decisions wins, the others are 409.
+    func decide(_ taskID: String, _ request: DecisionRequest, by principal: Principal) async throws -> (TaskView?, pending: Bool) {
+        let (task, partition) = try openTask(taskID, for: principal)
+        if let holder = task.claimedBy, holder != principal.subject, !principal.isAdmin {
+            throw Problem.conflict("task '\(taskID)' is claimed by \(holder)", extra: ["task": taskJSON(task)])
+        }
+        if let comment = request.comment, comment.utf8.count > 4096 { throw Problem.badRequest("field 'comment' is longer than 4096 bytes") }
+        let requestID = Self.newRequestID()
+        let message = DecisionMessage(
+            instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: request.approved, by: principal.subject,
+            comment: request.comment, data: request.data, requestID: requestID, override: principal.isAdmin ? true : nil)
+        if let data = request.data, data.encoded().count > Wire.maxResultBytes {
+            throw Problem(.contentTooLarge, "too-large", "field 'data' is more than \(Wire.maxResultBytes) bytes")
+        }
+        try await client.sendEvent(message, kind: .taskDecided, instanceID: task.instanceID, partition: partition)
+        return try await settle(taskID, request: requestID, what: "decision")
+    }
+
+    /// Claims a task for the caller (or, for an admin, assigns it), or gives it back.
+    func claim(_ taskID: String, claimant: String?, by principal: Principal) async throws -> (TaskView?, pending: Bool) {
+        let (task, partition) = try openTask(taskID, for: principal)
+        if let claimant, claimant != principal.subject, !principal.isAdmin { throw Problem.forbidden("only an admin assigns a task to someone else") }
+        if let claimant { try checkID(claimant, what: "assignee") }
+        if claimant == nil {
+            guard let holder = task.claimedBy else { throw Problem.conflict("task '\(taskID)' is not claimed") }
+            if holder != principal.subject, !principal.isAdmin { throw Problem.conflict("task '\(taskID)' is claimed by \(holder): only they give it back") }
+        } else if let holder = task.claimedBy {
+            if holder == claimant { return (task, false) }
+            if !principal.isAdmin { throw Problem.conflict("task '\(taskID)' is claimed by \(holder)", extra: ["task": taskJSON(task)]) }
+        }
+        let requestID = Self.newRequestID()
+        let message = ClaimMessage(
+            instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, claimant: claimant, by: principal.subject,
+            requestID: requestID, override: principal.isAdmin ? true : nil)
+        try await client.sendEvent(message, kind: .taskClaimed, instanceID: task.instanceID, partition: partition)
+        return try await settle(taskID, request: requestID, what: claimant == nil ? "unclaim" : "claim")
+    }
+
+    /// Waits until the task's history shows the request (applied), or the task changed in a way that shuts it
+    /// out (decided by someone else, claimed by someone else: 409).
+    func settle(_ taskID: String, request: String, what: String) async throws -> (TaskView?, pending: Bool) {
+        let before = model.task(taskID)
+        let seen = await model.wait(timeout: applyTimeout) { model -> TaskView? in
+            guard let task = model.task(taskID) else { return nil }
+            if task.history.contains(where: { $0.request == request }) { return task }
+            if task.status != .open || (task != before && task.history.count > (before?.history.count ?? 0)) { return task }
+            return nil
+        }
+        guard let seen else { return (nil, true) }
+        if seen.history.contains(where: { $0.request == request }) { return (seen, false) }
+        let last = seen.history.last
+        let who = last?.by.map { " by \($0)" } ?? ""
+        throw Problem.conflict(
+            "the \(what) lost: task '\(taskID)' was \(last?.action.rawValue ?? seen.status.rawValue)\(who) first", extra: ["task": taskJSON(seen)])
+    }
+
+    /// What a principal may do with a task now.
+    func actions(_ task: TaskView, for principal: Principal) -> [String] {
+        guard task.status == .open, principal.mayDecide(assignee: task.assignee) else { return [] }
+        var out: [String] = []
+        if task.claimedBy == nil { out.append("claim") }
+        if task.claimedBy == principal.subject || (task.claimedBy != nil && principal.isAdmin) { out.append("unclaim") }
+        if task.claimedBy == nil || task.claimedBy == principal.subject || principal.isAdmin { out += ["approve", "reject"] }
+        return out
+    }
+
+    func taskJSON(_ task: TaskView) -> JSON {
+        let data = (try? JSONEncoder().encode(task)) ?? Data()  // TaskView always encodes
+        return (try? JSONDecoder().decode(JSON.self, from: data)) ?? .null  // and reads back as JSON
+    }
+
+    // MARK: Inbox
+
+    public enum InboxView: String, CaseIterable, Sendable { case open, mine, unassigned, completed }
+
+    func inbox(_ view: InboxView, for principal: Principal, instanceID: String? = nil, search: String? = nil) -> [TaskView] {
+        let needle = search?.lowercased()
+        return model.tasks { task in
+            if let instanceID, task.instanceID != instanceID { return false }
+            if let needle, !needle.isEmpty,
+                !(task.title.lowercased().contains(needle) || task.instanceID.lowercased().contains(needle) || task.taskID.lowercased().contains(needle))
+            {
+                return false
+            }
+            // Linked from an instance: every task of it, to anyone who may see the instance.
+            let mayDecide = principal.mayDecide(assignee: task.assignee) || (instanceID != nil && principal.isOperator)
+            switch view {
+            case .open: return task.status == .open && mayDecide
+            case .mine: return task.status == .open && task.claimedBy == principal.subject
+            case .unassigned: return task.status == .open && task.claimedBy == nil && mayDecide
+            case .completed: return task.status != .open && mayDecide
+            }
+        }
+    }
+
+    // MARK: Definitions
+
+    public enum RegisterOutcome: String, Codable, Sendable { case registered, unchanged }
+
+    /// Registers a definition (JSON or YAML text); the same id and version with another content is a 409.
+    func register(_ document: Data) async throws -> (Workflow, RegisterOutcome) {
+        let workflow: Workflow
+        do {
+            workflow = try DefinitionLoader.load(document, source: "body")
+        } catch {
+            throw Problem(.unprocessableContent, "invalid-definition", "\(error)")
+        }
+        let text = String(decoding: document, as: UTF8.self)
+        if let (record, _) = model.definition(workflow.id, version: workflow.version) {
+            if record.document == text { return (workflow, .unchanged) }
+            throw Problem.conflict(
+                "\(workflow.id) version \(workflow.version) is registered already with another content; give the changed definition a new version")
+        }
+        do {
+            try await client.register(document: document, source: "body")
+        } catch let error as ClientError {
+            throw Problem.conflict(error.description)
+        }
+        _ = await model.wait(timeout: applyTimeout) { $0.definition(workflow.id, version: workflow.version) != nil ? true : nil }
+        return (workflow, .registered)
+    }
+}
