@@ -247,6 +247,11 @@ enum JSONPosition {
 /// Path parameters arrive percent-encoded; an id may hold any UTF-8 (a task id holds `/`: send it as `%2F`).
 func pathID(_ context: ServerContext, _ name: String, what: String) throws -> String {
     guard let raw = context.parameters.get(name) else { throw Problem.badRequest("missing \(what)") }
+    return try decodeID(raw, what: what)
+}
+
+/// A percent-encoded id from a path, decoded and checked.
+func decodeID(_ raw: String, what: String) throws -> String {
     guard let decoded = raw.removingPercentEncoding else { throw Problem.badRequest("the \(what) is not valid UTF-8 once percent-decoded") }
     try checkID(decoded, what: what)
     return decoded

@@ -237,6 +237,7 @@ struct Tasks: AsyncParsableCommand {
 
     struct Claim: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Claim a task (or give it back with --release) through the server.")
+        @OptionGroup var connection: ConnectionOptions
         @OptionGroup var server: ServerOptions
         @Argument(help: "The task id.") var task: String
         @Flag(help: "Give the task back.") var release = false
@@ -250,6 +251,7 @@ struct Tasks: AsyncParsableCommand {
 
     /// What approving and rejecting share.
     struct Decision: ParsableArguments {
+        @OptionGroup var connection: ConnectionOptions
         @OptionGroup var server: ServerOptions
         @Argument(help: "The task id.") var task: String
         @Option(help: "A comment.") var comment: String?
