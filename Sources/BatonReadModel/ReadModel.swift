@@ -88,6 +88,10 @@ public final class ReadModel: Sendable {
     func read(_ consumer: KafkaConsumer, partitions: [TopicPartition], gaps initialGaps: GapGuard) async throws {
         var gaps = initialGaps
         var behind = Set(partitions)
+        // Where each partition ended when last seen at its end, and the partitions read again from a gap since:
+        // such a partition is caught up once it reads past that end again (or comes to its end again).
+        var ends: [TopicPartition: Int64] = [:]
+        var rereading: Set<TopicPartition> = []
         let started = ContinuousClock.now
         var records = 0
         logger.info("read model catching up", metadata: ["partitions": "\(partitions.count)"])
@@ -99,7 +103,12 @@ public final class ReadModel: Sendable {
             for event in events {
                 switch event {
                 case .message(let message):
-                    if readingAgain.contains(message.topicPartition) { continue }
+                    let tp = message.topicPartition
+                    if readingAgain.contains(tp) { continue }
+                    if rereading.contains(tp), let end = ends[tp], message.offset + 1 >= end {
+                        rereading.remove(tp)
+                        if !readiness.isReady { behind.remove(tp) }
+                    }
                     switch gaps.check(message) {
                     case .take: messages.append(message)
                     case .drop: break
@@ -110,6 +119,8 @@ public final class ReadModel: Sendable {
                         do {
                             try await consumer.seek([TopicPartitionOffset(message.topicPartition, offset: from)])
                             readingAgain.insert(message.topicPartition)
+                            rereading.insert(tp)
+                            if !readiness.isReady { behind.insert(tp) }
                         } catch {
                             logger.warning("could not read \(message.topicPartition) again from \(from); going on: \(error)")
                             gaps.forget([message.topicPartition])
@@ -117,7 +128,11 @@ public final class ReadModel: Sendable {
                             messages.append(message)
                         }
                     }
-                case .partitionEOF(let tp, _):
+                case .partitionEOF(let tp, let offset):
+                    ends[tp] = max(ends[tp] ?? 0, offset)
+                    // An end reported before a seek in this batch is the end of what is being read again.
+                    if readingAgain.contains(tp) { continue }
+                    rereading.remove(tp)
                     if behind.remove(tp) != nil, behind.isEmpty {
                         logger.notice("read model caught up", metadata: ["records": "\(records + messages.count)", "took": "\(ContinuousClock.now - started)"])
                     }

@@ -187,6 +187,11 @@ public struct Authenticator: Sendable {
         self.file = file
         self.jwt = jwt
         self.sessionLifetime = sessionLifetime
+        // HS256 keys shorter than the hash are weak (RFC 7518 §3.2) and jwt-kit refuses them.
+        guard sessionSecret.utf8.count >= 32 else { throw AuthError("the session key must be at least 32 bytes; it is \(sessionSecret.utf8.count)") }
+        if let secret = jwt?.hmacSecret, secret.utf8.count < 32 {
+            throw AuthError("the JWT secret must be at least 32 bytes (RFC 7518 §3.2); it is \(secret.utf8.count)")
+        }
         sessionKeys = JWTKeyCollection()
         await sessionKeys.add(hmac: HMACKey(from: sessionSecret), digestAlgorithm: .sha256, kid: "session")
         if let jwt {

@@ -263,7 +263,7 @@ struct Console {
             "<tr><td>\(time(t.at))</td><td>\(e(t.event))</td><td>\(e(t.step ?? ""))</td><td>\(e(t.detail ?? ""))</td></tr>"
         }.joined()
         return (i.instanceID, """
-            <div data-live="\(url)/events"></div>
+            <div data-live="\(url)/events" data-updated="\(d.updatedAt)"></div>
             <h1>\(e(i.instanceID)) <span id="instance-status">\(badge(i.status.rawValue))</span></h1>
             <dl class="facts"><dt>Workflow</dt><dd><a href="/definitions/\(BatonService.escape(i.workflowID))/\(i.version)">\(e(i.workflowID)) v\(i.version)</a></dd>
             <dt>Started</dt><dd>\(time(i.startedAt))</dd>\(i.finishedAt.map { "<dt>Finished</dt><dd>\(time($0)) (\(duration(i.startedAt, $0)))</dd>" } ?? "")

@@ -57,7 +57,7 @@ public enum GraphSVG {
             out += "<title>\(escape(step.id)): \(status)</title>"
             out += "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(boxWidth)\" height=\"\(boxHeight)\" rx=\"\(radius)\" fill=\"\(fill)\" stroke=\"\(stroke)\" stroke-width=\"2\"\(dash)/>"
             out += "<text x=\"\(x + 10)\" y=\"\(y + 20)\" font-weight=\"600\" fill=\"#111827\">\(escape(clip(step.id, 22)))</text>"
-            let sub = step.isHumanTask ? "👤 \(step.humanTask?.assignee ?? "")" : step.pool
+            let sub = step.isHumanTask ? "for \(step.humanTask?.assignee ?? "")" : step.pool
             var detail = clip(sub, 26)
             if let state, i < state.steps.count {
                 let attempts = state.steps[i].units.map(\.attempt).max() ?? 0

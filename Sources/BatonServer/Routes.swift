@@ -29,6 +29,13 @@ struct PrincipalMiddleware: RouterMiddleware {
         } else if let cookie = request.cookies[Console.sessionCookie]?.value, !cookie.isEmpty {
             context.identity = try? await auth.principal(bearer: cookie)  // an expired or foreign session is no session: sign in again
             context.viaCookie = context.identity != nil
+            // A write with the console's cookie must say it is JSON, which a form on another site cannot send
+            // without the browser asking this server first (it never agrees): no cross-site request forgery.
+            if context.viaCookie, request.method != .get, request.method != .head, request.uri.path.hasPrefix("/v1/"),
+                request.headers[.contentType].flatMap({ MediaType(from: $0) })?.isType(.applicationJson) != true
+            {
+                throw Problem.forbidden("a write signed in with the console's cookie must be sent as application/json")
+            }
         }
         return try await next(request, context)
     }

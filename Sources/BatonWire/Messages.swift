@@ -514,7 +514,8 @@ public struct TaskRecord: Codable, Sendable, Hashable {
     public var kind = Wire.Kind.task
     public var taskID: String
     public var status: Status
-    /// The whole task while it is open; closing records carry only the id and the outcome.
+    /// The whole task with its history (every record carries it; records written before 0.2 closed a task
+    /// without it: take it from the task's earlier record).
     public var task: HumanTask?
     public var decidedBy: String?
     /// The events partition of the instance, where a decision must be sent.

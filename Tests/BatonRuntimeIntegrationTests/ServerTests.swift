@@ -8,6 +8,7 @@ import BatonTestSupport
 import BatonWire
 import BatonWorker
 import Foundation
+import JWTKit
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
@@ -384,5 +385,74 @@ struct ServerTests {
             let status = try await s.engine.baton(["status", "cli-1", "--server", s.base, "--token", s.carol])
             #expect(status.output.contains("credit_manager_approval: completed"), "\(status.output)")
         }
+    }
+}
+
+@Suite("Authentication: tokens of an identity provider, API tokens, passwords")
+struct AuthenticationTests {
+    /// Signs claims as an identity provider would (HS256 with a shared secret).
+    func sign(_ claims: [String: JSON], secret: String = "idp-secret-0123456789-0123456789-abc") async throws -> String {
+        let keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        return try await keys.sign(AnyClaims(claims))
+    }
+
+    func authenticator(_ configure: (inout JWTSettings) -> Void = { _ in }) async throws -> Authenticator {
+        var jwt = JWTSettings()
+        jwt.hmacSecret = "idp-secret-0123456789-0123456789-abc"
+        jwt.issuer = "https://idp.example.com"
+        jwt.audience = "baton"
+        configure(&jwt)
+        let (_, entry) = AuthFile.newToken(subject: "svc", roles: ["starter"])
+        return try await Authenticator(
+            file: AuthFile(users: [.init(name: "carol", passwordHash: AuthFile.hashPassword("carolpass1"), roles: ["credit_manager"])], tokens: [entry]),
+            jwt: jwt, sessionSecret: String(repeating: "s", count: 32))
+    }
+
+    var later: JSON { .number(Date().timeIntervalSince1970 + 300) }
+
+    @Test func rolesComeFromTheConfiguredClaimAndEveryCheckHolds() async throws {
+        let keycloak = try await authenticator { $0.rolesClaim = "realm_access.roles"; $0.subjectClaim = "preferred_username" }
+        let token = try await sign([
+            "sub": "f81d4fae", "preferred_username": "carol", "iss": "https://idp.example.com", "aud": ["baton", "other"], "exp": later,
+            "realm_access": ["roles": ["credit_manager", "offline_access"]],
+        ])
+        #expect(try await keycloak.principal(bearer: token) == Principal(subject: "carol", roles: ["credit_manager", "offline_access"]))
+        let plain = try await authenticator()
+        let spaced = try await sign(["sub": "bob", "iss": "https://idp.example.com", "aud": "baton", "exp": later, "roles": "operator admin"])
+        #expect(try await plain.principal(bearer: spaced).roles == ["operator", "admin"])
+        // Refused: expired, another issuer, another audience, no expiry, another key, a forged signature.
+        let refused: [([String: JSON], String, String)] = [
+            (["sub": "x", "iss": "https://idp.example.com", "aud": "baton", "exp": .number(Date().timeIntervalSince1970 - 120)], "idp-secret-0123456789-0123456789-abc", "expired"),
+            (["sub": "x", "iss": "https://evil.example.com", "aud": "baton", "exp": later], "idp-secret-0123456789-0123456789-abc", "issuer"),
+            (["sub": "x", "iss": "https://idp.example.com", "aud": "someone-else", "exp": later], "idp-secret-0123456789-0123456789-abc", "audience"),
+            (["sub": "x", "iss": "https://idp.example.com", "aud": "baton"], "idp-secret-0123456789-0123456789-abc", "expiry"),
+            (["sub": "x", "iss": "https://idp.example.com", "aud": "baton", "exp": later], "another-secret-98765-0123456789-abcdef", "signature"),
+        ]
+        for (claims, secret, why) in refused {
+            let token = try await sign(claims, secret: secret)
+            await #expect(throws: AuthError.self, "\(why)") { try await plain.principal(bearer: token) }
+            do { _ = try await plain.principal(bearer: token) } catch let error as AuthError { #expect(error.description.contains(why), "\(error)") }
+        }
+    }
+
+    @Test func passwordsAndAPITokens() async throws {
+        let auth = try await authenticator()
+        #expect(await auth.signIn(name: "carol", password: "carolpass1")?.roles == ["credit_manager"])
+        #expect(await auth.signIn(name: "carol", password: "wrong-pass") == nil)
+        #expect(await auth.signIn(name: "nobody", password: "carolpass1") == nil)
+        let (token, entry) = AuthFile.newToken(subject: "shop", roles: ["starter"])
+        let withToken = try await Authenticator(file: AuthFile(tokens: [entry]), jwt: nil, sessionSecret: String(repeating: "s", count: 32))
+        #expect(try await withToken.principal(bearer: token) == Principal(subject: "shop", roles: ["starter"]))
+        let forged = token.dropLast(2) + "00"
+        await #expect(throws: AuthError.self) { try await withToken.principal(bearer: String(forged)) }
+        // The file keeps only the hash of the token.
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("auth-\(UUID()).yaml").path
+        try AuthFile(tokens: [entry]).save(path)
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(!text.contains(token) && text.contains(entry.sha256))
+        #expect(try AuthFile.load(path) == AuthFile(tokens: [entry]))
+        try Data("users: [{name: x, password_hash: plain, roles: []}]".utf8).write(to: URL(fileURLWithPath: path))
+        #expect(throws: AuthError.self) { try AuthFile.load(path) }
     }
 }

@@ -91,13 +91,17 @@ function live() {
   const holder = document.querySelector("[data-live]");
   if (!holder || !window.EventSource) return;
   const source = new EventSource(holder.dataset.live);
-  let first = true;
+  const shown = holder.dataset.updated; // the change the page shows
   let pending = null;
-  source.addEventListener("instance", () => {
-    if (first) { first = false; return; } // the state the page already shows
+  source.addEventListener("instance", (event) => {
+    let updated = null;
+    try { updated = String(JSON.parse(event.data).updated_at); } catch (_) { /* not JSON: reload */ }
+    if (updated !== null && updated === shown) return; // the state the page already shows
     clearTimeout(pending);
     pending = setTimeout(() => location.reload(), 250);
   });
+  // Leaving the page closes the stream (browsers allow a few connections per server).
+  window.addEventListener("pagehide", () => source.close());
 }
 
 document.addEventListener("DOMContentLoaded", () => { localTimes(); live(); });
