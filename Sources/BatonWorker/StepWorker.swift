@@ -567,3 +567,18 @@ final class RecentCommands: Sendable {
 
     func abandon(_ key: String) { _ = state.withLock { $0.running.remove(key) } }
 }
+
+/// Several workers in one process, run side by side: on a graceful shutdown they all stop at once (a
+/// `ServiceGroup` stops its services one after the other, so a process with many pools would take the sum of
+/// their grace periods). When one ends with an error, the others are cancelled and the error is thrown.
+public struct StepWorkers: Service {
+    public let workers: [StepWorker]
+    public init(_ workers: [StepWorker]) { self.workers = workers }
+
+    public func run() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in workers { group.addTask { try await worker.run() } }
+            try await group.waitForAll()
+        }
+    }
+}

@@ -73,7 +73,7 @@ struct WorkersCommand: AsyncParsableCommand {
         var logger = connection.makeLogger("baton.workers")
         if connection.logLevel == .error { logger.logLevel = .info }
         let pools = pool.isEmpty ? ExampleWorkers.handlers.keys.sorted() : pool
-        var services: [any Service] = []
+        var workers: [StepWorker] = []
         for name in pools {
             guard let handler = ExampleWorkers.handlers[name] else {
                 throw CLIFailure("no example worker for pool '\(name)'; known: \(ExampleWorkers.handlers.keys.sorted().joined(separator: ", "))")
@@ -81,9 +81,9 @@ struct WorkersCommand: AsyncParsableCommand {
             var configuration = WorkerConfiguration(client: try connection.clientConfiguration, names: connection.names, pool: name)
             configuration.gapRereads = connection.resolvedGapRereads
             configuration.concurrency = concurrency
-            services.append(StepWorker(configuration: configuration, logger: logger, handler: handler))
+            workers.append(StepWorker(configuration: configuration, logger: logger, handler: handler))
         }
-        try await runServices(services, logger: logger)
+        try await runServices([StepWorkers(workers)], logger: logger)
     }
 }
 
