@@ -78,6 +78,11 @@ extension ReadModel {
         }
     }
 
+    /// How many tasks `include` holds for.
+    public func countTasks(where include: (TaskView) -> Bool) -> Int {
+        store.withLock { Array($0.tasks.values) }.lazy.compactMap(TaskView.init).filter(include).count
+    }
+
     /// The events partition a decision on a task goes to.
     public func taskPartition(_ taskID: String) -> Int32? { store.withLock { $0.tasks[taskID]?.partition } }
 

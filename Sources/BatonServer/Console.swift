@@ -108,7 +108,7 @@ struct Console {
     func html(_ content: (title: String, html: String), principal: Principal?, status: HTTPResponse.Status = .ok) -> Response {
         var nav = ""
         if let principal {
-            let counts = service.inbox(.open, for: principal).count
+            let counts = service.inboxCount(.open, for: principal)
             nav = """
                 <nav><a href="/inbox">Inbox<span class="count" id="inbox-count">\(counts)</span></a><a href="/instances">Instances</a>\
                 <a href="/definitions">Definitions</a><a href="/alerts">Alerts</a>\

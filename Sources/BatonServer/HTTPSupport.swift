@@ -257,13 +257,9 @@ func decodeID(_ raw: String, what: String) throws -> String {
     return decoded
 }
 
-/// 1 to 200 bytes of UTF-8 without control characters.
+/// 1 to 200 bytes of UTF-8 without control characters: the wire's rule for ids (`InstanceID`).
 func checkID(_ id: String, what: String) throws {
-    if id.isEmpty { throw Problem.badRequest("the \(what) is empty") }
-    if id.utf8.count > 200 { throw Problem.badRequest("the \(what) is \(id.utf8.count) bytes, more than 200") }
-    if let c = id.unicodeScalars.first(where: { $0.properties.generalCategory == .control }) {
-        throw Problem.badRequest("the \(what) contains the control character U+\(String(format: "%04X", c.value))")
-    }
+    do { try InstanceID.check(id, field: what) } catch { throw Problem.badRequest(error.reason) }
 }
 
 /// JSON responses with snake_case members as documented.

@@ -368,7 +368,7 @@ extension BatonService {
 
     /// Sends a dead letter's record again to where it came from (or `value` in its place), with its key and
     /// own headers. Only records from this namespace's topics go back.
-    func republish(_ id: String, value: JSON?) async throws -> DeliveryReportJSON {
+    func republish(_ id: String, value: JSON?) async throws -> DeliveryReport {
         guard let entry = model.deadLetter(id) else { throw Problem.notFound("no dead letter '\(id)' among the latest kept") }
         guard let topic = entry.sourceTopic, let partition = entry.sourcePartition else {
             throw Problem.conflict("dead letter '\(id)' does not say where it came from")
@@ -380,13 +380,7 @@ extension BatonService {
             guard entry.isWhole else { throw Problem.conflict("dead letter '\(id)' kept only part of its value (\(entry.originalSize) bytes); send a 'value' to publish instead") }
             bytes = entry.value
         }
-        let report = try await client.produce(ProducerRecord(topic: topic, partition: partition, key: entry.key, value: bytes, headers: entry.headers))
-        return DeliveryReportJSON(topicPartition: report.topicPartition, offset: report.offset)
-    }
-
-    struct DeliveryReportJSON {
-        var topicPartition: BatonKafka.TopicPartition
-        var offset: Int64
+        return try await client.produce(ProducerRecord(topic: topic, partition: partition, key: entry.key, value: bytes, headers: entry.headers))
     }
 
     static func version(_ context: ServerContext) throws -> Int {

@@ -68,6 +68,7 @@ public struct BatonService: Sendable {
         if let existing = model.state(id)?.state { return try existingStart(existing, request: request, input: input) }
         let requestID = Self.newRequestID()
         let message = StartMessage(instanceID: id, workflowID: request.workflowID, version: request.version, input: input, sentAt: Self.now(), requestID: requestID)
+        try Self.refuseWhatCoordinatorsRefuse(message)
         try await client.sendEvent(message, kind: .start, instanceID: id)
         guard wait else { return StartAnswer(instanceID: id, outcome: .accepted, requestID: requestID) }
         let seen = await model.wait(timeout: applyTimeout) { $0.state(id)?.state }
@@ -106,14 +107,7 @@ public struct BatonService: Sendable {
         let message = OperatorMessage(
             instanceID: instanceID, command: request.action, step: request.step, output: request.output, reason: request.reason, by: principal.subject,
             requestID: Self.newRequestID())
-        let value = Wire.encode(message)
-        let event: SagaEvent
-        do {
-            guard case .event(_, let e) = try EventMessage.decode(value) else { throw Problem.badRequest("not an instance action") }
-            event = e
-        } catch let error as Wire.DecodeError {
-            throw Problem.badRequest(error.reason)
-        }
+        guard case .event(_, let event) = try Self.refuseWhatCoordinatorsRefuse(message) else { throw Problem.badRequest("not an instance action") }
         if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
             return (.refused, "\(request.action.rawValue) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
         }
@@ -161,6 +155,7 @@ public struct BatonService: Sendable {
         if let data = request.data, data.encoded().count > Wire.maxResultBytes {
             throw Problem(.contentTooLarge, "too-large", "field 'data' is more than \(Wire.maxResultBytes) bytes")
         }
+        try Self.refuseWhatCoordinatorsRefuse(message)
         try await client.sendEvent(message, kind: .taskDecided, instanceID: task.instanceID, partition: partition)
         return try await settle(taskID, request: requestID, what: "decision")
     }
@@ -203,6 +198,13 @@ public struct BatonService: Sendable {
             "the \(what) lost: task '\(taskID)' was \(last?.action.rawValue ?? seen.status.rawValue)\(who) first", extra: ["task": taskJSON(seen)])
     }
 
+    /// Reads a record as a coordinator will (`EventMessage.decode`: ids, sizes, nesting, attempts) and refuses it
+    /// here with the same reason, so that nothing the server accepts ends on the dead-letter topic.
+    @discardableResult
+    static func refuseWhatCoordinatorsRefuse<M: Encodable>(_ message: M) throws -> EventMessage {
+        do { return try EventMessage.decode(Wire.encode(message)) } catch { throw Problem.badRequest(error.reason) }
+    }
+
     /// What a principal may do with a task now.
     func actions(_ task: TaskView, for principal: Principal) -> [String] {
         guard task.status == .open, principal.mayDecide(assignee: task.assignee) else { return [] }
@@ -223,8 +225,17 @@ public struct BatonService: Sendable {
     public enum InboxView: String, CaseIterable, Sendable { case open, mine, unassigned, completed }
 
     func inbox(_ view: InboxView, for principal: Principal, instanceID: String? = nil, search: String? = nil) -> [TaskView] {
+        model.tasks(where: inboxFilter(view, for: principal, instanceID: instanceID, search: search))
+    }
+
+    /// How many tasks a view holds (every page's header shows the open ones: counted, not listed).
+    func inboxCount(_ view: InboxView, for principal: Principal) -> Int {
+        model.countTasks(where: inboxFilter(view, for: principal, instanceID: nil, search: nil))
+    }
+
+    func inboxFilter(_ view: InboxView, for principal: Principal, instanceID: String?, search: String?) -> (TaskView) -> Bool {
         let needle = search?.lowercased()
-        return model.tasks { task in
+        return { task in
             if let instanceID, task.instanceID != instanceID { return false }
             if let needle, !needle.isEmpty,
                 !(task.title.lowercased().contains(needle) || task.instanceID.lowercased().contains(needle) || task.taskID.lowercased().contains(needle))

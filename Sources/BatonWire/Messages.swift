@@ -502,7 +502,8 @@ public enum InstanceID {
         if id.isEmpty { throw Wire.DecodeError("field '\(field)' must not be empty") }
         if id.utf8.count > maxBytes { throw Wire.DecodeError("field '\(field)' is \(id.utf8.count) bytes, more than the limit of \(maxBytes)") }
         if let c = id.unicodeScalars.first(where: { $0.properties.generalCategory == .control }) {
-            throw Wire.DecodeError("field '\(field)' contains the control character U+\(String(c.value, radix: 16, uppercase: true))")
+            let hex = String(c.value, radix: 16, uppercase: true)
+            throw Wire.DecodeError("field '\(field)' contains the control character U+\(String(repeating: "0", count: max(0, 4 - hex.count)))\(hex)")
         }
     }
 }

@@ -191,9 +191,10 @@ struct ServerTests {
             #expect(try await s.call(.POST, "/v1/instances", token: s.carol, body: body).status == 403)
             // Each bad input: a 4xx problem naming what is wrong, and nothing started.
             let cases: [(String, String?, Int, String)] = [
-                (#"{"workflow_id":"loan_processing","instance_id":""}"#, "application/json", 400, "instance_id is empty"),
-                (#"{"workflow_id":"loan_processing","instance_id":"\#(String(repeating: "x", count: 201))"}"#, "application/json", 400, "more than 200"),
+                (#"{"workflow_id":"loan_processing","instance_id":""}"#, "application/json", 400, "field 'instance_id' must not be empty"),
+                (#"{"workflow_id":"loan_processing","instance_id":"\#(String(repeating: "x", count: 201))"}"#, "application/json", 400, "more than the limit of 200"),
                 (#"{"workflow_id":"loan_processing","instance_id":"a\u0007b"}"#, "application/json", 400, "control character U+0007"),
+                (#"{"workflow_id":"loan_processing","instance_id":"deep","input":{"a":\#(String(repeating: "[", count: 200))\#(String(repeating: "]", count: 200))}}"#, "application/json", 400, "nested more than"),
                 (#"{"workflow_id":"nope","instance_id":"n-1"}"#, "application/json", 422, "'nope' is not registered"),
                 (#"{"instance_id":"n-2"}"#, "application/json", 400, "field 'workflow_id' is missing"),
                 (#"{"workflow_id": 7}"#, "application/json", 400, "field 'workflow_id' must be a string"),
