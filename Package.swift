@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "BatonCore", targets: ["BatonCore"]),
         .library(name: "BatonKafka", targets: ["BatonKafka"]),
         .library(name: "BatonTopics", targets: ["BatonTopics"]),
+        .library(name: "BatonWorker", targets: ["BatonWorker"]),
+        .library(name: "BatonMonitoring", targets: ["BatonMonitoring"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -29,6 +31,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        // OTLP over HTTP only: the gRPC trait would bring grpc-swift and a second BoringSSL.
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
+        .package(url: "https://github.com/swift-otel/swift-w3c-trace-context", from: "1.0.0"),
     ],
     targets: [
         // librdkafka through pkg-config; `scripts/setup` installs a version >= 2.1.
@@ -69,6 +77,8 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
@@ -77,7 +87,28 @@ let package = Package(
         // client settings from the environment).
         .target(
             name: "BatonRuntime",
-            dependencies: ["BatonCore", "BatonKafka", "BatonWire", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: strict
+        ),
+        // What a process shows of itself: /metrics (Prometheus), /healthz and /readyz on a port of its own, and
+        // the OTLP exporter of its spans. Only executables bootstrap it.
+        .target(
+            name: "BatonMonitoring",
+            dependencies: [
+                "BatonRuntime",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict
         ),
         // The worker SDK and the client (start, status, tasks, operators).
@@ -87,13 +118,19 @@ let package = Package(
                 "BatonCore", "BatonKafka", "BatonWire", "BatonRuntime",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
         .target(
             name: "BatonClient",
-            dependencies: ["BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
             swiftSettings: strict
         ),
         // The read model: the engine's topics followed into indexed views, with a stream of changes.
@@ -102,6 +139,7 @@ let package = Package(
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonWire", "BatonRuntime",
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -116,6 +154,8 @@ let package = Package(
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -139,7 +179,9 @@ let package = Package(
             name: "baton",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonTopics", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonExamples", "BatonWire",
-                "BatonReadModel", "BatonServer",
+                "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonRuntime",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -163,8 +205,14 @@ let package = Package(
             name: "BatonRuntimeIntegrationTests",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonTopics", "BatonWire", "BatonRuntime", "BatonCoordinator", "BatonWorker", "BatonClient",
-                "BatonTestSupport", "BatonReadModel", "BatonServer",
+                "BatonTestSupport", "BatonReadModel", "BatonServer", "BatonMonitoring",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "W3CTraceContext", package: "swift-w3c-trace-context"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -5,6 +5,7 @@ import BatonWire
 import Foundation
 import Logging
 import Synchronization
+import Tracing
 
 /// Starts workflows, registers definitions, reads instances and tasks, and sends decisions and operators'
 /// commands, all through Kafka.
@@ -40,7 +41,13 @@ public final class BatonClient: Sendable {
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    func headers(_ kind: Wire.Kind) -> [KafkaHeader] { Wire.headers(kind) }
+    /// A record's headers: its kind, and the caller's trace context (a request `baton serve` handles, a traced
+    /// service), so that the coordinator's spans of the instance join the caller's trace.
+    func headers(_ kind: Wire.Kind) -> [KafkaHeader] {
+        var headers = Wire.headers(kind)
+        if let context = ServiceContext.current { InstrumentationSystem.instrument.inject(context, into: &headers, using: KafkaHeadersInjector()) }
+        return headers
+    }
 
     /// Sends a record keyed by instance id to the instance's events partition; waits for the broker's
     /// acknowledgement unless `wait` is false (then `flush` does).

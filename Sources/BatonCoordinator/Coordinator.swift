@@ -4,8 +4,10 @@ import BatonRuntime
 import BatonWire
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
+import Tracing
 
 public struct CoordinatorConfiguration: Sendable {
     public var client: KafkaClientConfiguration
@@ -38,6 +40,11 @@ public struct CoordinatorConfiguration: Sendable {
     public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
     /// Names this coordinator in the records it writes.
     public var identity = "\(ProcessInfo.processInfo.hostName)/\(ProcessInfo.processInfo.processIdentifier)"
+    /// Where the coordinator's metrics go (docs/observability.md): the process's, unless a test gives its own.
+    public var metricsFactory: any MetricsFactory = MetricsSystem.factory
+    /// The tracer of the spans of events and commands, whose context travels in the records' headers; nil
+    /// (the default): no spans, and no trace context kept in instances.
+    public var tracer: (any Tracer)?
 
     public init(client: KafkaClientConfiguration, names: TopicNames) {
         self.client = client
@@ -58,6 +65,9 @@ struct CoordinatorContext: Sendable {
     let logger: Logger
     /// Whether runners read an events partition again when its offsets jump (the broker is Tansu, or asked).
     let gapRereads: Bool
+    let metrics: CoordinatorMetrics
+    let tracer: (any Tracer)?
+    let readiness: CoordinatorReadiness
 
     var settings: SagaSettings { SagaSettings(retention: configuration.retention) }
 
@@ -66,6 +76,7 @@ struct CoordinatorContext: Sendable {
     @discardableResult
     func engineAlert(partition: Int32, severity: Alert.Severity, _ message: String) async -> Bool {
         logger.log(level: severity == .warning ? .warning : .error, "alert: \(message)", metadata: ["partition": "\(partition)"])
+        metrics.alerts(severity.rawValue).increment()
         let names = configuration.names
         let record = AlertRecord(
             alert: AlertMessage(severity: severity, instanceID: nil, workflowID: nil, step: nil, message: message, partition: partition), at: configuration.clock())
@@ -121,11 +132,18 @@ public final class Coordinator: Service, Sendable {
     public let configuration: CoordinatorConfiguration
     let logger: Logger
     private let stopping = Atomic(false)
+    let readiness = CoordinatorReadiness()
+    let metrics: CoordinatorMetrics
 
     public init(configuration: CoordinatorConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        metrics = CoordinatorMetrics(group: configuration.names.coordinatorGroup, factory: configuration.metricsFactory)
     }
+
+    /// Whether the coordinator does its job: it joined its group, and has taken (fenced and rebuilt) every
+    /// events partition the group gave it. Not ready while it rebuilds.
+    public var isReady: Bool { readiness.isReady }
 
     /// Stops as on a graceful shutdown: each partition finishes its transaction, then the group is left.
     public func stop() { stopping.store(true, ordering: .releasing) }
@@ -146,7 +164,8 @@ public final class Coordinator: Service, Sendable {
             configuration: configuration, registry: registry,
             commandTopics: CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger),
             consumer: consumer, sideProducer: sideProducer, writeGate: WriteGate(), logger: logger,
-            gapRereads: configuration.gapRereads.enabled(clusterID: try await admin.metadata().clusterID))
+            gapRereads: configuration.gapRereads.enabled(clusterID: try await admin.metadata().clusterID),
+            metrics: metrics, tracer: configuration.tracer, readiness: readiness)
         try consumer.subscribe([names.events])
         logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)", "gap_rereads": "\(context.gapRereads)"])
 
@@ -165,6 +184,7 @@ public final class Coordinator: Service, Sendable {
         } catch {
             result = .failure(error)
         }
+        readiness.stopped()
         await consumer.close()
         await sideProducer.close(timeout: .seconds(2))
         await registry.close()
@@ -201,6 +221,8 @@ public final class Coordinator: Service, Sendable {
             for event in events {
                 switch event {
                 case .assigned(let partitions):
+                    metrics.rebalances("assigned").increment()
+                    readiness.joined()
                     for p in partitions where p.topic == names.events {
                         if let old = runners.removeValue(forKey: p.partition) {
                             logger.warning("partition \(p.partition) assigned again while still held; starting over")
@@ -209,11 +231,14 @@ public final class Coordinator: Service, Sendable {
                         }
                         // A runner of this partition still ending goes first: the new one takes the partition after.
                         let runner = PartitionRunner(partition: p.partition, context: context, after: retiring.removeValue(forKey: p.partition))
+                        readiness.taking(p.partition)
                         runners[p.partition] = runner
                         paused.remove(p.partition)
                         group.addTask { await runner.run() }
                     }
                 case .revoked(let partitions, let lost):
+                    metrics.rebalances("revoked").increment()
+                    for p in partitions where p.topic == names.events { readiness.released(p.partition) }
                     // Each runner ends its transaction (commit or abort) before the partition is let go; the loop
                     // waits for that, but not so long that the group takes this member for dead.
                     let gone = partitions.filter { $0.topic == names.events }.compactMap { p in runners.removeValue(forKey: p.partition).map { (p.partition, $0) } }
@@ -265,5 +290,44 @@ public final class Coordinator: Service, Sendable {
         for runner in runners.values { runner.stop() }
         for runner in Array(runners.values) + Array(retiring.values) { await runner.finished() }
         runners.removeAll()
+    }
+}
+
+/// Whether a coordinator is ready: it joined its group and took every partition it was given.
+final class CoordinatorReadiness: Sendable {
+    struct State {
+        var joined = false
+        var stopped = false
+        var taking = Set<Int32>()
+    }
+    private let state = Mutex(State())
+
+    var isReady: Bool { state.withLock { $0.joined && !$0.stopped && $0.taking.isEmpty } }
+    func joined() { state.withLock { $0.joined = true } }
+    func taking(_ partition: Int32) { _ = state.withLock { $0.taking.insert(partition) } }
+    /// Taken (rebuilt), or given up.
+    func took(_ partition: Int32) { _ = state.withLock { $0.taking.remove(partition) } }
+    func released(_ partition: Int32) { took(partition) }
+    func stopped() { state.withLock { $0.stopped = true } }
+}
+
+extension SagaEvent {
+    /// What a span of applying the event is called: the kind of event and its step.
+    func spanName(_ workflow: Workflow) -> String {
+        switch self {
+        case .stepCompleted(let step, _, _, _): "step.completed \(step)"
+        case .stepFailed(let step, _, _, _, _): "step.failed \(step)"
+        case .compensationCompleted(let step, _, _): "compensation.completed \(step)"
+        case .compensationFailed(let step, _, _, _): "compensation.failed \(step)"
+        case .taskDecided(let step, _, _, _, _, _, _, _): "task.decided \(step)"
+        case .taskClaimed(let step, _, _, _, _, _): "task.claimed \(step)"
+        case .heartbeat(let step, _, _, _): "step.heartbeat \(step)"
+        case .timerFired(let key):
+            "timer \(key.kind.rawValue)\(key.step.flatMap { workflow.steps.indices.contains($0) ? " \(workflow.steps[$0].id)" : nil } ?? "")"
+        case .cancel: "operator cancel"
+        case .resume: "operator resume"
+        case .retry: "operator retry"
+        case .skip(let step, _, _, _): "operator skip \(step)"
+        }
     }
 }

@@ -5,6 +5,8 @@ import BatonWire
 import Foundation
 import HeapModule
 import Logging
+import Metrics
+import Tracing
 
 struct TimerEntry: Comparable, Hashable {
     var dueAt: Timestamp
@@ -101,10 +103,14 @@ final class OwnedPartition {
     var fired: [String: Set<TimerEntry>] = [:]
     /// The events offset of the next record to process (nil until the first one, when nothing was committed).
     var nextOffset: Int64?
+    /// When the running attempts' commands were sent (for `baton_step_duration_seconds`).
+    var dispatches = Dispatches()
+    var lagReportedAt = ContinuousClock.now - .seconds(1)
 
     var configuration: CoordinatorConfiguration { context.configuration }
     var names: TopicNames { context.configuration.names }
     var logger: Logger { context.logger }
+    var metrics: CoordinatorMetrics { context.metrics }
 
     init(partition: Int32, context: CoordinatorContext, producer: KafkaProducer, partitionCount: Int, instances: [String: InstanceState], nextOffset: Int64?) {
         self.partition = partition
@@ -113,7 +119,12 @@ final class OwnedPartition {
         self.partitionCount = partitionCount
         self.instances = instances
         self.nextOffset = nextOffset
-        for state in instances.values { schedule(state) }
+        for state in instances.values {
+            schedule(state)
+            context.metrics.count(state, by: 1)
+        }
+        context.metrics.partitionsOwned.increment()
+        reportGauges()
     }
 
     // MARK: Taking the partition
@@ -208,6 +219,7 @@ final class OwnedPartition {
                 }
             }
             await reader.close()
+            context.metrics.rebuildRecords.increment(by: records)
             var byInstance: [String: [OutputRecord]] = [:]
             for record in outputs.values { byInstance[record.instanceID, default: []].append(record) }
             var instances: [String: InstanceState] = [:]
@@ -231,6 +243,7 @@ final class OwnedPartition {
                     "partition": "\(partition)", "instances": "\(instances.count)", "records": "\(records)", "uncommitted": "\(uncommitted)",
                     "ms": "\((clock.now - started).inMilliseconds)",
                 ])
+            context.metrics.rebuildDuration.record(duration: clock.now - started)
             return (instances, partitionCount)
         } catch {
             await reader.close()
@@ -238,7 +251,25 @@ final class OwnedPartition {
         }
     }
 
-    func release() async { await producer.close(timeout: .seconds(1)) }
+    func release() async {
+        await producer.close(timeout: .seconds(1))
+        // What this partition counted is now another coordinator's to count.
+        for state in instances.values { metrics.count(state, by: -1) }
+        metrics.partitionsOwned.decrement()
+        metrics.timers(String(partition)).record(0)
+        metrics.lag.forget(TopicPartition(names.events, partition))
+    }
+
+    /// The partition's timers and lag (the lag at most once a second: it asks librdkafka).
+    func reportGauges() {
+        metrics.timers(String(partition)).record(timers.count)
+        guard ContinuousClock.now - lagReportedAt >= .seconds(1) else { return }
+        lagReportedAt = .now
+        let tp = TopicPartition(names.events, partition)
+        if let high = context.consumer.cachedHighWatermark(tp) {
+            metrics.lag.record(tp, lag: high - (nextOffset ?? 0))
+        }
+    }
 
     // MARK: Timers
 
@@ -313,26 +344,60 @@ final class OwnedPartition {
         var originals: [String: InstanceState?] = [:]
         var effects: [String: [SagaEffect]] = [:]
         var deadLetters: [OutgoingRecord] = []
+        var observed = BatchObservations()
+        let tracer = context.tracer
+        /// Spans of this batch, ended once its transaction is over; the span of each instance's last event.
+        var spans: [any Span] = []
+        var eventSpans: [String: any Span] = [:]
+        var ended = false
+        func endSpans(_ error: (any Error)?) {
+            guard !ended else { return }
+            ended = true
+            for span in spans {
+                if let error {
+                    span.recordError(error)
+                    span.setStatus(SpanStatus(code: .error, message: "the transaction failed"))
+                }
+                span.end()
+            }
+        }
+        defer { endSpans(nil) }
 
-        func deadLetter(_ m: KafkaMessage, _ reason: String) {
+        func deadLetter(_ m: KafkaMessage, _ why: DeadLetterReason, _ reason: String) {
             logger.warning("dead letter", metadata: ["offset": "\(m.partition)/\(m.offset)", "reason": "\(reason)"])
             deadLetters.append(OutgoingRecord(record: deadLetterRecord(m, reason: reason, topic: names.deadletter), origin: .deadLetter(offset: m.offset)))
+            observed.deadLetters.append(why)
         }
 
-        func apply(_ id: String, _ transition: Transition) {
-            if originals[id] == nil { originals[id] = .some(instances[id]) }
+        func apply(_ id: String, _ transition: Transition, workflow: Workflow, event: SagaEvent?) {
+            let before = instances[id]
+            if originals[id] == nil { originals[id] = .some(before) }
             instances[id] = transition.state
             effects[id, default: []] += transition.effects
+            observed.applied(workflow, event: event, before: before, after: transition.state, effects: transition.effects, dispatches: dispatches, now: now)
+        }
+
+        /// The span of processing an event: a child of the context its record carries (the worker's span of a
+        /// result), else of the instance's own (kept in its state since its start).
+        func startSpan(_ m: KafkaMessage, _ name: String, instance id: String, stored: [String: String]?) -> (any Span)? {
+            guard let tracer else { return nil }
+            let parent = tracer.context(from: m.headers) ?? tracer.context(from: stored) ?? .topLevel
+            let span = tracer.startAnySpan(name, context: parent, ofKind: .consumer)
+            span.kafka(m.topic, partition: m.partition, offset: m.offset, operation: "process")
+            span.attributes["baton.instance_id"] = id
+            spans.append(span)
+            eventSpans[id] = span
+            return span
         }
 
         for m in messages {
             guard let value = m.value else {
-                deadLetter(m, "a record without a value")
+                deadLetter(m, .unreadable, "a record without a value")
                 continue
             }
             let decoded: EventMessage
             do { decoded = try EventMessage.decode(value) } catch {
-                deadLetter(m, error.reason)
+                deadLetter(m, .unreadable, error.reason)
                 continue
             }
             let id = decoded.instanceID
@@ -340,15 +405,16 @@ final class OwnedPartition {
             case .start(let start):
                 let home = KafkaPartitioner.partition(forKey: id, partitionCount: partitionCount)
                 guard home == partition else {
-                    deadLetter(m, "instance \(id) belongs on partition \(home) (murmur2 of its key), not \(partition)")
+                    deadLetter(m, .wrongPartition, "instance \(id) belongs on partition \(home) (murmur2 of its key), not \(partition)")
                     continue
                 }
                 if let existing = instances[id] {
                     if existing.isSameStart(workflowID: start.workflowID, version: start.version, input: start.input) {
                         logger.debug("duplicate start ignored", metadata: ["instance": "\(id)", "request": "\(start.requestID ?? "")"])
+                        observed.ignored += 1
                     } else {
                         deadLetter(
-                            m,
+                            m, .conflict,
                             "conflict: instance '\(id)' exists already (\(existing.workflowID) v\(existing.version), \(existing.status.rawValue)) and was started with another workflow, version or input; this start (request \(start.requestID ?? "none")) was refused"
                         )
                     }
@@ -360,37 +426,51 @@ final class OwnedPartition {
                     workflow = context.registry.workflow(start.workflowID, version: start.version)
                 }
                 guard let workflow else {
-                    deadLetter(m, "unknown workflow '\(start.workflowID)'\(start.version.map { " version \($0)" } ?? ""): register it first")
+                    deadLetter(m, .unknownWorkflow, "unknown workflow '\(start.workflowID)'\(start.version.map { " version \($0)" } ?? ""): register it first")
                     continue
                 }
-                apply(id, Saga.start(workflow, instanceID: id, input: start.input, now: now, request: start.requestID, settings: context.settings))
+                var transition = Saga.start(workflow, instanceID: id, input: start.input, now: now, request: start.requestID, settings: context.settings)
+                if let tracer, let span = startSpan(m, "start \(workflow.id)", instance: id, stored: nil) {
+                    span.attributes["baton.workflow"] = workflow.id
+                    // The instance's trace: every step of it joins this one, however long it runs.
+                    transition.state.trace = tracer.carrier(of: span.context)
+                }
+                apply(id, transition, workflow: workflow, event: nil)
             case .event(_, let event):
                 guard let state = instances[id] else {
-                    deadLetter(m, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")
+                    deadLetter(m, .unknownInstance, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")
                     continue
                 }
                 guard let workflow = context.registry.workflow(state.workflowID, version: state.version) else {
-                    deadLetter(m, "the definition \(state.workflowID)@\(state.version) of instance '\(id)' is not registered")
+                    deadLetter(m, .unknownWorkflow, "the definition \(state.workflowID)@\(state.version) of instance '\(id)' is not registered")
                     continue
                 }
                 if let step = event.step, workflow.index[step] == nil {
-                    deadLetter(m, "instance '\(id)': no step '\(step)' in \(workflow.id) v\(workflow.version)")
+                    deadLetter(m, .unknownStep, "instance '\(id)': no step '\(step)' in \(workflow.id) v\(workflow.version)")
                     continue
+                }
+                let span = startSpan(m, event.spanName(workflow), instance: id, stored: state.trace)
+                if let span {
+                    span.attributes["baton.workflow"] = workflow.id
+                    if let step = event.step { span.attributes["baton.step"] = step }
                 }
                 let transition = Saga.apply(workflow, to: state, event: event, now: now, settings: context.settings)
                 switch transition.outcome {
                 case .ignored(.unknown(let what)):
                     // About a step or attempt the instance does not have: the sender is broken; keep it for a person.
-                    deadLetter(m, "instance '\(id)': \(what)")
+                    deadLetter(m, .unknownStep, "instance '\(id)': \(what)")
+                    span?.setStatus(SpanStatus(code: .error, message: "dead-lettered: \(what)"))
                     continue
                 case .ignored(let reason):
                     // Duplicates, superseded attempts, commands that do not fit the status: expected, and harmless.
                     logger.debug("event ignored", metadata: ["instance": "\(id)", "reason": "\(reason)"])
+                    span?.attributes["baton.ignored"] = "\(reason)"
+                    observed.ignored += 1
                     continue
                 case .applied:
                     break
                 }
-                apply(id, transition)
+                apply(id, transition, workflow: workflow, event: event)
             }
         }
 
@@ -431,8 +511,22 @@ final class OwnedPartition {
             let pools = Set(outgoing.compactMap { r -> String? in if case .command = r.origin { r.record.topic } else { nil } })
             try await context.commandTopics.ensure(pools)
             for i in outgoing.indices {
-                if case .command = outgoing[i].origin {
+                if case .command(let id, let step, let item, let attempt, let compensation) = outgoing[i].origin {
                     outgoing[i].record.partition = context.commandTopics.partition(for: outgoing[i].record.topic, eventsPartition: partition)
+                    if let tracer {
+                        // The command's span: a child of the event's that caused it; the worker's span is its child.
+                        let parent = eventSpans[id]?.context ?? tracer.context(from: instances[id]?.trace) ?? .topLevel
+                        let span = tracer.startAnySpan("\(compensation ? "compensate" : "send") \(step)", context: parent, ofKind: .producer)
+                        span.kafka(outgoing[i].record.topic, partition: outgoing[i].record.partition, operation: "send")
+                        span.updateAttributes { a in
+                            a["baton.instance_id"] = id
+                            a["baton.step"] = step
+                            a["baton.attempt"] = attempt
+                            if let item { a["baton.item"] = item }
+                        }
+                        tracer.inject(span.context, into: &outgoing[i].record.headers, using: KafkaHeadersInjector())
+                        spans.append(span)
+                    }
                 }
             }
             try await commit(outgoing, messages: messages)
@@ -442,8 +536,14 @@ final class OwnedPartition {
             }
         } catch {
             for (id, original) in originals { instances[id] = original }
+            endSpans(error)
             throw error
         }
+        for (id, original) in originals where original?.status != instances[id]?.status {
+            observed.statusChanges.append((original, instances[id]))
+        }
+        observed.record(into: metrics, dispatches: &dispatches)
+        metrics.batchEvents.record(messages.count)
         if let last = messages.last { nextOffset = last.offset + 1 }
         for id in originals.keys {
             guard let state = instances[id] else { continue }
@@ -453,6 +553,7 @@ final class OwnedPartition {
             }
             schedule(state)
         }
+        reportGauges()
     }
 
     /// Writes the records and the consumed offsets in one transaction. If it fails because the broker refused
@@ -479,6 +580,11 @@ final class OwnedPartition {
             try context.writeGate.check(since: began, limit: configuration.sessionTimeout / 3)
             try await producer.commitTransaction()
             let end = ContinuousClock.now
+            metrics.transactions("committed").increment()
+            metrics.transaction("produce").record(duration: produced - began)
+            metrics.transaction("offsets").record(duration: offsetsSent - produced)
+            metrics.transaction("commit").record(duration: end - offsetsSent)
+            metrics.transaction("total").record(duration: end - began)
             logger.debug(
                 "committed",
                 metadata: [
@@ -487,6 +593,7 @@ final class OwnedPartition {
                     "offsets_ms": "\((offsetsSent - produced).inMilliseconds)", "commit_ms": "\((end - offsetsSent).inMilliseconds)",
                 ])
         } catch {
+            metrics.transactions("aborted").increment()
             do { try await producer.abortTransaction() } catch let abortError {
                 logger.debug("abort after a failed transaction failed too", metadata: ["partition": "\(partition)", "error": "\(abortError)"])
             }

@@ -137,6 +137,7 @@ final class PartitionRunner: Sendable {
         }
         if let predecessor { await predecessor.finished() }
         guard var owned = await take() else { return }
+        context.readiness.took(partition)
         var gaps = fresh(owned)
         var timerFailures = 0
         var timersBlockedUntil = ContinuousClock.now

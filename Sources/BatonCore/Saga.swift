@@ -465,7 +465,6 @@ struct Machine {
 
     mutating func humanTaskTimedOut(_ s: Int) {
         guard let spec = steps[s].humanTask, state.steps[s].units.first?.status == .running else { return }
-        let attempt = state.steps[s].units[0].attempt
         let action = state.steps[s].escalated ? spec.afterEscalation : spec.onTimeout
         let timeout = steps[s].effectiveTimeout
         switch action {

@@ -146,6 +146,9 @@ public struct InstanceState: Sendable, Hashable, Codable {
     public var generation: Int = 0
     /// The request id of the start that created the instance, when the client gave one.
     public var startRequest: String?
+    /// The trace the instance's steps belong to, as the headers a tracer writes (W3C `traceparent`): kept so that
+    /// a step that runs days later joins the same trace. Nil when the coordinator does not trace.
+    public var trace: [String: String]?
 
     public static let rememberedRequests = 16
 

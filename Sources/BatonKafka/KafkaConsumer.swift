@@ -167,6 +167,17 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
+    /// The offset each partition will be fetched from next (past transaction markers, which a consumer never
+    /// gets: the end of a partition whose last record was a marker is its high watermark). Nil for a partition
+    /// nothing was fetched from yet. Answers from the client's memory, without asking the broker.
+    public func positions(_ partitions: [TopicPartition]) throws -> [TopicPartition: Int64] {
+        try TopicPartitionList.with(partitions) { list in
+            let err = rd_kafka_position(client.handle, list)
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "positions") }
+            return Dictionary(TopicPartitionList.offsets(in: list).filter { $0.offset >= 0 }.map { ($0.topicPartition, $0.offset) }) { a, _ in a }
+        }
+    }
+
     /// Moves the read position of assigned partitions.
     public func seek(_ offsets: [TopicPartitionOffset], timeout: Duration = .seconds(10)) async throws {
         let handle = UncheckedHandle(client.handle)

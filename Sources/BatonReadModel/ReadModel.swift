@@ -5,6 +5,7 @@ import BatonWire
 import DequeModule
 import Foundation
 import Logging
+import Metrics
 import Synchronization
 
 /// A read model of the engine: follows the state, outputs, tasks, definitions, alerts and dead-letter topics
@@ -30,6 +31,8 @@ public final class ReadModel: Sendable {
     let logger: Logger
     let store: Mutex<Store>
     let hub = ChangeHub()
+    /// Instances held (`baton_read_model_instances`).
+    let instancesHeld = Gauge(label: "baton_read_model_instances")
     let readiness = Readiness()
 
     public init(client: KafkaClientConfiguration, names: TopicNames, settings: Settings = .init(), logger: Logger) {
@@ -143,7 +146,9 @@ public final class ReadModel: Sendable {
             }
             if !messages.isEmpty {
                 records += messages.count
-                changes = store.withLock { store in messages.compactMap { store.apply($0, names: names, logger: logger) } }
+                let (applied, held) = store.withLock { store in (messages.compactMap { store.apply($0, names: names, logger: logger) }, store.instances.count) }
+                changes = applied
+                instancesHeld.record(held)
             }
             // Ready only after what came before the end was applied.
             if behind.isEmpty, !readiness.isReady { readiness.markReady() }

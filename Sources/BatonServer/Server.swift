@@ -23,6 +23,9 @@ public struct BatonServer: Service {
     /// and the console.
     public func router() -> Router<ServerContext> {
         let router = Router(context: ServerContext.self)
+        router.add(middleware: HTTPMetricsMiddleware())
+        // A span per request (a no-op unless the process traces); a start sent from it carries its context.
+        router.add(middleware: TracingMiddleware())
         router.add(middleware: ProblemMiddleware())
         router.add(middleware: BodyGuardMiddleware())
         router.add(middleware: PrincipalMiddleware(auth: service.auth))

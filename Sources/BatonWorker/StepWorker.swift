@@ -5,8 +5,11 @@ import BatonWire
 import DequeModule
 import Foundation
 import Logging
+import CoreMetrics
+import Metrics
 import ServiceLifecycle
 import Synchronization
+import Tracing
 
 /// What a handler gets: the command, with its input, attempt and idempotency key.
 public struct StepContext: Sendable {
@@ -66,6 +69,12 @@ public struct WorkerConfiguration: Sendable {
     public var commandTopicPartitions = CommandTopics.defaultPartitions
     /// Whether to read a command partition again when its offsets jump (see `GapRereads`).
     public var gapRereads = GapRereads.auto
+    /// Where the worker's metrics go (docs/observability.md): the process's, unless a test gives its own.
+    public var metricsFactory: any MetricsFactory = MetricsSystem.factory
+    /// The tracer of the span around each command's handler: a child of the command's span (its context comes
+    /// in the record's headers), and the parent of the result's. Nil: `InstrumentationSystem.tracer`, which
+    /// is a no-op unless the process bootstrapped one.
+    public var tracer: (any Tracer)?
 
     public init(client: KafkaClientConfiguration, names: TopicNames, pool: String) {
         self.client = client
@@ -88,12 +97,21 @@ public final class StepWorker: Service, Sendable {
     let logger: Logger
     let stopping = Atomic<Bool>(false)
     let recent = RecentCommands(capacity: 10_000)
+    let metrics: WorkerMetrics
+    let tracer: any Tracer
+    /// Joined its group (it was given partitions, or none, by the group), and not stopped since.
+    let joined = Atomic<Bool>(false)
 
     public init(configuration: WorkerConfiguration, logger: Logger, handler: @escaping StepHandler) {
         self.configuration = configuration
         self.handler = handler
         self.logger = logger
+        metrics = WorkerMetrics(pool: configuration.pool, group: configuration.names.workerGroup(configuration.pool), factory: configuration.metricsFactory)
+        tracer = configuration.tracer ?? InstrumentationSystem.tracer
     }
+
+    /// Whether the worker takes commands: it has joined its pool's group.
+    public var isReady: Bool { joined.load(ordering: .acquiring) }
 
     public func run() async throws {
         let names = configuration.names
@@ -126,6 +144,7 @@ public final class StepWorker: Service, Sendable {
         } catch {
             result = .failure(error)
         }
+        joined.store(false, ordering: .releasing)
         // Bounded: a stopping worker must not hang on a broker that does not answer.
         await sender.close(timeout: .seconds(2))
         await consumer.close(timeout: .seconds(5))
@@ -150,6 +169,7 @@ public final class StepWorker: Service, Sendable {
         // partition is resumed (measured: a burst of 5,000 orders ran at 450 workflows/s instead of 1,300).
         let bufferLimit = max(configuration.prefetch, 2 * configuration.concurrency)
         var lastCommit = ContinuousClock.now
+        var lastLag = ContinuousClock.now
         var assigned = Set<TopicPartition>()
         var paused = Set<TopicPartition>()
         var commitFailures = 0
@@ -220,6 +240,7 @@ public final class StepWorker: Service, Sendable {
                         }
                     case .assigned(let partitions):
                         assigned.formUnion(partitions)
+                        joined.store(true, ordering: .releasing)
                     case .revoked(let partitions, _):
                         // Commands not started yet go back with their partitions; commit what is done for them while
                         // we still may; the rest is redelivered to the new owner.
@@ -230,6 +251,7 @@ public final class StepWorker: Service, Sendable {
                             logger.info("could not commit the finished commands of revoked partitions (they are redelivered): \(error)")
                         }
                         tracker.forget(Set(partitions))
+                        for tp in partitions { metrics.lag.forget(tp) }
                         assigned.subtract(partitions)
                         paused.subtract(partitions)
                     case .error(let error):
@@ -239,8 +261,27 @@ public final class StepWorker: Service, Sendable {
                     }
                 }
                 startWaiting()
+                metrics.inFlight.record(limiter.inFlight)
+                metrics.waiting.record(waiting.count)
+                if ContinuousClock.now - lastLag >= .seconds(1) {
+                    lastLag = .now
+                    // What the group still has to finish: from where it would resume to the high watermark.
+                    for (tp, next) in tracker.positions(of: assigned) {
+                        if let high = consumer.cachedHighWatermark(tp) { metrics.lag.record(tp, lag: high - next) }
+                    }
+                }
                 if ContinuousClock.now - lastCommit > .milliseconds(50) {
-                    if await commit(tracker, consumer) {
+                    // Partitions with nothing waiting or running are done up to their fetch position, past the
+                    // transaction markers after their last command (committed, the group's lag there is 0).
+                    let busy = waiting.partitions()
+                    let idle = assigned.filter { !busy.contains($0) && tracker.isIdle($0) }
+                    var past: [TopicPartition: Int64] = [:]
+                    if !idle.isEmpty {
+                        do { past = try consumer.positions(Array(idle)) } catch {
+                            logger.debug("could not read the fetch positions; committing up to the last command: \(error)")
+                        }
+                    }
+                    if await commit(tracker, consumer, past: past) {
                         commitFailures = 0
                     } else {
                         commitFailures += 1
@@ -264,6 +305,7 @@ public final class StepWorker: Service, Sendable {
             await limiter.waitUntilIdle()
             let unfinished = limiter.inFlight
             if unfinished > 0 {
+                metrics.handedBack.increment(by: unfinished)
                 logger.warning(
                     "grace period over: handing back the commands still running (they are redelivered)",
                     metadata: ["pool": "\(configuration.pool)", "commands": "\(unfinished)"])
@@ -274,8 +316,8 @@ public final class StepWorker: Service, Sendable {
     }
 
     /// Commits what is finished; false when the commit failed (during a rebalance, or with the broker away).
-    func commit(_ tracker: OffsetTracker, _ consumer: KafkaConsumer) async -> Bool {
-        let offsets = tracker.committable(of: nil)
+    func commit(_ tracker: OffsetTracker, _ consumer: KafkaConsumer, past: [TopicPartition: Int64] = [:]) async -> Bool {
+        let offsets = tracker.committable(of: nil, past: past)
         guard !offsets.isEmpty else { return true }
         do {
             try await consumer.commit(offsets)
@@ -300,6 +342,7 @@ public final class StepWorker: Service, Sendable {
             }
             command = try Wire.decode(CommandMessage.self, from: value)
         } catch {
+            metrics.deadLetters.record((error as? Wire.DecodeError)?.reason.contains("does not belong on a command topic") == true ? .notACommand : .unreadable)
             logger.warning("command sent to the dead-letter topic", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
             return await deliver(
                 deadLetterRecord(message, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), sender: sender, delivery: delivery)
@@ -312,12 +355,14 @@ public final class StepWorker: Service, Sendable {
         if now > command.deadline + Int64(configuration.deadlineMargin.inMilliseconds) {
             // The coordinator has counted this attempt as timed out; running it now would be wasted.
             logger.info("command past its deadline; not run", metadata: ["late_ms": "\(now - command.deadline)"])
+            metrics.commands(command.step, "late").increment()
             return true
         }
         let key = "\(command.idempotencyKey)#\(command.attempt)"
         switch recent.begin(key) {
         case .answered(let record):
             logger.info("command delivered again; answering with the result sent before, without running it again")
+            metrics.commands(command.step, "repeated").increment()
             return await deliver(record, sender: sender, delivery: delivery)
         case .running:
             logger.info("command delivered again while it runs; the run under way answers it")
@@ -326,22 +371,49 @@ public final class StepWorker: Service, Sendable {
             break
         }
         logger.debug("handling command", metadata: ["age_ms": "\(message.timestamp.map { now - $0 } ?? -1)"])
-        let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger)
+        if let written = message.timestamp { metrics.queueWait(command.step).recordMilliseconds(max(0, now - written)) }
+        // The handler's span: a child of the command's span, whose context the coordinator put in the headers.
+        let span = tracer.startAnySpan(
+            "\(command.isCompensation ? "compensate" : "process") \(command.step)", context: tracer.context(from: message.headers) ?? .topLevel, ofKind: .consumer)
+        span.kafka(message.topic, partition: message.partition, offset: message.offset, operation: "process")
+        span.updateAttributes { a in
+            a["baton.instance_id"] = command.instanceID
+            a["baton.workflow"] = command.workflowID
+            a["baton.step"] = command.step
+            a["baton.attempt"] = command.attempt
+            if let item = command.item { a["baton.item"] = item }
+        }
+        defer { span.end() }
+        let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger, trace: span.context, tracer: tracer)
         let result: ResultMessage
+        let began = ContinuousClock.now
         do {
-            let output = try await handler(StepContext(command: command, logger: logger, heartbeats: heartbeats))
+            let output = try await ServiceContext.withValue(span.context) {
+                try await handler(StepContext(command: command, logger: logger, heartbeats: heartbeats))
+            }
             result = .completed(command, output: output)
         } catch let failure as StepFailure {
             result = .failed(command, error: failure.message, retryable: failure.retryable)
         } catch is CancellationError {
             recent.abandon(key)
+            metrics.commands(command.step, "handed_back").increment()
+            span.attributes["baton.handed_back"] = true
             return false  // handed back: not committed, so redelivered
         } catch {
             result = .failed(command, error: "\(error)", retryable: true)
         }
+        metrics.handler(command.step).record(duration: ContinuousClock.now - began)
+        if result.kind == .stepCompleted || result.kind == .compensationCompleted {
+            metrics.commands(command.step, "completed").increment()
+        } else {
+            metrics.commands(command.step, "failed").increment()
+            span.setStatus(SpanStatus(code: .error, message: result.error))
+        }
+        var headers = Wire.headers(result.kind)
+        tracer.inject(span.context, into: &headers, using: KafkaHeadersInjector())
         let record = ProducerRecord(
             topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
-            headers: Wire.headers(result.kind))
+            headers: headers)
         recent.finish(key, record)
         return await deliver(record, sender: sender, delivery: delivery)
     }
@@ -356,8 +428,10 @@ public final class StepWorker: Service, Sendable {
         while !Task.isCancelled {
             do {
                 try await sender.send(record)
+                metrics.resultsSent.increment()
                 return true
             } catch {
+                metrics.deliveryFailures.increment()
                 if !failing {
                     failing = true
                     delivery.failed()
@@ -389,6 +463,9 @@ final class CommandQueue: Sendable {
         }
     }
 
+    /// The partitions that have commands waiting for a slot.
+    func partitions() -> Set<TopicPartition> { queue.withLock { q in Set(q.map(\.topicPartition)) } }
+
     /// Drops the waiting commands of these partitions (nil: all): they are redelivered to whoever owns them next.
     func drop(_ partitions: Set<TopicPartition>?) {
         queue.withLock { q in
@@ -412,11 +489,15 @@ final class HeartbeatSender: Sendable {
     let logger: Logger
     let interval: Duration
     let last = Mutex<ContinuousClock.Instant?>(nil)
+    let headers: [KafkaHeader]
 
-    init(command: CommandMessage, sender: ResilientProducer, logger: Logger) {
+    init(command: CommandMessage, sender: ResilientProducer, logger: Logger, trace: ServiceContext, tracer: any Tracer) {
         self.command = command
         self.sender = sender
         self.logger = logger
+        var headers = Wire.headers(.stepHeartbeat)
+        tracer.inject(trace, into: &headers, using: KafkaHeadersInjector())
+        self.headers = headers
         interval = max(.seconds(1), .milliseconds(command.heartbeatTimeout ?? 3000) / 3)
     }
 
@@ -433,7 +514,7 @@ final class HeartbeatSender: Sendable {
             try await sender.send(
                 ProducerRecord(
                     topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(message),
-                    headers: Wire.headers(.stepHeartbeat)))
+                    headers: headers))
         } catch {
             logger.warning("could not send a heartbeat: \(error)")
         }
@@ -460,11 +541,14 @@ final class OffsetTracker: Sendable {
         state.withLock { _ = $0.inFlight[m.topicPartition]?.remove(m.offset) }
     }
 
-    func committable(of partitions: Set<TopicPartition>?) -> [TopicPartitionOffset] {
+    /// - Parameter past: fetch positions of partitions with no command waiting or running: everything before
+    ///   them is done (what lies between the last command and the position is transaction markers).
+    func committable(of partitions: Set<TopicPartition>?, past: [TopicPartition: Int64] = [:]) -> [TopicPartitionOffset] {
         state.withLock { s in
             s.next.compactMap { tp, next in
                 guard partitions?.contains(tp) ?? true else { return nil }
-                let offset = s.inFlight[tp]?.min() ?? next
+                let running = s.inFlight[tp]?.min()
+                let offset = running ?? max(next, past[tp] ?? next)
                 return offset > (s.committed[tp] ?? -1) ? TopicPartitionOffset(tp, offset: offset) : nil
             }
         }
@@ -472,6 +556,15 @@ final class OffsetTracker: Sendable {
 
     func committed(_ offsets: [TopicPartitionOffset]) {
         state.withLock { s in for o in offsets { s.committed[o.topicPartition] = o.offset } }
+    }
+
+    /// Whether no command of the partition is running.
+    func isIdle(_ tp: TopicPartition) -> Bool { state.withLock { $0.inFlight[tp]?.isEmpty ?? true } }
+
+    /// For each of these partitions, the offset the group will resume from: the committed one, else the first
+    /// polled (what `consumer lag` is measured against).
+    func positions(of partitions: Set<TopicPartition>) -> [(TopicPartition, Int64)] {
+        state.withLock { s in partitions.compactMap { tp in (s.committed[tp] ?? s.inFlight[tp]?.min() ?? s.next[tp]).map { (tp, $0) } } }
     }
 
     func forget(_ partitions: Set<TopicPartition>) {
@@ -575,10 +668,49 @@ public struct StepWorkers: Service {
     public let workers: [StepWorker]
     public init(_ workers: [StepWorker]) { self.workers = workers }
 
+    /// Every worker has joined its group.
+    public var isReady: Bool { workers.allSatisfy(\.isReady) }
+
     public func run() async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for worker in workers { group.addTask { try await worker.run() } }
             try await group.waitForAll()
         }
     }
+}
+
+/// The worker's metrics (names and meaning: docs/observability.md).
+final class WorkerMetrics: Sendable {
+    let pool: String
+    let commandsByStep: LabeledMetric<Counter>
+    let handlerByStep: LabeledMetric<CoreMetrics.Timer>
+    let queueWaitByStep: LabeledMetric<CoreMetrics.Timer>
+    let inFlight: Gauge
+    let waiting: Gauge
+    let resultsSent: Counter
+    let deliveryFailures: Counter
+    let handedBack: Counter
+    let lag: ConsumerLag
+    let deadLetters: DeadLetterMetrics
+
+    init(pool: String, group: String, factory: any MetricsFactory) {
+        self.pool = pool
+        commandsByStep = .counter("baton_worker_commands_total", labels: ["pool", "step", "outcome"], factory: factory)
+        handlerByStep = .timer("baton_worker_handler_seconds", labels: ["pool", "step"], factory: factory)
+        queueWaitByStep = .timer("baton_worker_queue_wait_seconds", labels: ["pool", "step"], factory: factory)
+        inFlight = Gauge(label: "baton_worker_commands_in_flight", dimensions: [("pool", pool)], factory: factory)
+        waiting = Gauge(label: "baton_worker_commands_waiting", dimensions: [("pool", pool)], factory: factory)
+        resultsSent = Counter(label: "baton_worker_results_sent_total", dimensions: [("pool", pool)], factory: factory)
+        deliveryFailures = Counter(label: "baton_worker_delivery_failures_total", dimensions: [("pool", pool)], factory: factory)
+        handedBack = Counter(label: "baton_worker_handed_back_total", dimensions: [("pool", pool)], factory: factory)
+        lag = ConsumerLag(group: group, factory: factory)
+        deadLetters = DeadLetterMetrics(source: "worker", factory: factory)
+        inFlight.record(0)
+        waiting.record(0)
+        handedBack.increment(by: 0)
+    }
+
+    func commands(_ step: String, _ outcome: String) -> Counter { commandsByStep(pool, step, outcome) }
+    func handler(_ step: String) -> CoreMetrics.Timer { handlerByStep(pool, step) }
+    func queueWait(_ step: String) -> CoreMetrics.Timer { queueWaitByStep(pool, step) }
 }

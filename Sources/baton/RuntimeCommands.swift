@@ -10,6 +10,7 @@ import BatonWire
 import BatonWorker
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import UnixSignals
 
@@ -45,6 +46,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
     var retention: String = "7d"
     @Option(help: ArgumentHelp("The largest record the brokers take, in bytes (Kafka's max.message.bytes, less a margin).", valueName: "bytes"))
     var maxRecordBytes = 990_000
+    @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
         var logger = connection.makeLogger("baton.coordinator")
@@ -57,7 +59,11 @@ struct CoordinatorCommand: AsyncParsableCommand {
         configuration.retention = retention
         configuration.maxRecordBytes = maxRecordBytes
         configuration.gapRereads = connection.resolvedGapRereads
-        try await runServices([Coordinator(configuration: configuration, logger: logger)], logger: logger)
+        let monitored = try monitoring.bootstrap(serviceName: "baton-coordinator", logger: logger)
+        configuration.metricsFactory = MetricsSystem.factory
+        configuration.tracer = monitored.tracer
+        let coordinator = Coordinator(configuration: configuration, logger: logger)
+        try await runServices(monitored.services(component: "coordinator", ready: { coordinator.isReady }, main: [coordinator]), logger: logger)
     }
 }
 
@@ -68,11 +74,13 @@ struct WorkersCommand: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Worker pools to run (default: all the examples').") var pool: [String] = []
     @Option(help: "Commands each pool handles at once.") var concurrency = 64
+    @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
         var logger = connection.makeLogger("baton.workers")
         if connection.logLevel == .error { logger.logLevel = .info }
         let pools = pool.isEmpty ? ExampleWorkers.handlers.keys.sorted() : pool
+        let monitored = try monitoring.bootstrap(serviceName: "baton-workers", logger: logger)
         var workers: [StepWorker] = []
         for name in pools {
             guard let handler = ExampleWorkers.handlers[name] else {
@@ -81,9 +89,12 @@ struct WorkersCommand: AsyncParsableCommand {
             var configuration = WorkerConfiguration(client: try connection.clientConfiguration, names: connection.names, pool: name)
             configuration.gapRereads = connection.resolvedGapRereads
             configuration.concurrency = concurrency
+            configuration.metricsFactory = MetricsSystem.factory
+            configuration.tracer = monitored.tracer
             workers.append(StepWorker(configuration: configuration, logger: logger, handler: handler))
         }
-        try await runServices([StepWorkers(workers)], logger: logger)
+        let all = StepWorkers(workers)
+        try await runServices(monitored.services(component: "worker", ready: { all.isReady }, main: [all]), logger: logger)
     }
 }
 

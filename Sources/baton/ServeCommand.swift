@@ -31,6 +31,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "The JWT claim that names the person.") var subjectClaim = "sub"
     @Option(help: ArgumentHelp("A file with the secret that signs console sessions (default: a new one per start: sessions end with the process).", valueName: "file"))
     var sessionKeyFile: String?
+    @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
         var logger = connection.makeLogger("baton.serve")
@@ -53,6 +54,7 @@ struct Serve: AsyncParsableCommand {
         let authenticator: Authenticator
         do { authenticator = try await Authenticator(file: file, jwt: jwt, sessionSecret: sessionSecret) } catch let error as AuthError { throw CLIFailure(error.description) }
         let clientConfiguration = try connection.clientConfiguration
+        let monitored = try monitoring.bootstrap(serviceName: "baton-serve", logger: logger)
         var settings = ReadModel.Settings()
         settings.gapRereads = connection.resolvedGapRereads
         let model = ReadModel(client: clientConfiguration, names: connection.names, settings: settings, logger: logger)
@@ -63,7 +65,7 @@ struct Serve: AsyncParsableCommand {
             fflush(nil)  // every stream: a wrapper script waits for this line
         }
         do {
-            try await runServices([server], logger: logger)
+            try await runServices(monitored.services(component: "server", ready: { model.isReady }, main: [server]), logger: logger)
         } catch {
             await client.close()
             throw (error as? ReadModelError).map { CLIFailure($0.description) } ?? error

@@ -20,7 +20,7 @@ final class BatonProcess: @unchecked Sendable {
         return URL(fileURLWithPath: ".build/debug/baton")
     }
 
-    init(_ arguments: [String], namespace: String, brokers: KafkaBrokers = TestKafka.brokers) throws {
+    init(_ arguments: [String], namespace: String, brokers: KafkaBrokers = TestKafka.brokers, environment: [String: String] = [:]) throws {
         log = FileManager.default.temporaryDirectory.appendingPathComponent("\(TestKafka.uniqueName("baton-proc")).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
@@ -29,6 +29,7 @@ final class BatonProcess: @unchecked Sendable {
         process.arguments = arguments + ["--namespace", namespace, "--brokers", brokers.bootstrapServers] + level
         process.standardOutput = handle
         process.standardError = handle
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
         try process.run()
     }
 
@@ -61,6 +62,24 @@ final class BatonProcess: @unchecked Sendable {
     }
 
     var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    /// Waits until the process has printed a line matching `pattern`; the pattern's first capture.
+    func waitForLine(_ pattern: String, timeout: Duration = .seconds(60)) async throws -> String {
+        let regex = try Regex(pattern)
+        var found: String?
+        try await waitUntil("baton \(process.arguments?.first ?? "") to print /\(pattern)/", timeout: timeout) {
+            guard isRunning else { throw ProcessEnded(output: output) }
+            guard let match = output.firstMatch(of: regex) else { return false }
+            found = match.output.count > 1 ? match.output[1].substring.map(String.init) : String(match.output[0].substring ?? "")
+            return true
+        }
+        return found ?? ""
+    }
+
+    struct ProcessEnded: Error, CustomStringConvertible {
+        var output: String
+        var description: String { "the process ended; it printed:\n\(output.suffix(4000))" }
+    }
 
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }

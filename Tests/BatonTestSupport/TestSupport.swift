@@ -136,7 +136,7 @@ public final class PrivateBroker: Sendable {
         try? FileManager.default.removeItem(at: log)
     }
 
-    static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw DeadlineExceeded(what: "a socket") }
         defer { close(fd) }

@@ -1,0 +1,192 @@
+import BatonCore
+import BatonKafka
+import BatonRuntime
+import CoreMetrics
+import Foundation
+import Metrics
+import Synchronization
+
+/// The coordinator's metrics (names and meaning: docs/observability.md). Made with the factory of the
+/// configuration: the process's (`MetricsSystem.factory`) unless a test gives its own.
+final class CoordinatorMetrics: Sendable {
+    let started: LabeledMetric<Counter>
+    let finished: LabeledMetric<Counter>
+    let suspended: LabeledMetric<Counter>
+    let instances: LabeledMetric<Meter>
+    let instanceDuration: LabeledMetric<CoreMetrics.Timer>
+    let stepAttempts: LabeledMetric<Counter>
+    let stepDuration: LabeledMetric<CoreMetrics.Timer>
+    let compensations: LabeledMetric<Counter>
+    let tasks: LabeledMetric<Counter>
+    let alerts: LabeledMetric<Counter>
+    let events: LabeledMetric<Counter>
+    let deadLetters: DeadLetterMetrics
+    let batchEvents: Recorder
+    let transaction: LabeledMetric<CoreMetrics.Timer>
+    let transactions: LabeledMetric<Counter>
+    let rebalances: LabeledMetric<Counter>
+    let partitionsOwned: Meter
+    let rebuildDuration: CoreMetrics.Timer
+    let rebuildRecords: Counter
+    let timers: LabeledMetric<Gauge>
+    let lag: ConsumerLag
+
+    init(group: String, factory: any MetricsFactory) {
+        started = .counter("baton_instances_started_total", labels: ["workflow"], factory: factory)
+        finished = .counter("baton_instances_finished_total", labels: ["workflow", "outcome"], factory: factory)
+        suspended = .counter("baton_instances_suspended_total", labels: ["workflow", "reason"], factory: factory)
+        instances = .meter("baton_instances", labels: ["workflow", "status"], factory: factory)
+        instanceDuration = .timer("baton_instance_duration_seconds", labels: ["workflow"], factory: factory)
+        stepAttempts = .counter("baton_step_attempts_total", labels: ["workflow", "step", "outcome"], factory: factory)
+        stepDuration = .timer("baton_step_duration_seconds", labels: ["workflow", "step"], factory: factory)
+        compensations = .counter("baton_compensations_total", labels: ["workflow", "step", "outcome"], factory: factory)
+        tasks = .counter("baton_tasks_total", labels: ["workflow", "step", "outcome"], factory: factory)
+        alerts = .counter("baton_alerts_total", labels: ["severity"], factory: factory)
+        events = .counter("baton_coordinator_events_total", labels: ["result"], factory: factory)
+        deadLetters = DeadLetterMetrics(source: "coordinator", factory: factory)
+        batchEvents = Recorder(label: "baton_coordinator_batch_events", dimensions: [], aggregate: true, factory: factory)
+        transaction = .timer("baton_coordinator_transaction_seconds", labels: ["phase"], factory: factory)
+        transactions = .counter("baton_coordinator_transactions_total", labels: ["result"], factory: factory)
+        rebalances = .counter("baton_coordinator_rebalances_total", labels: ["change"], factory: factory)
+        partitionsOwned = Meter(label: "baton_coordinator_partitions_owned", dimensions: [], factory: factory)
+        rebuildDuration = CoreMetrics.Timer(label: "baton_coordinator_rebuild_seconds", dimensions: [], factory: factory)
+        rebuildRecords = Counter(label: "baton_coordinator_rebuild_records_total", dimensions: [], factory: factory)
+        timers = .gauge("baton_coordinator_timers", labels: ["partition"], factory: factory)
+        lag = ConsumerLag(group: group, factory: factory)
+        // Series that alerts and dashboards expect to exist before anything happens.
+        for result in ["committed", "aborted"] { transactions(result).increment(by: 0) }
+        for result in ["applied", "ignored", "dead_lettered"] { events(result).increment(by: 0) }
+        for change in ["assigned", "revoked"] { rebalances(change).increment(by: 0) }
+        partitionsOwned.set(0)
+    }
+
+    /// An instance's status counted under its workflow (the gauge of instances held).
+    func count(_ state: InstanceState, by delta: Double) {
+        let meter = instances(state.workflowID, state.status.rawValue)
+        if delta > 0 { meter.increment(by: delta) } else { meter.decrement(by: -delta) }
+    }
+}
+
+/// What a batch did, recorded once its transaction committed (a batch that is tried again counts once).
+struct BatchObservations {
+    enum StepOutcome: String { case completed, failed, retried, timedOut = "timed_out" }
+
+    var started: [String] = []
+    /// Instances whose status the batch changed (filled in once it committed, from where it began and ended).
+    var statusChanges: [(before: InstanceState?, after: InstanceState?)] = []
+    var attempts: [(workflow: String, step: String, outcome: StepOutcome, duration: Duration?)] = []
+    var compensations: [(workflow: String, step: String, completed: Bool)] = []
+    var tasks: [(workflow: String, step: String, outcome: String)] = []
+    var alerts: [Alert.Severity] = []
+    var applied = 0
+    var ignored = 0
+    var deadLetters: [DeadLetterReason] = []
+    /// Commands sent, and attempts whose results came, for `Dispatches` once the batch is committed.
+    var sent: [(Dispatches.Key, Timestamp)] = []
+    var answered: [Dispatches.Key] = []
+
+    /// The time from an attempt's command to its result, when the command was sent since the partition was taken.
+    mutating func duration(_ dispatches: Dispatches, _ instance: String, _ step: String, _ item: Int?, _ attempt: Int, now: Timestamp) -> Duration? {
+        let key = Dispatches.Key(instance: instance, step: step, item: item, attempt: attempt)
+        answered.append(key)
+        return (sent.last { $0.0 == key }?.1 ?? dispatches.sentAt[key]).map { .milliseconds(max(0, now - $0)) }
+    }
+
+    /// Reads what an applied transition did: outcomes of attempts, compensations, tasks, alerts.
+    mutating func applied(_ workflow: Workflow, event: SagaEvent?, before: InstanceState?, after: InstanceState, effects: [SagaEffect], dispatches: Dispatches, now: Timestamp) {
+        applied += 1
+        let id = after.instanceID
+        if before == nil { started.append(workflow.id) }
+        switch event {
+        case .stepCompleted(let step, let item, let attempt, _):
+            attempts.append((workflow.id, step, .completed, duration(dispatches, id, step, item, attempt, now: now)))
+        case .stepFailed(let step, let item, let attempt, _, _):
+            let index = workflow.index[step]
+            let retried = effects.contains { effect in
+                if case .armTimer(let key, _) = effect, key.kind == .retry, key.step == index, key.item == item { return true }
+                return false
+            }
+            attempts.append((workflow.id, step, retried ? .retried : .failed, duration(dispatches, id, step, item, attempt, now: now)))
+        case .timerFired(let key) where key.kind == .stepTimeout || key.kind == .heartbeat:
+            if let s = key.step, workflow.steps.indices.contains(s) {
+                let step = workflow.steps[s].id
+                attempts.append((workflow.id, step, .timedOut, duration(dispatches, id, step, key.item, key.attempt, now: now)))
+            }
+        case .compensationCompleted(let step, _, _):
+            compensations.append((workflow.id, step, true))
+        case .compensationFailed(let step, _, _, _):
+            compensations.append((workflow.id, step, false))
+        default:
+            break
+        }
+        for effect in effects {
+            switch effect {
+            case .dispatch(let command):
+                sent.append((Dispatches.Key(instance: id, step: command.step, item: command.item, attempt: command.attempt), now))
+            case .createTask(let task):
+                tasks.append((workflow.id, task.step, "created"))
+            case .closeTask(let task, let resolution, _):
+                tasks.append((workflow.id, task.step, resolution.rawValue))
+            case .alert(let alert):
+                alerts.append(alert.severity)
+            default:
+                break
+            }
+        }
+    }
+
+    func record(into metrics: CoordinatorMetrics, dispatches: inout Dispatches) {
+        for key in answered { dispatches.sentAt[key] = nil }
+        for (key, at) in sent { dispatches.sent(key, at: at) }
+        for workflow in started { metrics.started(workflow).increment() }
+        for (before, after) in statusChanges {
+            if let before { metrics.count(before, by: -1) }
+            guard let after else { continue }
+            metrics.count(after, by: 1)
+            if after.status.isFinished, before?.status.isFinished != true {
+                let outcome: String =
+                    switch after.status {
+                    case .failed: after.steps.contains { $0.units.contains { $0.compensation == .done } } ? "compensated" : "failed"
+                    default: after.status.rawValue
+                    }
+                metrics.finished(after.workflowID, outcome).increment()
+                if let end = after.finishedAt {
+                    metrics.instanceDuration(after.workflowID).recordMilliseconds(max(0, end - after.startedAt))
+                }
+            }
+            if after.status == .suspended {
+                metrics.suspended(after.workflowID, after.suspension == .compensationFailed ? "compensation_failed" : "failure").increment()
+            }
+        }
+        for a in attempts {
+            metrics.stepAttempts(a.workflow, a.step, a.outcome.rawValue).increment()
+            if let d = a.duration { metrics.stepDuration(a.workflow, a.step).record(duration: d) }
+        }
+        for c in compensations { metrics.compensations(c.workflow, c.step, c.completed ? "completed" : "failed").increment() }
+        for t in tasks { metrics.tasks(t.workflow, t.step, t.outcome).increment() }
+        for s in alerts { metrics.alerts(s.rawValue).increment() }
+        if applied > 0 { metrics.events("applied").increment(by: applied) }
+        if ignored > 0 { metrics.events("ignored").increment(by: ignored) }
+        if !deadLetters.isEmpty { metrics.events("dead_lettered").increment(by: deadLetters.count) }
+        for reason in deadLetters { metrics.deadLetters.record(reason) }
+    }
+}
+
+/// When each running attempt's command was sent (for the step duration: command sent to result applied).
+/// In memory only: attempts sent before the partition was taken are not timed.
+struct Dispatches {
+    struct Key: Hashable {
+        var instance: String
+        var step: String
+        var item: Int?
+        var attempt: Int
+    }
+    var sentAt: [Key: Timestamp] = [:]
+    /// At most this many are remembered (attempts whose results never come are forgotten, not kept forever).
+    static let capacity = 200_000
+
+    mutating func sent(_ key: Key, at now: Timestamp) {
+        if sentAt.count >= Self.capacity { sentAt.removeAll(keepingCapacity: true) }
+        sentAt[key] = now
+    }
+}
