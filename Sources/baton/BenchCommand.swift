@@ -5,6 +5,7 @@ import BatonKafka
 import BatonTopics
 import BatonWire
 import Foundation
+import Synchronization
 import Logging
 
 struct Bench: AsyncParsableCommand {
@@ -35,6 +36,10 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the instances to finish.") var deadline = 300
     @Flag(help: "Audit offsets at the end: for every instance that did not finish, where it stopped (see docs/benchmarks.md); exits 1 when any did not.")
     var audit = false
+    @Flag(help: "Run the coordinators and workers with their metrics served (--metrics-port 0): to measure what metrics cost.")
+    var metrics = false
+    @Option(help: ArgumentHelp("Run the coordinators and workers with tracing on, exporting to this OTLP/HTTP endpoint: to measure what tracing costs.", valueName: "url"))
+    var otlpEndpoint: String?
 
     static let definitions: [Shape: String] = [
         .order: #"{"workflow_id":"bench_order","steps":[{"id":"validate","type":"service_call","depends_on":[]},{"id":"reserve","type":"service_call","depends_on":["validate"]},{"id":"charge","type":"service_call","depends_on":["reserve"]},{"id":"ship","type":"service_call","depends_on":["charge"]},{"id":"notify","type":"notification","depends_on":["ship"]}]}"#,
@@ -57,7 +62,7 @@ struct Bench: AsyncParsableCommand {
         let watcher = try await InstanceWatcher(client: clientConfiguration, names: names, logger: logger, light: true)
 
         let children = ChildProcesses()
-        let common = ["--namespace", namespace] + connection.childArguments
+        let common = ["--namespace", namespace] + connection.childArguments + (metrics ? ["--metrics-port", "0"] : []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? [])
         var coordinatorProcesses: [Process] = []
         for i in 0..<coordinators { coordinatorProcesses.append(try children.spawn("coordinator-\(i)", ["coordinator"] + common)) }
         try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
@@ -91,7 +96,15 @@ struct Bench: AsyncParsableCommand {
         }
         try await client.flush()
         let offeredFor = clock.now - began
-        let done = await watcher.wait(for: Set(sentAt.keys), toBe: reached, timeout: .seconds(deadline))
+        let ids = Array(sentAt.keys)
+        let progress = Mutex(0)
+        let done = await withProgress(every: .seconds(2)) {
+            let count = ids.count { (holding ? watcher.waitingSeenAt($0) : watcher.finishedSeenAt($0)) != nil }
+            let last = progress.withLock { last in defer { last = count }; return last }
+            return "progress: \(count) of \(ids.count) \(holding ? "waiting" : "finished") (\((count - last) / 2)/s)"
+        } _: {
+            await watcher.wait(for: Set(ids), toBe: reached, timeout: .seconds(deadline))
+        }
         func reachedAt(_ id: String) -> Int64? { holding ? watcher.waitingSeenAt(id) : watcher.finishedSeenAt(id) }
         let stragglers = Set(sentAt.keys.filter { reachedAt($0) == nil })
         let held = holding ? try await measureHeld(sentAt.count + warm.count, coordinators: coordinatorProcesses, residentBefore: residentBefore, children: children, common: common) : nil

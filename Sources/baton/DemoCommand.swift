@@ -50,7 +50,15 @@ struct Demo: AsyncParsableCommand {
             ids.append(try await client.start(workflowID: workflow.id, input: input, instanceID: order))
             print("started \(order)\(declined ? " (its card will be declined)" : "")")
         }
-        let finished = await watcher.wait(for: Set(ids), toBe: [.completed, .failed, .suspended, .cancelled], timeout: .seconds(120))
+        let ended: Set<InstanceStatus> = [.completed, .failed, .suspended, .cancelled]
+        let orderIDs = ids
+        let finished = await withProgress(every: .seconds(1)) {
+            let statuses = orderIDs.map { watcher.status($0) }
+            let done = statuses.count { $0.map(ended.contains) ?? false }
+            return done == orderIDs.count ? nil : "waiting for the orders: \(done) of \(orderIDs.count) done (\(statuses.compactMap { $0?.rawValue }.joined(separator: ", ")))"
+        } _: {
+            await watcher.wait(for: Set(orderIDs), toBe: ended, timeout: .seconds(120))
+        }
         print("")
         for id in ids {
             if let state = watcher.state(id) {
