@@ -489,15 +489,16 @@ final class HeartbeatSender: Sendable {
     let logger: Logger
     let interval: Duration
     let last = Mutex<ContinuousClock.Instant?>(nil)
-    let headers: [KafkaHeader]
+    /// The handler's span: heartbeats carry its context, as its result does.
+    let trace: ServiceContext
+    let tracer: any Tracer
 
     init(command: CommandMessage, sender: ResilientProducer, logger: Logger, trace: ServiceContext, tracer: any Tracer) {
         self.command = command
         self.sender = sender
         self.logger = logger
-        var headers = Wire.headers(.stepHeartbeat)
-        tracer.inject(trace, into: &headers, using: KafkaHeadersInjector())
-        self.headers = headers
+        self.trace = trace
+        self.tracer = tracer
         interval = max(.seconds(1), .milliseconds(command.heartbeatTimeout ?? 3000) / 3)
     }
 
@@ -510,6 +511,8 @@ final class HeartbeatSender: Sendable {
         }
         guard due else { return }
         let message = HeartbeatMessage(command, details: details)
+        var headers = Wire.headers(.stepHeartbeat)
+        tracer.inject(trace, into: &headers, using: KafkaHeadersInjector())
         do {
             try await sender.send(
                 ProducerRecord(
