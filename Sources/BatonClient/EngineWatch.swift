@@ -10,9 +10,9 @@ import Logging
 /// - `events` and every `commands.<pool>` topic from the offsets their groups (the coordinators, each pool's
 ///   workers) have committed, so that it sees every record not consumed yet: the lag of a group is the number of
 ///   records past its committed offsets (counted, not subtracted: a command topic is written in transactions,
-///   and each transaction's commit marker takes an offset that no consumer ever commits past as a record), and
-///   the attempts in flight when it starts are known. A group that has committed nothing is read from the
-///   beginning: all of it is still to consume.
+///   and each transaction's commit marker takes an offset that is no record to consume). A group that has
+///   committed nothing is read from the beginning: all of it is still to consume. Records written before the
+///   watch started count for lag only (`WatchStats`).
 /// - `state` and `alerts` from their end: finished instances and alerts since the watch started.
 ///
 /// The end of each partition is where its own consumer stops (partition EOF) rather than a ListOffsets query,
