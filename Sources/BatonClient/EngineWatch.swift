@@ -64,25 +64,25 @@ public struct EngineWatch: Sendable {
         var pools: Set<String> = []
 
         /// The partitions of a group's topic, from the group's committed offsets (the beginning where it has none).
-        func fromCommitted(_ topic: String, group: String, label: String) async throws -> [TopicPartitionOffset] {
+        func fromCommitted(_ topic: String, group: String, label: String, in metadata: ClusterMetadata) async throws -> [TopicPartitionOffset] {
             let partitions = (0..<Int32(metadata.topics[topic]?.partitionCount ?? 0)).map { TopicPartition(topic, $0) }
             let offsets = try await groups.committed(group: group, partitions)
             stats.trackLag(of: topic, as: label)
             stats.setCommitted(offsets)
-            return partitions.map { TopicPartitionOffset($0, offset: (offsets[$0] ?? -1) >= 0 ? offsets[$0]! : TopicPartitionOffset.beginning) }
+            return partitions.map { p in TopicPartitionOffset(p, offset: offsets[p].flatMap { $0 >= 0 ? $0 : nil } ?? TopicPartitionOffset.beginning) }
         }
         func fromEnd(_ topic: String) -> [TopicPartitionOffset] {
             (0..<Int32(metadata.topics[topic]?.partitionCount ?? 0)).map { TopicPartitionOffset(topic, $0, offset: TopicPartitionOffset.end) }
         }
-        assigned += try await fromCommitted(names.events, group: names.coordinatorGroup, label: "coordinators (events)")
+        assigned += try await fromCommitted(names.events, group: names.coordinatorGroup, label: "coordinators (events)", in: metadata)
         for pool in commandPools(metadata) {
             pools.insert(pool)
-            assigned += try await fromCommitted(names.commands(pool), group: names.workerGroup(pool), label: "workers \(pool)")
+            assigned += try await fromCommitted(names.commands(pool), group: names.workerGroup(pool), label: "workers \(pool)", in: metadata)
         }
         assigned += fromEnd(names.state) + fromEnd(names.alerts)
         try consumer.assign(assigned)
 
-        // Read to the end of every partition first: what is in flight and not consumed yet, then the first frame.
+        // Read to the end of every partition first (what the groups have not consumed yet), then show the first frame.
         var behind = Set(assigned.map(\.topicPartition))
         let clock = ContinuousClock()
         let readDeadline = clock.now + readTimeout
@@ -110,19 +110,15 @@ public struct EngineWatch: Sendable {
                 try onFrame(stats.frame(now: now))
                 shown += 1
                 if let frames, shown >= frames { return }
-                nextFrame = nextFrame + .milliseconds(settings.interval)
+                // The next frame one interval later; after a slow round, one interval from now (no frames in a burst).
+                nextFrame = max(nextFrame + .milliseconds(settings.interval), clock.now + .milliseconds(settings.interval / 2))
                 if shown % 5 == 0 {
                     // New pools since: read their topics from their groups' committed offsets (all of it if none).
                     let latest = try await consumer.metadata()
                     var added: [TopicPartitionOffset] = []
                     for pool in commandPools(latest) where !pools.contains(pool) {
                         pools.insert(pool)
-                        let topic = names.commands(pool)
-                        let partitions = (0..<Int32(latest.topics[topic]?.partitionCount ?? 0)).map { TopicPartition(topic, $0) }
-                        let offsets = try await groups.committed(group: names.workerGroup(pool), partitions)
-                        stats.trackLag(of: topic, as: "workers \(pool)")
-                        stats.setCommitted(offsets)
-                        added += partitions.map { TopicPartitionOffset($0, offset: (offsets[$0] ?? -1) >= 0 ? offsets[$0]! : TopicPartitionOffset.beginning) }
+                        added += try await fromCommitted(names.commands(pool), group: names.workerGroup(pool), label: "workers \(pool)", in: latest)
                     }
                     if !added.isEmpty {
                         // `assign` replaces the assignment: every partition already read continues where it was.
