@@ -27,9 +27,24 @@ public enum StateCodec {
     /// Only the instance's status, read without decoding the whole snapshot (for watchers of many
     /// instances): a scan of the top-level object's keys that skips over every nested value.
     public static func status(_ data: Data) -> InstanceStatus? {
-        guard data.count >= 2, data[data.startIndex] == magic, data[data.startIndex + 1] == version else { return nil }
+        topLevelStrings(data, ["status"])["status"].flatMap(InstanceStatus.init(rawValue:))
+    }
+
+    /// The instance's workflow and status, read as cheaply as `status` (for `baton watch`, which counts finished
+    /// instances by workflow).
+    public static func workflowAndStatus(_ data: Data) -> (workflowID: String, status: InstanceStatus)? {
+        let found = topLevelStrings(data, ["workflowID", "status"])
+        guard let workflowID = found["workflowID"], let status = found["status"].flatMap(InstanceStatus.init(rawValue:)) else { return nil }
+        return (workflowID, status)
+    }
+
+    /// The string values of `keys` in the snapshot's top-level object (a key whose value is not a string is left
+    /// out): one pass over the bytes that skips every nested value, and stops once every key was found.
+    static func topLevelStrings(_ data: Data, _ keys: Set<String>) -> [String: String] {
+        guard data.count >= 2, data[data.startIndex] == magic, data[data.startIndex + 1] == version else { return [:] }
         let bytes = [UInt8](data.dropFirst(2))
         let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+        var found: [String: String] = [:]
         var depth = 0
         var i = 0
         var expectKey = false
@@ -43,17 +58,28 @@ public enum StateCodec {
             }
             return nil
         }
+        /// The text of the string literal from `start` to `end` (quotes included), its escapes resolved.
+        func text(_ start: Int, _ end: Int) -> String? {
+            let inner = bytes[(start + 1)..<(end - 1)]
+            guard inner.contains(backslash) else { return String(decoding: inner, as: UTF8.self) }
+            // Rare (an id with an escaped character): let the JSON decoder resolve the escapes; nil if it cannot.
+            return try? JSONDecoder().decode(String.self, from: Data(bytes[start..<end]))
+        }
         while i < bytes.count {
             let b = bytes[i]
             if b == quote {
-                guard let end = stringEnd(i) else { return nil }
+                guard let end = stringEnd(i) else { return found }
                 if depth == 1 && expectKey {
-                    let key = bytes[(i + 1)..<(end - 1)]
-                    if key.elementsEqual("status".utf8) {
+                    if let key = text(i, end), keys.contains(key) {
                         var v = end
                         while v < bytes.count, bytes[v] == UInt8(ascii: ":") || bytes[v] == UInt8(ascii: " ") { v += 1 }
-                        guard v < bytes.count, bytes[v] == quote, let valueEnd = stringEnd(v) else { return nil }
-                        return InstanceStatus(rawValue: String(decoding: bytes[(v + 1)..<(valueEnd - 1)], as: UTF8.self))
+                        if v < bytes.count, bytes[v] == quote, let valueEnd = stringEnd(v) {
+                            if let value = text(v, valueEnd) { found[key] = value }
+                            if found.count == keys.count { return found }
+                            i = valueEnd
+                            expectKey = false
+                            continue
+                        }
                     }
                     expectKey = false
                 }
@@ -70,7 +96,7 @@ public enum StateCodec {
             }
             i += 1
         }
-        return nil
+        return found
     }
 
     public static func decode(_ data: Data) throws(DecodeError) -> InstanceState {

@@ -81,6 +81,17 @@ public struct KafkaMessage: Sendable {
     /// Milliseconds since the epoch, as the producer or the broker set it; nil when the record has none.
     public var timestamp: Int64?
 
+    /// A record as a consumer would return it: for tools and tests that format or aggregate records.
+    public init(topic: String, partition: Int32, offset: Int64, key: Data?, value: Data?, headers: [KafkaHeader] = [], timestamp: Int64? = nil) {
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.timestamp = timestamp
+    }
+
     public var topicPartition: TopicPartition { TopicPartition(topic, partition) }
     /// The offset to commit once this record is processed: the next one to read.
     public var nextOffset: TopicPartitionOffset { TopicPartitionOffset(topicPartition, offset: offset + 1) }

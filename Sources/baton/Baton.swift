@@ -11,7 +11,7 @@ struct Baton: AsyncParsableCommand {
         abstract: "Baton: a Kafka-native workflow and saga engine.",
         subcommands: [
             Validate.self, Graph.self, Definitions.self, Start.self, Status.self, Tasks.self, Instances.self,
-            CoordinatorCommand.self, WorkersCommand.self, Serve.self, AuthCommand.self, Demo.self, Bench.self, Topics.self, KafkaCheck.self,
+            CoordinatorCommand.self, WorkersCommand.self, Serve.self, AuthCommand.self, Demo.self, Bench.self, Topics.self, KafkaCheck.self, Tail.self, Watch.self,
         ])
 }
 

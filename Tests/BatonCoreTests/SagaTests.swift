@@ -533,4 +533,17 @@ struct StateStatusPeekTests {
         #expect(sim.state.status != .running)
         #expect(StateCodec.status(Data("nope".utf8)) == nil)
     }
+
+    @Test func theWorkflowAndStatusReadFromTheBytesAreTheDecodedOnes() throws {
+        var sim = Simulator(try workflow(SagaTests.orderYAML), input: ["workflowID": "lure", "order_id": "o"])
+        let running = try #require(StateCodec.workflowAndStatus(StateCodec.encode(sim.state)))
+        #expect(running.workflowID == sim.state.workflowID && running.status == .running)
+        sim.fail("validate", retryable: false)
+        let ended = try #require(StateCodec.workflowAndStatus(StateCodec.encode(sim.state)))
+        #expect(ended.workflowID == sim.state.workflowID && ended.status == sim.state.status)
+        // An escaped character in a value is resolved as the decoder would.
+        sim.state.workflowID = "w\"x"
+        #expect(StateCodec.workflowAndStatus(StateCodec.encode(sim.state))?.workflowID == "w\"x")
+        #expect(StateCodec.workflowAndStatus(Data("nope".utf8)) == nil)
+    }
 }
