@@ -379,8 +379,18 @@ final class OwnedPartition {
 
         /// The span of processing an event: a child of the context its record carries (the worker's span of a
         /// result), else of the instance's own (kept in its state since its start).
+        /// Instances whose trace is not sampled (W3C flags `00`): no span is made for them (none would be
+        /// recorded); their trace context is passed on to the commands as it is, so the workers do not trace
+        /// them either.
+        var unsampled: [String: [KafkaHeader]] = [:]
+
         func startSpan(_ m: KafkaMessage, _ name: String, instance id: String, stored: [String: String]?) -> (any Span)? {
             guard let tracer else { return nil }
+            let incoming = m.headers.last { $0.key == "traceparent" }.map { String(decoding: $0.value ?? Data(), as: UTF8.self) } ?? stored?["traceparent"]
+            if let incoming, incoming.hasSuffix("-00") {
+                unsampled[id] = [KafkaHeader(key: "traceparent", string: incoming)]
+                return nil
+            }
             let parent = tracer.context(from: m.headers) ?? tracer.context(from: stored) ?? .topLevel
             let span = tracer.startAnySpan(name, context: parent, ofKind: .consumer)
             span.kafka(m.topic, partition: m.partition, offset: m.offset, operation: "process")
@@ -434,6 +444,9 @@ final class OwnedPartition {
                     span.attributes["baton.workflow"] = workflow.id
                     // The instance's trace: every step of it joins this one, however long it runs.
                     transition.state.trace = tracer.carrier(of: span.context)
+                } else if let passOn = unsampled[id] {
+                    // Started in a trace its sender does not sample: the instance stays out of it.
+                    transition.state.trace = Dictionary(passOn.compactMap { h in h.value.map { (h.key, String(decoding: $0, as: UTF8.self)) } }) { a, _ in a }
                 }
                 apply(id, transition, workflow: workflow, event: nil)
             case .event(_, let event):
@@ -513,7 +526,9 @@ final class OwnedPartition {
             for i in outgoing.indices {
                 if case .command(let id, let step, let item, let attempt, let compensation) = outgoing[i].origin {
                     outgoing[i].record.partition = context.commandTopics.partition(for: outgoing[i].record.topic, eventsPartition: partition)
-                    if let tracer {
+                    if let passOn = unsampled[id], eventSpans[id] == nil {
+                        outgoing[i].record.headers += passOn
+                    } else if let tracer {
                         // The command's span: a child of the event's that caused it; the worker's span is its child.
                         let parent = eventSpans[id]?.context ?? tracer.context(from: instances[id]?.trace) ?? .topLevel
                         let span = tracer.startAnySpan("\(compensation ? "compensate" : "send") \(step)", context: parent, ofKind: .producer)

@@ -1,5 +1,8 @@
 import AsyncHTTPClient
+import BatonClient
 import BatonCore
+import BatonKafka
+import BatonRuntime
 import BatonTestSupport
 import BatonWire
 import Foundation
@@ -129,7 +132,18 @@ extension OneAtATime {
                     }
                     _ = try await engine.start("watched", input: ["order_id": "ok-traced"], id: "ok-traced")
                     _ = try await engine.start("watched", input: ["order_id": "fail-charge-traced"], id: "fail-charge-traced")
-                    try await engine.wait("ok-traced", for: [.completed])
+                    // Started by a traced caller (W3C traceparent on the start record): the instance joins its
+                    // trace. Started by a caller that does not sample its trace (flags 00): nothing is recorded.
+                    let callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736", callerSpan = "00f067aa0ba902b7"
+                    for (id, flags) in [("ok-caller", "01"), ("ok-unsampled", "00")] {
+                        let start = StartMessage(instanceID: id, workflowID: "watched", version: nil, input: ["order_id": .string(id)], sentAt: nil)
+                        try await engine.client.produce(
+                            ProducerRecord(
+                                topic: engine.names.events, partition: KafkaPartitioner.partition(forKey: id, partitionCount: engine.partitions),
+                                key: Data(id.utf8), value: Wire.encode(start),
+                                headers: Wire.headers(.start) + [KafkaHeader(key: "traceparent", string: "00-\(callerTrace)-\(callerSpan)-\(flags)")]))
+                    }
+                    for id in ["ok-traced", "ok-caller", "ok-unsampled"] { try await engine.wait(id, for: [.completed]) }
                     try await engine.wait("fail-charge-traced", for: [.failed])
 
                     // The spans of each instance: the coordinator's (its start, each command sent, each result
@@ -143,9 +157,16 @@ extension OneAtATime {
                             && all.count(where: { $0.service == "baton-coordinator" && $0.kind == 4 }) == commands
                             && all.count(where: { $0.name.hasPrefix("step.") || $0.name.hasPrefix("compensation.") }) == results
                     }
-                    try await waitUntil("the spans of both instances", timeout: .seconds(60)) {
+                    try await waitUntil("the spans of the traced instances", timeout: .seconds(60)) {
                         exported("ok-traced", commands: 2, results: 2) && exported("fail-charge-traced", commands: 4, results: 4)
+                            && exported("ok-caller", commands: 2, results: 2)
                     }
+                    let joined = spans("ok-caller")
+                    #expect(Set(joined.map(\.traceID)) == [callerTrace])
+                    #expect(joined.first { $0.name == "start watched" }?.parentSpanID == callerSpan)
+                    // Exported with the others (same processes, same batches) if it had been recorded at all.
+                    #expect(spans("ok-unsampled").isEmpty, "\(spans("ok-unsampled").map(\.name))")
+                    #expect(!receiver.spans.contains { $0.traceID == callerTrace && $0.attributes["baton.instance_id"] != "ok-caller" })
                     for id in ["ok-traced", "fail-charge-traced"] {
                         let all = spans(id)
                         #expect(Set(all.map(\.traceID)).count == 1, "\(id): spans in \(Set(all.map(\.traceID)).count) traces: \(all.map(\.name))")

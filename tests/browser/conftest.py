@@ -91,6 +91,7 @@ class Baton:
         self.bin = self._stable_copy_of_binary()
         self.base_url = ""
         self.operator_token = ""
+        self.metrics_url = ""
 
     # `swift build` may be rewriting the binary: wait until it exists and stops changing, then run a private
     # copy of it, so that a rebuild cannot pull it away in the middle of the test.
@@ -206,7 +207,7 @@ def baton(request: pytest.FixtureRequest):
 
         system.spawn("coordinator", "coordinator")
         system.spawn("example-workers", "example-workers", *(a for pool in LOAN_POOLS for a in ("--pool", pool)))
-        system.spawn("serve", "serve", "--auth", str(system.auth_file), "--port", "0")
+        system.spawn("serve", "serve", "--auth", str(system.auth_file), "--port", "0", "--metrics-port", "0", "--metrics-host", "127.0.0.1")
 
         def listening() -> str | None:
             system.check_alive()
@@ -216,6 +217,13 @@ def baton(request: pytest.FixtureRequest):
             return None
 
         system.base_url = wait_until("`baton serve` to print where it listens", listening, interval=0.1)
+
+        def metrics_listening() -> str | None:
+            system.check_alive()
+            found = re.search(r"metrics on (http://[^/\s]+)/metrics", (system.logs / "serve.log").read_text(errors="replace"))
+            return found.group(1) if found else None
+
+        system.metrics_url = wait_until("`baton serve` to print where its metrics are", metrics_listening, interval=0.1)
         wait_until("GET /readyz to answer 200", lambda: system.check_alive() or requests.get(system.base_url + "/readyz", timeout=10).status_code == 200)
 
         response = system.api("POST", "/v1/definitions", data=LOAN.read_bytes(), headers={"Content-Type": "application/yaml"})

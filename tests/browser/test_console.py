@@ -257,3 +257,19 @@ def test_concurrent_decisions_one_wins(baton: Baton) -> None:
     assert task["comment"] == "race: " + ("approve" if winner else "reject"), task
     decisions = [h for h in task["history"] if h["action"] in ("approved", "rejected")]
     assert len(decisions) == 1 and decisions[0]["action"] == expected and decisions[0]["by"] == "carol", task["history"]
+
+
+def test_serve_exports_its_requests_and_readiness(baton: Baton) -> None:
+    """`baton serve --metrics-port` answers /healthz, /readyz and /metrics on a port of its own, and counts the
+    requests the tests above made, by method, route pattern (not the path: bounded) and status."""
+    assert requests.get(baton.metrics_url + "/healthz", timeout=10).status_code == 200
+    assert requests.get(baton.metrics_url + "/readyz", timeout=10).status_code == 200
+    text = requests.get(baton.metrics_url + "/metrics", timeout=10).text
+    assert 'baton_ready{component="server"} 1' in text
+    counted = [line for line in text.splitlines() if line.startswith("baton_http_requests_total{")]
+    assert any('method="POST"' in line and 'route="/v1/definitions"' in line for line in counted), counted
+    assert any('route="/v1/tasks/{id}/decision"' in line for line in counted), counted
+    assert not any("loan-" in line for line in counted), "a path with an instance id became a label value"
+    assert any(line.startswith("baton_http_request_duration_seconds_bucket{") for line in text.splitlines())
+    held = [line for line in text.splitlines() if line.startswith("baton_read_model_instances ")]
+    assert held and float(held[0].split()[1]) >= 1, held
