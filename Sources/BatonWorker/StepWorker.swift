@@ -372,24 +372,35 @@ public final class StepWorker: Service, Sendable {
         }
         logger.debug("handling command", metadata: ["age_ms": "\(message.timestamp.map { now - $0 } ?? -1)"])
         if let written = message.timestamp { metrics.queueWait(command.step).recordMilliseconds(max(0, now - written)) }
-        // The handler's span: a child of the command's span, whose context the coordinator put in the headers.
-        let span = tracer.startAnySpan(
-            "\(command.isCompensation ? "compensate" : "process") \(command.step)", context: tracer.context(from: message.headers) ?? .topLevel, ofKind: .consumer)
-        span.kafka(message.topic, partition: message.partition, offset: message.offset, operation: "process")
-        span.updateAttributes { a in
+        // The handler's span: a child of the command's span, whose context the coordinator put in the headers. A
+        // trace its root did not sample (W3C flags 00) gets no span: its context goes on to the result as it came.
+        let unsampled = message.headers.last { $0.key == "traceparent" }.flatMap { h in h.value.map { String(decoding: $0, as: UTF8.self) } }
+            .flatMap { $0.hasSuffix("-00") ? [KafkaHeader(key: "traceparent", string: $0)] : nil }
+        let span: (any Span)? =
+            unsampled != nil
+            ? nil
+            : tracer.startAnySpan(
+                "\(command.isCompensation ? "compensate" : "process") \(command.step)", context: tracer.context(from: message.headers) ?? .topLevel,
+                ofKind: .consumer)
+        span?.kafka(message.topic, partition: message.partition, offset: message.offset, operation: "process")
+        span?.updateAttributes { a in
             a["baton.instance_id"] = command.instanceID
             a["baton.workflow"] = command.workflowID
             a["baton.step"] = command.step
             a["baton.attempt"] = command.attempt
             if let item = command.item { a["baton.item"] = item }
         }
-        defer { span.end() }
-        let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger, trace: span.context, tracer: tracer)
+        defer { span?.end() }
+        let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger, trace: span?.context, passOn: unsampled ?? [], tracer: tracer)
         let result: ResultMessage
         let began = ContinuousClock.now
         do {
-            let output = try await ServiceContext.withValue(span.context) {
-                try await handler(StepContext(command: command, logger: logger, heartbeats: heartbeats))
+            let context = StepContext(command: command, logger: logger, heartbeats: heartbeats)
+            let output: JSON
+            if let span {
+                output = try await ServiceContext.withValue(span.context) { try await handler(context) }
+            } else {
+                output = try await handler(context)
             }
             result = .completed(command, output: output)
         } catch let failure as StepFailure {
@@ -397,7 +408,7 @@ public final class StepWorker: Service, Sendable {
         } catch is CancellationError {
             recent.abandon(key)
             metrics.commands(command.step, "handed_back").increment()
-            span.attributes["baton.handed_back"] = true
+            span?.attributes["baton.handed_back"] = true
             return false  // handed back: not committed, so redelivered
         } catch {
             result = .failed(command, error: "\(error)", retryable: true)
@@ -407,10 +418,10 @@ public final class StepWorker: Service, Sendable {
             metrics.commands(command.step, "completed").increment()
         } else {
             metrics.commands(command.step, "failed").increment()
-            span.setStatus(SpanStatus(code: .error, message: result.error))
+            span?.setStatus(SpanStatus(code: .error, message: result.error))
         }
         var headers = Wire.headers(result.kind)
-        tracer.inject(span.context, into: &headers, using: KafkaHeadersInjector())
+        if let span { tracer.inject(span.context, into: &headers, using: KafkaHeadersInjector()) } else { headers += unsampled ?? [] }
         let record = ProducerRecord(
             topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
             headers: headers)
@@ -489,15 +500,17 @@ final class HeartbeatSender: Sendable {
     let logger: Logger
     let interval: Duration
     let last = Mutex<ContinuousClock.Instant?>(nil)
-    /// The handler's span: heartbeats carry its context, as its result does.
-    let trace: ServiceContext
+    /// The handler's span: heartbeats carry its context, as its result does (or the unsampled context as it came).
+    let trace: ServiceContext?
+    let passOn: [KafkaHeader]
     let tracer: any Tracer
 
-    init(command: CommandMessage, sender: ResilientProducer, logger: Logger, trace: ServiceContext, tracer: any Tracer) {
+    init(command: CommandMessage, sender: ResilientProducer, logger: Logger, trace: ServiceContext?, passOn: [KafkaHeader], tracer: any Tracer) {
         self.command = command
         self.sender = sender
         self.logger = logger
         self.trace = trace
+        self.passOn = passOn
         self.tracer = tracer
         interval = max(.seconds(1), .milliseconds(command.heartbeatTimeout ?? 3000) / 3)
     }
@@ -511,8 +524,8 @@ final class HeartbeatSender: Sendable {
         }
         guard due else { return }
         let message = HeartbeatMessage(command, details: details)
-        var headers = Wire.headers(.stepHeartbeat)
-        tracer.inject(trace, into: &headers, using: KafkaHeadersInjector())
+        var headers = Wire.headers(.stepHeartbeat) + passOn
+        if let trace { tracer.inject(trace, into: &headers, using: KafkaHeadersInjector()) }
         do {
             try await sender.send(
                 ProducerRecord(
