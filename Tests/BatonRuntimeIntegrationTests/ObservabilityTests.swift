@@ -240,6 +240,7 @@ final class PrometheusServer {
         try process.run()
     }
 
+    /// What Prometheus logged (for a failure's message; unreadable: nothing to show).
     var log: String { (try? String(contentsOf: directory.appendingPathComponent("log"), encoding: .utf8)) ?? "" }
 
     /// The value of an instant query that gives one number; nil while it gives none (not scraped yet).
@@ -261,6 +262,7 @@ final class PrometheusServer {
                 case time(Double), text(String)
                 init(from decoder: any Decoder) throws {
                     let c = try decoder.singleValueContainer()
+                    // A sample is [time, "value"]: a number, else the text (which must then decode).
                     if let d = try? c.decode(Double.self) { self = .time(d) } else { self = .text(try c.decode(String.self)) }
                 }
             }
