@@ -320,7 +320,10 @@ public final class StepWorker: Service, Sendable {
         let offsets = tracker.committable(of: nil, past: past)
         guard !offsets.isEmpty else { return true }
         do {
-            try await consumer.commit(offsets)
+            // Bounded short: the loop that commits also polls, and a commit that does not get through (the broker
+            // is away) is tried again on the next round; a long wait here would keep the member from polling
+            // (the group drops it after max.poll.interval) and a stopping worker from stopping.
+            try await consumer.commit(offsets, timeout: .seconds(2))
             tracker.committed(offsets)
             return true
         } catch {
