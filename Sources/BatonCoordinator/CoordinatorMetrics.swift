@@ -57,7 +57,28 @@ final class CoordinatorMetrics: Sendable {
         for result in ["committed", "aborted"] { transactions(result).increment(by: 0) }
         for result in ["applied", "ignored", "dead_lettered"] { events(result).increment(by: 0) }
         for change in ["assigned", "revoked"] { rebalances(change).increment(by: 0) }
+        for severity in ["warning", "error", "critical"] { alerts(severity).increment(by: 0) }
+        deadLetters.prepare()
         partitionsOwned.set(0)
+    }
+
+    /// Workflows and steps whose series exist already.
+    private let prepared = Mutex<Set<[String]>>([])
+
+    /// Makes every outcome's series of a workflow (or one of its steps) at 0 the first time it is seen, so that
+    /// the first failure shows as an increase (`rate`, `increase` and the alerts see nothing in a series that
+    /// appears already at 1).
+    func prepare(workflow: String, step: String? = nil) {
+        let key = [workflow] + (step.map { [$0] } ?? [])
+        guard prepared.withLock({ $0.insert(key).inserted }) else { return }
+        if let step {
+            for outcome in ["completed", "failed", "retried", "timed_out"] { stepAttempts(workflow, step, outcome).increment(by: 0) }
+            for outcome in ["completed", "failed"] { compensations(workflow, step, outcome).increment(by: 0) }
+        } else {
+            started(workflow).increment(by: 0)
+            for outcome in ["completed", "failed", "compensated", "cancelled"] { finished(workflow, outcome).increment(by: 0) }
+            for reason in ["failure", "compensation_failed"] { suspended(workflow, reason).increment(by: 0) }
+        }
     }
 
     /// An instance's status counted under its workflow (the gauge of instances held).
@@ -138,7 +159,15 @@ struct BatchObservations {
     func record(into metrics: CoordinatorMetrics, dispatches: inout Dispatches) {
         for key in answered { dispatches.sentAt[key] = nil }
         for (key, at) in sent { dispatches.sent(key, at: at) }
-        for workflow in started { metrics.started(workflow).increment() }
+        for workflow in started {
+            metrics.prepare(workflow: workflow)
+            metrics.started(workflow).increment()
+        }
+        for (before, after) in statusChanges {
+            if let state = after ?? before { metrics.prepare(workflow: state.workflowID) }
+        }
+        for a in attempts { metrics.prepare(workflow: a.workflow, step: a.step) }
+        for c in compensations { metrics.prepare(workflow: c.workflow, step: c.step) }
         for (before, after) in statusChanges {
             if let before { metrics.count(before, by: -1) }
             guard let after else { continue }

@@ -142,6 +142,9 @@ public final class DeadLetterMetrics: Sendable {
         counter = .counter("baton_dead_letters_total", labels: ["source", "reason"], factory: factory)
     }
     public func record(_ reason: DeadLetterReason) { counter(source, reason.rawValue).increment() }
+
+    /// Every reason's series at 0, so that the first dead letter shows as an increase.
+    public func prepare() { for reason in DeadLetterReason.allCases { counter(source, reason.rawValue).increment(by: 0) } }
 }
 
 // MARK: Traces across Kafka

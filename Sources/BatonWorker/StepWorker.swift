@@ -727,9 +727,22 @@ final class WorkerMetrics: Sendable {
         inFlight.record(0)
         waiting.record(0)
         handedBack.increment(by: 0)
+        resultsSent.increment(by: 0)
+        deliveryFailures.increment(by: 0)
+        deadLetters.prepare()
     }
 
-    func commands(_ step: String, _ outcome: String) -> Counter { commandsByStep(pool, step, outcome) }
+    /// Steps whose series exist already.
+    private let steps = Mutex<Set<String>>([])
+
+    /// A step's counter for an outcome; the first time a step is seen, every outcome's series is made at 0 (so
+    /// that its first failure shows as an increase).
+    func commands(_ step: String, _ outcome: String) -> Counter {
+        if steps.withLock({ $0.insert(step).inserted }) {
+            for o in ["completed", "failed", "handed_back", "late", "repeated"] { commandsByStep(pool, step, o).increment(by: 0) }
+        }
+        return commandsByStep(pool, step, outcome)
+    }
     func handler(_ step: String) -> CoreMetrics.Timer { handlerByStep(pool, step) }
     func queueWait(_ step: String) -> CoreMetrics.Timer { queueWaitByStep(pool, step) }
 }
