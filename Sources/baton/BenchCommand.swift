@@ -65,7 +65,7 @@ struct Bench: AsyncParsableCommand {
         let common = ["--namespace", namespace] + connection.childArguments + (metrics ? ["--metrics-port", "0"] : []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? [])
         var coordinatorProcesses: [Process] = []
         for i in 0..<coordinators { coordinatorProcesses.append(try children.spawn("coordinator-\(i)", ["coordinator"] + common)) }
-        try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
+        let workerProcess = try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
         print("namespace \(namespace); \(coordinators) coordinator(s) and the example workers running (logs in \(children.logDirectory.path))")
 
         // Warm up until the whole pipeline answers: groups joined, partitions taken.
@@ -80,6 +80,16 @@ struct Bench: AsyncParsableCommand {
         let residentBefore = coordinatorProcesses.compactMap(ChildProcesses.residentBytes).reduce(0, +)
 
         print("offering \(instances) instances of \(workflow.id) (\(steps) steps) \(rate > 0 ? "at \(rate)/s" : "as fast as possible")")
+        // CPU time of each process over the run: the engine's, this client's, and the broker's when it runs here.
+        var measured: [(name: String, pid: Int32)] = coordinatorProcesses.enumerated().map { ("coordinator-\($0.offset)", $0.element.processIdentifier) }
+        measured.append(("workers", workerProcess.processIdentifier))
+        measured.append(("bench client", ProcessInfo.processInfo.processIdentifier))
+        if let port = clientConfiguration.brokers.bootstrapServers.split(separator: ",").first?.split(separator: ":").last.flatMap({ Int($0) }),
+            let broker = ProcessCPU.localBrokerPID(port: port)
+        {
+            measured.append(("broker", broker))
+        }
+        let cpuBefore = measured.map { ProcessCPU.seconds(pid: $0.pid) }
         var sentAt: [String: Int64] = [:]
         sentAt.reserveCapacity(instances)
         let clock = ContinuousClock()
@@ -107,6 +117,15 @@ struct Bench: AsyncParsableCommand {
         }
         func reachedAt(_ id: String) -> Int64? { holding ? watcher.waitingSeenAt(id) : watcher.finishedSeenAt(id) }
         let stragglers = Set(sentAt.keys.filter { reachedAt($0) == nil })
+        let cpuAfter = measured.map { ProcessCPU.seconds(pid: $0.pid) }
+        let wall = clock.now - began
+        let wallSeconds = Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18
+        let cpu = measured.indices.compactMap { i -> String? in
+            guard let before = cpuBefore[i], let after = cpuAfter[i] else { return nil }
+            return String(format: "%@ %.1f s (%.0f%% of a core)", measured[i].name, after - before, (after - before) / max(0.001, wallSeconds) * 100)
+        }
+        let breakdown = metrics
+            ? Self.breakdown(coordinator: await Self.scrape(children.log("coordinator-0")), workers: await Self.scrape(children.log("workers"))) : nil
         let held = holding ? try await measureHeld(sentAt.count + warm.count, coordinators: coordinatorProcesses, residentBefore: residentBefore, children: children, common: common) : nil
         children.stopAll()
         // Audited once nothing moves any more: what a group committed then is final.
@@ -128,6 +147,8 @@ struct Bench: AsyncParsableCommand {
                      Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
         print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
         print(String(format: "latency start-to-\(holding ? "waiting" : "finish"): p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
+        print(String(format: "cpu over %.1f s: ", wallSeconds) + cpu.joined(separator: ", "))
+        if let breakdown { print(breakdown) }
         if let held { print(held) }
         if let report {
             let reread = children.logLines(containing: "the broker showed later records before earlier ones").count

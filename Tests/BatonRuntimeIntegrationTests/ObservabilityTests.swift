@@ -88,6 +88,11 @@ extension OneAtATime {
                     (#"sum(baton_coordinator_partitions_owned)"#, 2),
                     (#"sum(baton_coordinator_rebalances_total{change="assigned"}) > bool 0"#, 1),
                     (#"sum(baton_instances{workflow="watched",status="completed"})"#, 3),
+                    // Outcomes that did not happen are there at 0, so that their first count shows as an increase.
+                    (#"baton_step_attempts_total{workflow="watched",step="reserve",outcome="timed_out"}"#, 0),
+                    (#"baton_instances_finished_total{workflow="watched",outcome="cancelled"}"#, 0),
+                    (#"baton_dead_letters_total{source="coordinator",reason="conflict"}"#, 0),
+                    (#"baton_worker_commands_total{pool="service_call",step="charge",outcome="handed_back"}"#, 0),
                     (#"baton_ready{component="coordinator"}"#, 1),
                     (#"baton_ready{component="worker"}"#, 1),
                     (#"sum(up{job=~"baton-.*"})"#, 2),
