@@ -296,7 +296,9 @@ private let rebalanceCallback:
         handle, err, partitions, opaque in
         guard let handle, let context = CallbackContext.from(opaque) else { return }
         let list = partitions.map(TopicPartitionList.partitions(in:)) ?? []
-        let cooperative = String(cString: rd_kafka_rebalance_protocol(handle)) == "COOPERATIVE"
+        // NULL when the consumer has no group protocol any more (a revocation while it closes): then the assignment
+        // is given up whole, as with the eager protocol.
+        let cooperative = rd_kafka_rebalance_protocol(handle).map { String(cString: $0) == "COOPERATIVE" } ?? false
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
             // Only an assignment librdkafka took is reported as one: its messages will follow.
