@@ -386,9 +386,8 @@ final class OwnedPartition {
 
         func startSpan(_ m: KafkaMessage, _ name: String, instance id: String, stored: [String: String]?) -> (any Span)? {
             guard let tracer else { return nil }
-            let incoming = m.headers.last { $0.key == "traceparent" }.map { String(decoding: $0.value ?? Data(), as: UTF8.self) } ?? stored?["traceparent"]
-            if let incoming, incoming.hasSuffix("-00") {
-                unsampled[id] = [KafkaHeader(key: "traceparent", string: incoming)]
+            if let passOn = TraceHeaders.unsampled(TraceHeaders.traceparent(of: m) ?? stored?[TraceHeaders.traceparent]) {
+                unsampled[id] = [passOn]
                 return nil
             }
             let parent = tracer.context(from: m.headers) ?? tracer.context(from: stored) ?? .topLevel

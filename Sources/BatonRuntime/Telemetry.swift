@@ -159,6 +159,21 @@ public struct KafkaHeadersInjector: Injector {
     }
 }
 
+/// The W3C trace-context header, and what the engine does with a trace that is not sampled.
+public enum TraceHeaders {
+    public static let traceparent = "traceparent"
+
+    /// The traceparent of a record, if it has one.
+    public static func traceparent(of message: KafkaMessage) -> String? { message.header(traceparent).map { String(decoding: $0, as: UTF8.self) } }
+
+    /// A trace its root did not sample (W3C flags `00`: nothing of it is recorded) gets no span; its context is
+    /// passed on as it came, as this header. Nil when the trace is sampled, or there is none.
+    public static func unsampled(_ traceparent: String?) -> KafkaHeader? {
+        guard let traceparent, traceparent.hasSuffix("-00") else { return nil }
+        return KafkaHeader(key: Self.traceparent, string: traceparent)
+    }
+}
+
 /// Reads a trace context from a record's headers. Kafka header keys are case-sensitive: `traceparent`.
 public struct KafkaHeadersExtractor: Extractor {
     public init() {}

@@ -273,8 +273,12 @@ public final class StepWorker: Service, Sendable {
                 if ContinuousClock.now - lastCommit > .milliseconds(50) {
                     // Partitions with nothing waiting or running are done up to their fetch position, past the
                     // transaction markers after their last command (committed, the group's lag there is 0).
-                    let busy = waiting.partitions()
-                    let idle = assigned.filter { !busy.contains($0) && tracker.isIdle($0) }
+                    // (The waiting queue is scanned only when some partition has nothing running: not under load.)
+                    var idle = assigned.filter { tracker.isIdle($0) }
+                    if !idle.isEmpty {
+                        let busy = waiting.partitions()
+                        idle = idle.filter { !busy.contains($0) }
+                    }
                     var past: [TopicPartition: Int64] = [:]
                     if !idle.isEmpty {
                         do { past = try consumer.positions(Array(idle)) } catch {
@@ -377,8 +381,7 @@ public final class StepWorker: Service, Sendable {
         if let written = message.timestamp { metrics.queueWait(command.step).recordMilliseconds(max(0, now - written)) }
         // The handler's span: a child of the command's span, whose context the coordinator put in the headers. A
         // trace its root did not sample (W3C flags 00) gets no span: its context goes on to the result as it came.
-        let unsampled = message.headers.last { $0.key == "traceparent" }.flatMap { h in h.value.map { String(decoding: $0, as: UTF8.self) } }
-            .flatMap { $0.hasSuffix("-00") ? [KafkaHeader(key: "traceparent", string: $0)] : nil }
+        let unsampled = TraceHeaders.unsampled(TraceHeaders.traceparent(of: message)).map { [$0] }
         let span: (any Span)? =
             unsampled != nil
             ? nil
