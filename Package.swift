@@ -196,7 +196,7 @@ let package = Package(
         .testTarget(
             name: "BatonCoreTests",
             dependencies: [
-                "BatonCore",
+                "BatonCore", "BatonWire",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict

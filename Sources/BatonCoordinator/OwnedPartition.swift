@@ -203,7 +203,7 @@ final class OwnedPartition {
                                 outputs[key] = nil
                                 continue
                             }
-                            do { outputs[key] = try Wire.decode(OutputRecord.self, from: value) } catch {
+                            do { outputs[key] = try OutputRecord.fastDecode(value) ?? Wire.decode(OutputRecord.self, from: value) } catch {
                                 logger.error("skipping an unreadable output record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
                             }
                         }

@@ -97,9 +97,16 @@ extension JSON: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Express
 extension JSON {
     /// Compact JSON text with sorted keys (stable, so equal values encode to equal bytes).
     public func encoded() -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)) ?? Data("null".utf8)
+        var writer = JSONTextWriter()
+        writer.value(self)
+        return writer.data
+    }
+
+    /// The size of `encoded()`, in bytes.
+    public var encodedSize: Int {
+        var writer = JSONTextWriter()
+        writer.value(self)
+        return writer.bytes.count
     }
 
     public var jsonText: String { String(decoding: encoded(), as: UTF8.self) }
@@ -107,6 +114,9 @@ extension JSON {
     /// Parses JSON text. Nesting deeper than `maxDepth` is refused before parsing, so no input can
     /// exhaust the stack.
     public static func parse(_ data: Data, maxDepth: Int = DocumentLimits.maxNesting) throws -> JSON {
+        // The hand-written reader takes well-formed JSON within the engine's nesting limit in one pass; anything
+        // else goes the slow way, which says exactly what is wrong.
+        if maxDepth == DocumentLimits.maxNesting, let value = try? JSONTextReader.read(data, { try $0.value() }) { return value }
         if let depth = DocumentLimits.nestingExceeds(data, limit: maxDepth) {
             throw DocumentError.tooDeep(depth: depth, limit: maxDepth)
         }

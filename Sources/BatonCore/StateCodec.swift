@@ -17,11 +17,10 @@ public enum StateCodec {
     public static func encodeSnapshot(_ state: InstanceState) -> Data { encode(state.withoutOutputs) }
 
     public static func encode(_ state: InstanceState) -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        var data = Data([magic, version])
-        data.append((try? encoder.encode(state)) ?? Data())
-        return data
+        var writer = JSONTextWriter(capacity: 1024)
+        writer.raw([magic, version])
+        state.write(to: &writer)
+        return writer.data
     }
 
     /// Only the instance's status, read without decoding the whole snapshot (for watchers of many
@@ -103,8 +102,12 @@ public enum StateCodec {
         guard data.count >= 2, data[data.startIndex] == magic else { throw DecodeError(reason: "not a Baton state record (bad header)") }
         let v = data[data.startIndex + 1]
         guard v == version else { throw DecodeError(reason: "format version \(v) is not supported (this build reads \(version))") }
+        let json = data.dropFirst(2)
+        // The hand-written reader takes what the engine writes; anything else (an older field name, an
+        // integer written as 1.0) goes to JSONDecoder, which reads it or says what is wrong.
+        if let state = try? JSONTextReader.read(json, { try InstanceState(reading: &$0) }) { return state }
         do {
-            return try JSONDecoder().decode(InstanceState.self, from: data.dropFirst(2))
+            return try JSONDecoder().decode(InstanceState.self, from: json)
         } catch {
             throw DecodeError(reason: "\(error)")
         }

@@ -55,7 +55,12 @@ public enum Wire {
     }()
 
     public static func encode<T: Encodable>(_ value: T) -> Data {
-        (try? encoder.encode(value)) ?? Data("{}".utf8)
+        if let writable = value as? any WireWritable {
+            var writer = JSONTextWriter(capacity: 512)
+            writable.write(to: &writer)
+            return writer.data
+        }
+        return (try? encoder.encode(value)) ?? Data("{}".utf8)
     }
 
     struct Header: Decodable {
@@ -416,40 +421,26 @@ public enum EventMessage: Sendable, Hashable {
         }
     }
 
-    /// Decodes an events-topic record, or says exactly what is wrong with it.
+    /// Decodes an events-topic record, or says exactly what is wrong with it. Starts, results and timers are
+    /// read by hand in one pass when they are well formed; everything else, and anything they refuse, is read
+    /// with `JSONDecoder`, which accepts it or gives the reason.
     public static func decode(_ data: Data) throws(Wire.DecodeError) -> EventMessage {
+        if data.count <= Wire.maxRecordBytes, let (kind, start, result, timer) = fastDecode(data) {
+            if let start { return try validated(start) }
+            if let result { return try validated(result, kind: kind, size: data.count) }
+            if let timer { return .event(instanceID: timer.instanceID, .timerFired(timer.timer)) }
+        }
         let kind = try Wire.kind(of: data)
         switch kind {
         case .start:
-            let m = try Wire.decode(StartMessage.self, from: data)
-            try InstanceID.check(m.instanceID, field: "instance_id")
-            guard !m.workflowID.isEmpty else { throw Wire.DecodeError("field 'workflow_id' must not be empty") }
-            let inputBytes = m.input.encoded().count
-            guard inputBytes <= Wire.maxInputBytes else {
-                throw Wire.DecodeError("the input is \(inputBytes) bytes, more than the limit of \(Wire.maxInputBytes)")
-            }
-            return .start(m)
+            return try validated(Wire.decode(StartMessage.self, from: data))
         case .stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed:
-            var m = try Wire.decode(ResultMessage.self, from: data)
-            try checkAttempt(m.attempt)
-            m.error = m.error.map { Wire.cut($0, to: Wire.maxErrorBytes) }
-            let event: SagaEvent
-            if kind == .stepCompleted, data.count > Wire.maxResultBytes {
-                let error = "the step's output is \(data.count) bytes, more than the limit of \(Wire.maxResultBytes)"
-                return .event(instanceID: m.instanceID, .stepFailed(step: m.step, item: m.item, attempt: m.attempt, error: error, retryable: false))
-            }
-            switch kind {
-            case .stepCompleted: event = .stepCompleted(step: m.step, item: m.item, attempt: m.attempt, output: m.output ?? .null)
-            case .stepFailed: event = .stepFailed(step: m.step, item: m.item, attempt: m.attempt, error: m.error ?? "failed", retryable: m.retryable ?? true)
-            case .compensationCompleted: event = .compensationCompleted(step: m.step, item: m.item, attempt: m.attempt)
-            default: event = .compensationFailed(step: m.step, item: m.item, attempt: m.attempt, error: m.error ?? "failed")
-            }
-            return .event(instanceID: m.instanceID, event)
+            return try validated(Wire.decode(ResultMessage.self, from: data), kind: kind, size: data.count)
         case .taskDecided:
             let m = try Wire.decode(DecisionMessage.self, from: data)
             try checkAttempt(m.attempt)
-            if let data = m.data, data.encoded().count > Wire.maxResultBytes {
-                throw Wire.DecodeError("field 'data' is \(data.encoded().count) bytes, more than the limit of \(Wire.maxResultBytes)")
+            if let data = m.data, data.encodedSize > Wire.maxResultBytes {
+                throw Wire.DecodeError("field 'data' is \(data.encodedSize) bytes, more than the limit of \(Wire.maxResultBytes)")
             }
             return .event(
                 instanceID: m.instanceID,
@@ -465,8 +456,8 @@ public enum EventMessage: Sendable, Hashable {
         case .stepHeartbeat:
             let m = try Wire.decode(HeartbeatMessage.self, from: data)
             try checkAttempt(m.attempt)
-            if let details = m.details, details.encoded().count > Wire.maxProgressBytes {
-                throw Wire.DecodeError("field 'details' is \(details.encoded().count) bytes, more than the limit of \(Wire.maxProgressBytes)")
+            if let details = m.details, details.encodedSize > Wire.maxProgressBytes {
+                throw Wire.DecodeError("field 'details' is \(details.encodedSize) bytes, more than the limit of \(Wire.maxProgressBytes)")
             }
             return .event(instanceID: m.instanceID, .heartbeat(step: m.step, item: m.item, attempt: m.attempt, details: m.details))
         case .operatorCommand:
@@ -487,6 +478,34 @@ public enum EventMessage: Sendable, Hashable {
         default:
             throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on the events topic")
         }
+    }
+
+    static func validated(_ m: StartMessage) throws(Wire.DecodeError) -> EventMessage {
+        try InstanceID.check(m.instanceID, field: "instance_id")
+        guard !m.workflowID.isEmpty else { throw Wire.DecodeError("field 'workflow_id' must not be empty") }
+        let inputBytes = m.input.encodedSize
+        guard inputBytes <= Wire.maxInputBytes else {
+            throw Wire.DecodeError("the input is \(inputBytes) bytes, more than the limit of \(Wire.maxInputBytes)")
+        }
+        return .start(m)
+    }
+
+    static func validated(_ message: ResultMessage, kind: Wire.Kind, size: Int) throws(Wire.DecodeError) -> EventMessage {
+        var m = message
+        try checkAttempt(m.attempt)
+        m.error = m.error.map { Wire.cut($0, to: Wire.maxErrorBytes) }
+        if kind == .stepCompleted, size > Wire.maxResultBytes {
+            let error = "the step's output is \(size) bytes, more than the limit of \(Wire.maxResultBytes)"
+            return .event(instanceID: m.instanceID, .stepFailed(step: m.step, item: m.item, attempt: m.attempt, error: error, retryable: false))
+        }
+        let event: SagaEvent
+        switch kind {
+        case .stepCompleted: event = .stepCompleted(step: m.step, item: m.item, attempt: m.attempt, output: m.output ?? .null)
+        case .stepFailed: event = .stepFailed(step: m.step, item: m.item, attempt: m.attempt, error: m.error ?? "failed", retryable: m.retryable ?? true)
+        case .compensationCompleted: event = .compensationCompleted(step: m.step, item: m.item, attempt: m.attempt)
+        default: event = .compensationFailed(step: m.step, item: m.item, attempt: m.attempt, error: m.error ?? "failed")
+        }
+        return .event(instanceID: m.instanceID, event)
     }
 
     static func checkAttempt(_ attempt: Int) throws(Wire.DecodeError) {

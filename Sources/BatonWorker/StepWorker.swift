@@ -343,11 +343,15 @@ public final class StepWorker: Service, Sendable {
         let command: CommandMessage
         do {
             guard let value = message.value else { throw Wire.DecodeError("a record without a value") }
-            let kind = try Wire.kind(of: value)
-            guard kind == .stepCommand || kind == .compensationCommand else {
-                throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on a command topic")
+            if value.count <= Wire.maxRecordBytes, let fast = CommandMessage.fastDecode(value) {
+                command = fast
+            } else {
+                let kind = try Wire.kind(of: value)
+                guard kind == .stepCommand || kind == .compensationCommand else {
+                    throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on a command topic")
+                }
+                command = try Wire.decode(CommandMessage.self, from: value)
             }
-            command = try Wire.decode(CommandMessage.self, from: value)
         } catch {
             metrics.deadLetters.record((error as? Wire.DecodeError)?.reason.contains("does not belong on a command topic") == true ? .notACommand : .unreadable)
             logger.warning("command sent to the dead-letter topic", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
