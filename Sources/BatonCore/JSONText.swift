@@ -433,6 +433,13 @@ public struct JSONTextReader: ~Copyable {
         let content = UnsafeRawBufferPointer(rebasing: base[contentStart..<i])
         i += 1
         if !escaped {
+            // ASCII (ids, keys, most values) cannot be invalid: decode it without the validating initializer.
+            var ascii = true
+            for b in content where b >= 0x80 {
+                ascii = false
+                break
+            }
+            if ascii { return String(decoding: content, as: UTF8.self) }
             guard let s = String(validating: content, as: UTF8.self) else { throw JSONTextError("invalid UTF-8 in a string", at: start) }
             return s
         }

@@ -14,12 +14,14 @@ public enum StateCodec {
     }
 
     /// The snapshot for the state topic: everything but the step outputs.
-    public static func encodeSnapshot(_ state: InstanceState) -> Data { encode(state.withoutOutputs) }
+    public static func encodeSnapshot(_ state: InstanceState) -> Data { encode(state, outputs: false) }
 
-    public static func encode(_ state: InstanceState) -> Data {
+    public static func encode(_ state: InstanceState) -> Data { encode(state, outputs: true) }
+
+    static func encode(_ state: InstanceState, outputs: Bool) -> Data {
         var writer = JSONTextWriter(capacity: 1024)
         writer.raw([magic, version])
-        state.write(to: &writer)
+        state.write(to: &writer, outputs: outputs)
         return writer.data
     }
 

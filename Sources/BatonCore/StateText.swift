@@ -3,7 +3,8 @@
 /// the time. `StateCodec` uses these and falls back to `JSONDecoder` for anything they do not read.
 
 extension InstanceState {
-    public func write(to w: inout JSONTextWriter) {
+    /// Writes the state; without `outputs`, what `withoutOutputs.write(to:)` writes, without copying the state.
+    public func write(to w: inout JSONTextWriter, outputs: Bool = true) {
         w.beginObject()
         w.key("cancelRequested"); w.bool(cancelRequested)
         w.key("completionCounter"); w.int(completionCounter)
@@ -21,7 +22,7 @@ extension InstanceState {
         w.key("status"); w.string(status.rawValue)
         w.key("steps")
         w.beginArray()
-        for step in steps { step.write(to: &w) }
+        for step in steps { step.write(to: &w, outputs: outputs) }
         w.endArray()
         if let suspension { w.key("suspension"); w.string(suspension.rawValue) }
         w.key("timers")
@@ -100,7 +101,7 @@ extension Optional {
 }
 
 extension StepState {
-    public func write(to w: inout JSONTextWriter) {
+    public func write(to w: inout JSONTextWriter, outputs: Bool = true) {
         w.beginObject()
         if attemptBase != 0 { w.key("ab"); w.int(attemptBase) }
         if compensationAttemptBase != 0 { w.key("cb"); w.int(compensationAttemptBase) }
@@ -112,7 +113,7 @@ extension StepState {
             w.endArray()
         }
         let derivable = items == nil && status == .completed && units.count == 1 && units[0].output == output
-        if !derivable, let output { w.key("o"); w.value(output) }
+        if outputs, !derivable, let output { w.key("o"); w.value(output) }
         if let completedSeq { w.key("q"); w.int(completedSeq) }
         if status != .pending { w.key("s"); w.string(status.rawValue) }
         if let startedAt { w.key("t0"); w.int64(startedAt) }
@@ -120,7 +121,7 @@ extension StepState {
         if !units.isEmpty {
             w.key("u")
             w.beginArray()
-            for unit in units { unit.write(to: &w) }
+            for unit in units { unit.write(to: &w, outputs: outputs) }
             w.endArray()
         }
         if escalated { w.key("x"); w.bool(escalated) }
@@ -162,7 +163,7 @@ extension StepState {
 }
 
 extension UnitState {
-    public func write(to w: inout JSONTextWriter) {
+    public func write(to w: inout JSONTextWriter, outputs: Bool = true) {
         w.beginObject()
         if attempt != 0 { w.key("a"); w.int(attempt) }
         if let compensation { w.key("c"); w.string(compensation.rawValue) }
@@ -171,7 +172,7 @@ extension UnitState {
         if let compensatedSeq { w.key("cq"); w.int(compensatedSeq) }
         if let error { w.key("e"); w.string(error) }
         if let heartbeatAt { w.key("h"); w.int64(heartbeatAt) }
-        if let output { w.key("o"); w.value(output) }
+        if outputs, let output { w.key("o"); w.value(output) }
         if let progress { w.key("p"); w.value(progress) }
         if let completedSeq { w.key("q"); w.int(completedSeq) }
         if status != .pending { w.key("s"); w.string(status.rawValue) }

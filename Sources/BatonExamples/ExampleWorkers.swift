@@ -29,12 +29,23 @@ public enum ExampleWorkers {
 
     static func simulate(_ ctx: StepContext, as action: String) async throws -> JSON {
         let input = ctx.input
-        let id = input["order_id"]?.stringValue ?? input["input"]?["order_id"]?.stringValue ?? ""
-        if id.contains("slow") {
+        let orderID = input["order_id"]?.stringValue ?? input["input"]?["order_id"]?.stringValue ?? ""
+        // A plain byte search: Foundation's `contains` on strings goes through NSString, and the standard library's
+        // generic `firstRange(of:)` is slower still; at 10,000 steps/s either was a quarter of the workers' time.
+        let id = Array(orderID.utf8)
+        func has(_ text: String) -> Bool {
+            let needle = Array(text.utf8)
+            guard !needle.isEmpty, id.count >= needle.count else { return false }
+            outer: for start in 0...(id.count - needle.count) {
+                for k in 0..<needle.count where id[start + k] != needle[k] { continue outer }
+                return true
+            }
+            return false
+        }
+        if has("slow") {
             try await Task.sleep(for: .seconds(300))  // a service that hangs (to show redelivery when a worker dies)
         }
-        let orderID = input["order_id"]?.stringValue ?? input["input"]?["order_id"]?.stringValue ?? ""
-        if !ctx.isCompensation, orderID.contains("fail-\(action)") || orderID.contains("fail-\(ctx.step)") {
+        if !ctx.isCompensation, has("fail-\(action)") || has("fail-\(ctx.step)") {
             throw StepFailure("\(action) declined for \(ctx.instanceID) (attempt \(ctx.attempt))", retryable: true)
         }
         // Derived from the idempotency key: every attempt of a step gets the same ids, as a real service would.

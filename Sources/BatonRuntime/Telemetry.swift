@@ -172,6 +172,12 @@ public enum TraceHeaders {
         guard let traceparent, traceparent.hasSuffix("-00") else { return nil }
         return KafkaHeader(key: Self.traceparent, string: traceparent)
     }
+
+    /// The trace headers of a record (`traceparent`, `tracestate`) as they came: what a process that does not
+    /// trace passes on, so that the processes after it that do trace stay in the same trace.
+    public static func passOn(_ message: KafkaMessage) -> [KafkaHeader] {
+        message.headers.filter { $0.key == traceparent || $0.key == "tracestate" }
+    }
 }
 
 /// Reads a trace context from a record's headers. Kafka header keys are case-sensitive: `traceparent`.

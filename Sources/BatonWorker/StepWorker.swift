@@ -99,6 +99,9 @@ public final class StepWorker: Service, Sendable {
     let recent = RecentCommands(capacity: 10_000)
     let metrics: WorkerMetrics
     let tracer: any Tracer
+    /// False when no tracer is installed (the no-op one): then no span is started at all, and trace headers
+    /// are passed on as they came.
+    let tracing: Bool
     /// Joined its group (it was given partitions, or none, by the group), and not stopped since.
     let joined = Atomic<Bool>(false)
 
@@ -108,6 +111,7 @@ public final class StepWorker: Service, Sendable {
         self.logger = logger
         metrics = WorkerMetrics(pool: configuration.pool, group: configuration.names.workerGroup(configuration.pool), factory: configuration.metricsFactory)
         tracer = configuration.tracer ?? InstrumentationSystem.tracer
+        tracing = !(tracer is NoOpTracer)
     }
 
     /// Whether the worker takes commands: it has joined its pool's group.
@@ -359,9 +363,8 @@ public final class StepWorker: Service, Sendable {
                 deadLetterRecord(message, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), sender: sender, delivery: delivery)
         }
         var logger = self.logger
-        logger[metadataKey: "instance"] = "\(command.instanceID)"
-        logger[metadataKey: "step"] = "\(command.step)"
-        logger[metadataKey: "attempt"] = "\(command.attempt)"
+        // Set at once: a log handler may rebuild its rendered metadata on every change (swift-log's stream one does).
+        logger.handler.metadata.merge(["instance": "\(command.instanceID)", "step": "\(command.step)", "attempt": "\(command.attempt)"]) { $1 }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         if now > command.deadline + Int64(configuration.deadlineMargin.inMilliseconds) {
             // The coordinator has counted this attempt as timed out; running it now would be wasted.
@@ -385,7 +388,7 @@ public final class StepWorker: Service, Sendable {
         if let written = message.timestamp { metrics.queueWait(command.step).recordMilliseconds(max(0, now - written)) }
         // The handler's span: a child of the command's span, whose context the coordinator put in the headers. A
         // trace its root did not sample (W3C flags 00) gets no span: its context goes on to the result as it came.
-        let unsampled = TraceHeaders.unsampled(TraceHeaders.traceparent(of: message)).map { [$0] }
+        let unsampled = tracing ? TraceHeaders.unsampled(TraceHeaders.traceparent(of: message)).map { [$0] } : TraceHeaders.passOn(message)
         let span: (any Span)? =
             unsampled != nil
             ? nil

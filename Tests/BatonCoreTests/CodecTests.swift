@@ -53,6 +53,8 @@ struct CodecTests {
             #expect(fast != nil, "seed \(seed): the fast reader refused \(Self.text(theirs))")
             #expect(fast == foundation, "seed \(seed)")
             #expect((try? StateCodec.decode(ours)) == foundation, "seed \(seed)")
+            // The snapshot (outputs left out without copying the state) is the state without outputs, written.
+            #expect(StateCodec.encodeSnapshot(state) == StateCodec.encode(state.withoutOutputs), "seed \(seed)")
         }
     }
 
