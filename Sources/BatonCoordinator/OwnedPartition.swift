@@ -96,7 +96,7 @@ final class OwnedPartition {
     let context: CoordinatorContext
     let producer: KafkaProducer
     let partitionCount: Int
-    var instances: [String: InstanceState]
+    var instances: InstanceStore
     var timers = Heap<TimerEntry>()
     var scheduled = Set<TimerEntry>()
     /// Timers sent to the events topic and not yet seen back, by instance.
@@ -112,16 +112,17 @@ final class OwnedPartition {
     var logger: Logger { context.logger }
     var metrics: CoordinatorMetrics { context.metrics }
 
-    init(partition: Int32, context: CoordinatorContext, producer: KafkaProducer, partitionCount: Int, instances: [String: InstanceState], nextOffset: Int64?) {
+    init(partition: Int32, context: CoordinatorContext, producer: KafkaProducer, rebuilt: Rebuilt, nextOffset: Int64?) {
         self.partition = partition
         self.context = context
         self.producer = producer
-        self.partitionCount = partitionCount
-        self.instances = instances
+        self.partitionCount = rebuilt.partitionCount
+        self.instances = rebuilt.instances
         self.nextOffset = nextOffset
-        for state in instances.values {
-            schedule(state)
-            context.metrics.count(state, by: 1)
+        scheduled = Set(rebuilt.timers)
+        timers = Heap(scheduled)
+        for (key, count) in rebuilt.counts {
+            context.metrics.instances(key.workflowID, key.status.rawValue).increment(by: Double(count))
         }
         context.metrics.partitionsOwned.increment()
         reportGauges()
@@ -144,9 +145,7 @@ final class OwnedPartition {
             // After the fence: what the group committed is exactly what committed transactions wrote.
             let committed = try await context.consumer.committed([TopicPartition(names.events, partition)]).first?.offset ?? -1
             let rebuilt = try await rebuild(partition, committed: committed, context: context)
-            return OwnedPartition(
-                partition: partition, context: context, producer: producer, partitionCount: rebuilt.partitionCount, instances: rebuilt.instances,
-                nextOffset: committed >= 0 ? committed : nil)
+            return OwnedPartition(partition: partition, context: context, producer: producer, rebuilt: rebuilt, nextOffset: committed >= 0 ? committed : nil)
         } catch {
             await producer.close(timeout: .seconds(1))
             throw error
@@ -157,7 +156,22 @@ final class OwnedPartition {
     /// their outputs from the outputs topic put back. Records whose `baton-events-offset` header is past the
     /// group's committed offset come from transactions that never committed (visible on brokers that do not
     /// hide aborted records) and are left out.
-    static func rebuild(_ partition: Int32, committed: Int64, context: CoordinatorContext) async throws -> (instances: [String: InstanceState], partitionCount: Int) {
+    struct Rebuilt {
+        struct StatusKey: Hashable {
+            var workflowID: String
+            var status: InstanceStatus
+        }
+        var instances: InstanceStore
+        var partitionCount: Int
+        /// Every armed timer of the instances.
+        var timers: [TimerEntry]
+        /// How many instances of each workflow are in each status.
+        var counts: [StatusKey: Int]
+    }
+
+    /// The instances of a partition as committed transactions left them. Snapshots are kept as read (the last
+    /// of each instance) and decoded once at the end.
+    static func rebuild(_ partition: Int32, committed: Int64, context: CoordinatorContext) async throws -> Rebuilt {
         let names = context.configuration.names
         let logger = context.logger
         let clock = ContinuousClock()
@@ -175,7 +189,7 @@ final class OwnedPartition {
             let sources = [TopicPartition(names.state, partition), TopicPartition(names.outputs, partition)]
             try reader.assign(sources.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.beginning) })
             var remaining = Set(sources)
-            var snapshots: [String: InstanceState] = [:]
+            var snapshots: [String: (value: Data, offset: Int64)] = [:]
             var outputs: [String: OutputRecord] = [:]
             var records = 0
             var uncommitted = 0
@@ -195,9 +209,7 @@ final class OwnedPartition {
                                 snapshots[key] = nil
                                 continue
                             }
-                            do { snapshots[key] = try StateCodec.decode(value) } catch {
-                                logger.error("skipping an unreadable state record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
-                            }
+                            snapshots[key] = (value, m.offset)
                         } else {
                             guard let value = m.value else {
                                 outputs[key] = nil
@@ -222,10 +234,13 @@ final class OwnedPartition {
             context.metrics.rebuildRecords.increment(by: records)
             var byInstance: [String: [OutputRecord]] = [:]
             for record in outputs.values { byInstance[record.instanceID, default: []].append(record) }
-            var instances: [String: InstanceState] = [:]
-            instances.reserveCapacity(snapshots.count)
+            var rebuilt = Rebuilt(instances: InstanceStore(), partitionCount: partitionCount, timers: [], counts: [:])
             for (id, snapshot) in snapshots {
-                var state = snapshot
+                var state: InstanceState
+                do { state = try StateCodec.decode(snapshot.value) } catch {
+                    logger.error("skipping an unreadable state record", metadata: ["offset": "\(partition)/\(snapshot.offset)", "error": "\(error)"])
+                    continue
+                }
                 let workflow = context.registry.workflow(state.workflowID, version: state.version)
                 if let workflow {
                     let stored = (byInstance[id] ?? []).compactMap { r in
@@ -235,8 +250,12 @@ final class OwnedPartition {
                 } else {
                     logger.error("instance \(id) runs \(state.workflowID) v\(state.version), which is not registered; its outputs are not restored")
                 }
-                instances[id] = Saga.armingRetention(state, workflow: workflow, settings: context.settings)
+                state = Saga.armingRetention(state, workflow: workflow, settings: context.settings)
+                for timer in state.timers { rebuilt.timers.append(TimerEntry(dueAt: timer.dueAt, instanceID: id, key: timer.key)) }
+                rebuilt.counts[Rebuilt.StatusKey(workflowID: state.workflowID, status: state.status), default: 0] += 1
+                rebuilt.instances.insert(state)
             }
+            let instances = rebuilt.instances
             logger.info(
                 "took partition",
                 metadata: [
@@ -244,7 +263,7 @@ final class OwnedPartition {
                     "ms": "\((clock.now - started).inMilliseconds)",
                 ])
             context.metrics.rebuildDuration.record(duration: clock.now - started)
-            return (instances, partitionCount)
+            return rebuilt
         } catch {
             await reader.close()
             throw error
@@ -254,7 +273,7 @@ final class OwnedPartition {
     func release() async {
         await producer.close(timeout: .seconds(1))
         // What this partition counted is now another coordinator's to count.
-        for state in instances.values { metrics.count(state, by: -1) }
+        instances.forEachStatus { workflowID, status in metrics.instances(workflowID, status.rawValue).decrement(by: 1) }
         metrics.partitionsOwned.decrement()
         metrics.timers(String(partition)).record(0)
         metrics.lag.forget(TopicPartition(names.events, partition))
@@ -342,6 +361,9 @@ final class OwnedPartition {
     /// a record over the size limit is treated the same way before it is sent.
     func process(_ messages: [KafkaMessage], now: Timestamp, refused: [RecordOrigin: String]) async throws {
         var originals: [String: InstanceState?] = [:]
+        /// Instances kept encoded that this batch decoded: kept encoded again once it is over, if they still only wait.
+        var thawed: [String] = []
+        defer { for id in thawed { instances.settle(id) } }
         var effects: [String: [SagaEffect]] = [:]
         var deadLetters: [OutgoingRecord] = []
         var observed = BatchObservations()
@@ -449,6 +471,8 @@ final class OwnedPartition {
                 }
                 apply(id, transition, workflow: workflow, event: nil)
             case .event(_, let event):
+                instances.thaw(id)
+                thawed.append(id)
                 guard let state = instances[id] else {
                     deadLetter(m, .unknownInstance, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")
                     continue
@@ -549,7 +573,10 @@ final class OwnedPartition {
                 fired[id] = nil
             }
         } catch {
-            for (id, original) in originals { instances[id] = original }
+            for (id, original) in originals {
+                instances[id] = original
+                instances.settle(id)
+            }
             endSpans(error)
             throw error
         }
@@ -566,6 +593,7 @@ final class OwnedPartition {
                 fired[id] = stillArmed.isEmpty ? nil : stillArmed
             }
             schedule(state)
+            instances.settle(id)
         }
         reportGauges()
     }

@@ -874,7 +874,7 @@ struct Machine {
 
     func itemIndex(_ s: Int, _ u: Int) -> Int? { steps[s].forEach != nil ? u : nil }
 
-    func taskID(_ s: Int, attempt: Int) -> String { "\(state.instanceID)/\(steps[s].id)/\(attempt)" }
+    func taskID(_ s: Int, attempt: Int) -> String { HumanTask.id(instanceID: state.instanceID, step: steps[s].id, attempt: attempt) }
 
     func idempotencyKey(_ s: Int, item: Int?, compensation: Bool) -> String {
         var key = "\(state.instanceID)/\(steps[s].id)"

@@ -20,11 +20,11 @@ public enum InstanceStatus: String, Sendable, Hashable, Codable, CaseIterable {
     public var isFinished: Bool { self == .completed || self == .failed || self == .cancelled }
 }
 
-public enum StepStatus: String, Sendable, Hashable, Codable {
+public enum StepStatus: String, Sendable, Hashable, Codable, CaseIterable {
     case pending, active, completed, failed, skipped
 }
 
-public enum UnitStatus: String, Sendable, Hashable, Codable {
+public enum UnitStatus: String, Sendable, Hashable, Codable, CaseIterable {
     /// Not dispatched yet (a for_each item waiting for a concurrency slot).
     case pending
     case running
@@ -34,7 +34,7 @@ public enum UnitStatus: String, Sendable, Hashable, Codable {
     case failed
 }
 
-public enum CompensationStatus: String, Sendable, Hashable, Codable {
+public enum CompensationStatus: String, Sendable, Hashable, Codable, CaseIterable {
     case running, backoff, done, failed, skipped
 }
 
@@ -77,7 +77,7 @@ public struct StepState: Sendable, Hashable, Codable {
     public var escalated: Bool = false
 }
 
-public enum TimerKind: String, Sendable, Hashable, Codable {
+public enum TimerKind: String, Sendable, Hashable, Codable, CaseIterable {
     case retry, stepTimeout, taskTimeout, compensationRetry, compensationTimeout, workflowTimeout
     /// A running attempt sent no heartbeat for the step's `heartbeat_timeout`.
     case heartbeat
@@ -113,7 +113,7 @@ public struct ArmedTimer: Sendable, Hashable, Codable {
     }
 }
 
-public enum SuspensionReason: String, Sendable, Hashable, Codable {
+public enum SuspensionReason: String, Sendable, Hashable, Codable, CaseIterable {
     /// The failure path ended in `then: suspend`.
     case failure
     /// A compensation failed on every attempt; what it should undo is still in place.
@@ -276,6 +276,9 @@ public struct HumanTask: Sendable, Hashable, Codable {
         case taskID = "task_id", instanceID = "instance_id", workflowID = "workflow_id", step, attempt, assignee, title, input
         case createdAt = "created_at", dueAt = "due_at", claimedBy = "claimed_by", history
     }
+
+    /// A task's id: its instance, step and attempt.
+    public static func id(instanceID: String, step: String, attempt: Int) -> String { "\(instanceID)/\(step)/\(attempt)" }
 
     /// Records written before 0.2 named the fields in camel case (`taskID`, `dueAt`): they are read too.
     enum LegacyKeys: String, CodingKey { case taskID, instanceID, workflowID, createdAt, dueAt }
