@@ -187,6 +187,24 @@ public struct JSONTextError: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(reason) at byte \(offset)" }
 }
 
+/// An object's key as `JSONTextReader` met it: its bytes in the text being read (valid only during the call
+/// that gets it), matched against literals in a `switch` without making a `String` (`case "attempt":`).
+public struct JSONKey {
+    let raw: UnsafeRawBufferPointer
+    /// The key with its escapes resolved, when it had any (then `raw` is not used).
+    let unescaped: String?
+
+    public var string: String { unescaped ?? String(decoding: raw, as: UTF8.self) }
+
+    public static func ~= (pattern: StaticString, key: JSONKey) -> Bool {
+        if let unescaped = key.unescaped { return unescaped == pattern.description }
+        let n = pattern.utf8CodeUnitCount
+        guard n == key.raw.count else { return false }
+        guard n > 0, let base = key.raw.baseAddress else { return n == 0 }
+        return memcmp(base, pattern.utf8Start, n) == 0
+    }
+}
+
 /// A pull reader of JSON text: the hot path's records are read field by field into their types, in one pass
 /// and without building a tree or going through `Decodable`. It is strict: anything unusual (an integer
 /// written as 1.0, a missing field, a wrong type, nesting past `DocumentLimits.maxNesting`) is an error, and
@@ -245,7 +263,7 @@ public struct JSONTextReader: ~Copyable {
     }
 
     /// Reads an object, calling `field` with each key; `field` must read or `skip()` the value.
-    public mutating func object(_ field: (String, inout JSONTextReader) throws -> Void) throws {
+    public mutating func object(_ field: (JSONKey, inout JSONTextReader) throws -> Void) throws {
         try expect(UInt8(ascii: "{"))
         try enter()
         if try peek() == UInt8(ascii: "}") {
@@ -255,7 +273,7 @@ public struct JSONTextReader: ~Copyable {
         }
         while true {
             guard try peek() == UInt8(ascii: "\"") else { throw fail("expected a key") }
-            let key = try rawString()
+            let key = try rawKey()
             try expect(UInt8(ascii: ":"))
             try field(key, &self)
             let next = try peek()
@@ -317,7 +335,7 @@ public struct JSONTextReader: ~Copyable {
 
     public mutating func stringObject() throws -> [String: String] {
         var out: [String: String] = [:]
-        try object { key, r in out[key] = try r.string() }
+        try object { key, r in out[key.string] = try r.string() }
         return out
     }
 
@@ -354,7 +372,7 @@ public struct JSONTextReader: ~Copyable {
         switch try peek() {
         case UInt8(ascii: "{"):
             var fields: [String: JSON] = [:]
-            try object { key, r in fields[key] = try r.value() }
+            try object { key, r in fields[key.string] = try r.value() }
             return .object(fields)
         case UInt8(ascii: "["):
             var items: [JSON] = []
@@ -375,8 +393,33 @@ public struct JSONTextReader: ~Copyable {
         return try value()
     }
 
-    /// Skips any value.
-    public mutating func skip() throws { _ = try value() }
+    /// Skips any value, checking it as `value()` would without building it.
+    public mutating func skip() throws {
+        switch try peek() {
+        case UInt8(ascii: "{"): try object { _, r in try r.skip() }
+        case UInt8(ascii: "["): try array { try $0.skip() }
+        case UInt8(ascii: "\""): _ = try rawKey()
+        case UInt8(ascii: "t"), UInt8(ascii: "f"): _ = try bool()
+        case UInt8(ascii: "n"): try literal("null")
+        default: _ = try number()
+        }
+    }
+
+    /// A string at `i` as a key: its bytes when it has no escapes (checked as `rawString` checks them).
+    private mutating func rawKey() throws -> JSONKey {
+        let start = i
+        var j = i + 1
+        while j < base.count {
+            let b = base[j]
+            if b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") || b < 0x20 || b >= 0x80 { break }
+            j += 1
+        }
+        if j < base.count, base[j] == UInt8(ascii: "\"") {
+            i = j + 1
+            return JSONKey(raw: UnsafeRawBufferPointer(rebasing: base[(start + 1)..<j]), unescaped: nil)
+        }
+        return JSONKey(raw: UnsafeRawBufferPointer(start: nil, count: 0), unescaped: try rawString())
+    }
 
     private mutating func number() throws -> Double {
         let start = i
