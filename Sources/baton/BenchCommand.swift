@@ -2,6 +2,7 @@ import ArgumentParser
 import BatonClient
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonTopics
 import BatonWire
 import Foundation
@@ -36,8 +37,12 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the instances to finish.") var deadline = 300
     @Flag(help: "Audit offsets at the end: for every instance that did not finish, where it stopped (see docs/benchmarks.md); exits 1 when any did not.")
     var audit = false
-    @Flag(help: "Run the coordinators and workers with their metrics served (--metrics-port 0): to measure what metrics cost.")
-    var metrics = false
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Run the coordinators and workers with their metrics served (--metrics-port 0) and print where a step's time goes from them; --no-metrics to measure without.")
+    var metrics = true
+    @Flag(help: "Write the records the instances would make (starts, commands, results, snapshots, outputs) through the broker without the engine, in its pattern (transactions per partition), and read them back: the broker's bound for this workload on this machine.")
+    var raw = false
     @Option(help: ArgumentHelp("Run the coordinators and workers with tracing on, exporting to this OTLP/HTTP endpoint: to measure what tracing costs.", valueName: "url"))
     var otlpEndpoint: String?
 
@@ -59,6 +64,11 @@ struct Bench: AsyncParsableCommand {
         let client = try BatonClient(client: clientConfiguration, names: names, logger: logger)
         let workflow = try await client.register(document: Data(Self.definitions[workflow]!.utf8))
         let steps = workflow.steps.count
+        if raw {
+            try await runRaw(workflow: workflow, names: names, client: clientConfiguration, logger: logger)
+            await client.close()
+            return
+        }
         let watcher = try await InstanceWatcher(client: clientConfiguration, names: names, logger: logger, light: true)
 
         let children = ChildProcesses()
@@ -165,6 +175,30 @@ struct Bench: AsyncParsableCommand {
 }
 
 extension Bench {
+    func runRaw(workflow: Workflow, names: TopicNames, client: KafkaClientConfiguration, logger: Logger) async throws {
+        try await CommandTopics(admin: KafkaAdmin(configuration: client, logger: logger), logger: logger)
+            .ensure(Set(workflow.steps.map { names.commands($0.pool) }))
+        let bench = RawBench(names: names, client: client, workflow: workflow, instances: instances, partitions: partitions, logger: logger)
+        var measured: [(name: String, pid: Int32)] = [("bench client", ProcessInfo.processInfo.processIdentifier)]
+        if let port = client.brokers.bootstrapServers.split(separator: ",").first?.split(separator: ":").last.flatMap({ Int($0) }),
+            let broker = ProcessCPU.localBrokerPID(port: port)
+        {
+            measured.append(("broker", broker))
+        }
+        print("raw: the records of \(instances) instances of \(workflow.id) (\(workflow.steps.count) steps), without the engine")
+        let cpuBefore = measured.map { ProcessCPU.seconds(pid: $0.pid) }
+        let report = try await bench.run()
+        let cpuAfter = measured.map { ProcessCPU.seconds(pid: $0.pid) }
+        let cpu = measured.indices.compactMap { i -> String? in
+            guard let before = cpuBefore[i], let after = cpuAfter[i] else { return nil }
+            return String(format: "%@ %.1f s (%.0f%% of a core)", measured[i].name, after - before, (after - before) / max(0.001, report.seconds) * 100)
+        }
+        print(String(format: "raw: %d records (%.1f per instance, %.1f MB) written and read back in %.2f s: %.0f records/s, the records of %.0f workflows/s",
+                     report.records, report.recordsPerInstance, Double(report.bytes) / 1e6, report.seconds, Double(report.records) / report.seconds,
+                     Double(instances) / report.seconds))
+        print(String(format: "cpu over %.1f s: ", report.seconds) + cpu.joined(separator: ", "))
+    }
+
     /// With `count` instances held: the coordinators' resident memory per instance, then a new coordinator's
     /// rebuild of them (time, records and instances per second, from its "took partition" lines) and its memory.
     func measureHeld(_ count: Int, coordinators: [Process], residentBefore: Int, children: ChildProcesses, common: [String]) async throws -> String {
