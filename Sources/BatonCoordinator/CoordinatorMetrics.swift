@@ -23,6 +23,8 @@ final class CoordinatorMetrics: Sendable {
     let deadLetters: DeadLetterMetrics
     let batchEvents: Recorder
     let transaction: LabeledMetric<CoreMetrics.Timer>
+    /// From an event written (its record's timestamp) to its coordinator fetching it, and to its batch starting.
+    let eventWait: LabeledMetric<CoreMetrics.Timer>
     let transactions: LabeledMetric<Counter>
     let rebalances: LabeledMetric<Counter>
     let partitionsOwned: Meter
@@ -46,6 +48,7 @@ final class CoordinatorMetrics: Sendable {
         deadLetters = DeadLetterMetrics(source: "coordinator", factory: factory)
         batchEvents = Recorder(label: "baton_coordinator_batch_events", dimensions: [], aggregate: true, factory: factory)
         transaction = .timer("baton_coordinator_transaction_seconds", labels: ["phase"], factory: factory)
+        eventWait = .timer("baton_coordinator_event_wait_seconds", labels: ["stage"], factory: factory)
         transactions = .counter("baton_coordinator_transactions_total", labels: ["result"], factory: factory)
         rebalances = .counter("baton_coordinator_rebalances_total", labels: ["change"], factory: factory)
         partitionsOwned = Meter(label: "baton_coordinator_partitions_owned", dimensions: [], factory: factory)

@@ -2,6 +2,7 @@ import BatonCore
 import BatonKafka
 import BatonRuntime
 import BatonWire
+import CoreMetrics
 import DequeModule
 import Foundation
 import Logging
@@ -41,10 +42,16 @@ final class PartitionRunner: Sendable {
     }
     private let inbox = Mutex(Inbox())
 
+    /// `baton_coordinator_event_wait_seconds` by stage.
+    let fetchedWait: CoreMetrics.Timer
+    let batchedWait: CoreMetrics.Timer
+
     init(partition: Int32, context: CoordinatorContext, after predecessor: PartitionRunner? = nil) {
         self.partition = partition
         self.context = context
         self.predecessor = predecessor
+        fetchedWait = context.metrics.eventWait("fetched")
+        batchedWait = context.metrics.eventWait("batched")
     }
 
     var logger: Logger { context.logger }
@@ -53,6 +60,9 @@ final class PartitionRunner: Sendable {
     // MARK: What the poll loop calls
 
     func deliver(_ message: KafkaMessage) {
+        if let written = message.timestamp {
+            fetchedWait.recordMilliseconds(max(0, Int64(Date().timeIntervalSince1970 * 1000) - written))
+        }
         let waiter = inbox.withLock { i -> CheckedContinuation<Void, Never>? in
             // Read before a requested seek took effect: it comes again after it.
             if case .requested = i.reset { return nil }
@@ -152,6 +162,8 @@ final class PartitionRunner: Sendable {
                 }
             }
             let batch = takeBatch(&gaps)
+            let taken = Int64(Date().timeIntervalSince1970 * 1000)
+            for m in batch { if let written = m.timestamp { batchedWait.recordMilliseconds(max(0, taken - written)) } }
             if batch.isEmpty {
                 let dueIn = owned.nextDue.map { Duration.milliseconds(max(0, $0 - configuration.clock())) } ?? configuration.idleWait
                 await waitForWork(atMost: min(dueIn, configuration.idleWait))

@@ -93,6 +93,8 @@ extension Bench {
             lines.append("  handler:                                                       \(workers.milliseconds("baton_worker_handler_seconds"))")
         }
         if let coordinator {
+            lines.append("  result written -> fetched by the coordinator:                 \(coordinator.milliseconds("baton_coordinator_event_wait_seconds", label: "stage=\"fetched\""))")
+            lines.append("  result written -> its batch starts (waits for the partition's transaction): \(coordinator.milliseconds("baton_coordinator_event_wait_seconds", label: "stage=\"batched\""))")
             lines.append("  command sent -> result applied (one attempt, as the coordinator sees it): \(coordinator.milliseconds("baton_step_duration_seconds"))")
             let phases = ["produce", "offsets", "commit", "total"].map { "\($0) \(coordinator.milliseconds("baton_coordinator_transaction_seconds", label: "phase=\"\($0)\""))" }
             lines.append("  coordinator transaction: " + phases.joined(separator: "; "))
