@@ -270,6 +270,11 @@ final class OwnedPartition {
                     "ms": "\((clock.now - started).inMilliseconds)", "read_ms": "\((read - started).inMilliseconds)",
                 ])
             context.metrics.rebuildDuration.record(duration: clock.now - started)
+            snapshots = [:]
+            outputs = [:]
+            byInstance = [:]
+            // The snapshots as read and their decoded forms were a multiple of what is kept.
+            ProcessMemory.releaseFreed()
             return rebuilt
         } catch {
             await reader.close()

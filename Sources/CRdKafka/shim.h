@@ -2,6 +2,11 @@
 #define BATON_CRDKAFKA_SHIM_H
 
 #include <librdkafka/rdkafka.h>
+#include <malloc.h>
+
+/// Gives freed heap pages back to the system (glibc's `malloc_trim`): for a process that just dropped a large
+/// transient working set (a coordinator's rebuild). Returns 1 if memory was released.
+static inline int baton_release_free_memory(void) { return malloc_trim(0); }
 
 /// `rd_kafka_producev` is variadic, which Swift cannot call; this fixed-arity wrapper can be.
 /// On success librdkafka takes ownership of `headers` (which may be NULL); on failure the caller keeps it.
