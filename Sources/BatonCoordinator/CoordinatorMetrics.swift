@@ -85,8 +85,10 @@ final class CoordinatorMetrics: Sendable {
     }
 
     /// An instance's status counted under its workflow (the gauge of instances held).
-    func count(_ state: InstanceState, by delta: Double) {
-        let meter = instances(state.workflowID, state.status.rawValue)
+    func count(_ state: InstanceState, by delta: Double) { count(workflowID: state.workflowID, status: state.status, by: delta) }
+
+    func count(workflowID: String, status: InstanceStatus, by delta: Double) {
+        let meter = instances(workflowID, status.rawValue)
         if delta > 0 { meter.increment(by: delta) } else { meter.decrement(by: -delta) }
     }
 }

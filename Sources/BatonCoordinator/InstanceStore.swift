@@ -12,8 +12,6 @@ struct InstanceStore {
     init() {}
 
     var count: Int { live.count + idle.count }
-    /// How many are kept encoded.
-    var idleCount: Int { idle.count }
 
     /// Whether an instance in `status` is kept encoded between events.
     static func keepsEncoded(_ status: InstanceStatus) -> Bool {
@@ -62,12 +60,9 @@ struct InstanceStore {
     func forEachStatus(_ body: (_ workflowID: String, _ status: InstanceStatus) -> Void) {
         for state in live.values { body(state.workflowID, state.status) }
         for (id, bytes) in idle {
-            if let found = StateBinary.workflowAndStatus(bytes) {
-                body(found.workflowID, found.status)
-            } else {
-                let state = Self.decode(bytes, id)
-                body(state.workflowID, state.status)
-            }
+            // Our own encoding: the front always reads (else the whole of it fails to decode, and that stops).
+            let found = StateBinary.workflowAndStatus(bytes) ?? { let s = Self.decode(bytes, id); return (s.workflowID, s.status) }()
+            body(found.workflowID, found.status)
         }
     }
 

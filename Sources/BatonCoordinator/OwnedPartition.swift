@@ -121,9 +121,7 @@ final class OwnedPartition {
         self.nextOffset = nextOffset
         scheduled = Set(rebuilt.timers)
         timers = Heap(scheduled)
-        for (key, count) in rebuilt.counts {
-            context.metrics.instances(key.workflowID, key.status.rawValue).increment(by: Double(count))
-        }
+        for (key, count) in rebuilt.counts { context.metrics.count(workflowID: key.workflowID, status: key.status, by: Double(count)) }
         context.metrics.partitionsOwned.increment()
         reportGauges()
     }
@@ -262,11 +260,10 @@ final class OwnedPartition {
                 rebuilt.counts[Rebuilt.StatusKey(workflowID: state.workflowID, status: state.status), default: 0] += 1
                 rebuilt.instances.insert(state)
             }
-            let instances = rebuilt.instances
             logger.info(
                 "took partition",
                 metadata: [
-                    "partition": "\(partition)", "instances": "\(instances.count)", "records": "\(records)", "uncommitted": "\(uncommitted)",
+                    "partition": "\(partition)", "instances": "\(rebuilt.instances.count)", "records": "\(records)", "uncommitted": "\(uncommitted)",
                     "ms": "\((clock.now - started).inMilliseconds)", "read_ms": "\((read - started).inMilliseconds)",
                 ])
             context.metrics.rebuildDuration.record(duration: clock.now - started)
@@ -285,7 +282,7 @@ final class OwnedPartition {
     func release() async {
         await producer.close(timeout: .seconds(1))
         // What this partition counted is now another coordinator's to count.
-        instances.forEachStatus { workflowID, status in metrics.instances(workflowID, status.rawValue).decrement(by: 1) }
+        instances.forEachStatus { workflowID, status in metrics.count(workflowID: workflowID, status: status, by: -1) }
         metrics.partitionsOwned.decrement()
         metrics.timers(String(partition)).record(0)
         metrics.lag.forget(TopicPartition(names.events, partition))

@@ -96,17 +96,15 @@ extension JSON: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Express
 
 extension JSON {
     /// Compact JSON text with sorted keys (stable, so equal values encode to equal bytes).
-    public func encoded() -> Data {
-        var writer = JSONTextWriter()
-        writer.value(self)
-        return writer.data
-    }
+    public func encoded() -> Data { written.data }
 
-    /// The size of `encoded()`, in bytes.
-    public var encodedSize: Int {
+    /// The size of `encoded()`, in bytes (without copying the text into `Data`).
+    public var encodedSize: Int { written.bytes.count }
+
+    private var written: JSONTextWriter {
         var writer = JSONTextWriter()
         writer.value(self)
-        return writer.bytes.count
+        return writer
     }
 
     public var jsonText: String { String(decoding: encoded(), as: UTF8.self) }

@@ -460,9 +460,11 @@ public struct JSONTextReader: ~Copyable {
         i += 1
         let contentStart = i
         var escaped = false
+        var high: UInt8 = 0
         while true {
             guard i < base.count else { throw JSONTextError("unterminated string", at: start) }
             let b = base[i]
+            high |= b
             if b == UInt8(ascii: "\"") { break }
             if b < 0x20 { throw fail("control character in a string") }
             if b == UInt8(ascii: "\\") {
@@ -477,12 +479,7 @@ public struct JSONTextReader: ~Copyable {
         i += 1
         if !escaped {
             // ASCII (ids, keys, most values) cannot be invalid: decode it without the validating initializer.
-            var ascii = true
-            for b in content where b >= 0x80 {
-                ascii = false
-                break
-            }
-            if ascii { return String(decoding: content, as: UTF8.self) }
+            if high < 0x80 { return String(decoding: content, as: UTF8.self) }
             guard let s = String(validating: content, as: UTF8.self) else { throw JSONTextError("invalid UTF-8 in a string", at: start) }
             return s
         }
@@ -540,7 +537,7 @@ public struct JSONTextReader: ~Copyable {
                     scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                 }
                 guard let s = Unicode.Scalar(scalar) else { throw JSONTextError("unpaired surrogate in a string", at: start) }
-                out.append(contentsOf: String(Character(s)).utf8)
+                UTF8.encode(s) { out.append($0) }
             default: throw JSONTextError("invalid escape", at: start)
             }
         }

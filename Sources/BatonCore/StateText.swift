@@ -112,8 +112,11 @@ extension StepState {
             for item in items { w.value(item) }
             w.endArray()
         }
-        let derivable = items == nil && status == .completed && units.count == 1 && units[0].output == output
-        if outputs, !derivable, let output { w.key("o"); w.value(output) }
+        // A plain step's output is its single unit's: stored once (compared only when outputs are written).
+        if outputs, let output, !(items == nil && status == .completed && units.count == 1 && units[0].output == output) {
+            w.key("o")
+            w.value(output)
+        }
         if let completedSeq { w.key("q"); w.int(completedSeq) }
         if status != .pending { w.key("s"); w.string(status.rawValue) }
         if let startedAt { w.key("t0"); w.int64(startedAt) }

@@ -55,11 +55,7 @@ public enum Wire {
     }()
 
     public static func encode<T: Encodable>(_ value: T) -> Data {
-        if let writable = value as? any WireWritable {
-            var writer = JSONTextWriter(capacity: 512)
-            writable.write(to: &writer)
-            return writer.data
-        }
+        if let writable = value as? any WireWritable { return written(writable) }
         return (try? encoder.encode(value)) ?? Data("{}".utf8)
     }
 

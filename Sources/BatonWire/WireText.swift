@@ -11,7 +11,9 @@ public protocol WireWritable {
 
 extension Wire {
     /// A record's value, written by hand.
-    public static func encode<T: WireWritable & Encodable>(_ value: T) -> Data {
+    public static func encode<T: WireWritable & Encodable>(_ value: T) -> Data { written(value) }
+
+    static func written(_ value: some WireWritable) -> Data {
         var writer = JSONTextWriter(capacity: 512)
         value.write(to: &writer)
         return writer.data
@@ -225,18 +227,14 @@ extension EventMessage {
             var v: Int?, kind: Wire.Kind?, instanceID: String?, workflowID: String?, version: Int?, input: JSON?, sentAt: Int64?
             var requestID: String?, step: String?, item: Int?, attempt: Int?, output: JSON?, error: String?, retryable: Bool?
             var idempotencyKey: String?, timer: TimerKey?, dueAt: Int64?
-            var hasInput = false, versionIsNull = false
             try r.object { key, r in
                 switch key {
                 case "v": v = try r.int()
                 case "kind": kind = Wire.Kind(rawValue: try r.string())
                 case "instance_id": instanceID = try r.string()
                 case "workflow_id": workflowID = try r.string()
-                case "version":
-                    if try r.null() { versionIsNull = true } else { version = try r.int() }
-                case "input":
-                    input = try r.value()
-                    hasInput = true
+                case "version": version = try r.null() ? nil : r.int()
+                case "input": input = try r.value()
                 case "sent_at": sentAt = try r.null() ? nil : r.int64()
                 case "request_id": requestID = try r.null() ? nil : r.string()
                 case "step": step = try r.string()
@@ -251,11 +249,10 @@ extension EventMessage {
                 default: try r.skip()
                 }
             }
-            _ = versionIsNull
             guard v == Wire.version, let kind, let instanceID else { throw JSONTextError("not an event the fast reader takes", at: 0) }
             switch kind {
             case .start:
-                guard let workflowID, hasInput, let input else { throw JSONTextError("incomplete start", at: 0) }
+                guard let workflowID, let input else { throw JSONTextError("incomplete start", at: 0) }
                 return (kind, StartMessage(instanceID: instanceID, workflowID: workflowID, version: version, input: input, sentAt: sentAt, requestID: requestID), nil, nil)
             case .stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed:
                 guard let step, let attempt else { throw JSONTextError("incomplete result", at: 0) }

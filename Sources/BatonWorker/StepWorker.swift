@@ -386,11 +386,12 @@ public final class StepWorker: Service, Sendable {
         }
         logger.debug("handling command", metadata: ["age_ms": "\(message.timestamp.map { now - $0 } ?? -1)"])
         if let written = message.timestamp { metrics.queueWait(command.step).recordMilliseconds(max(0, now - written)) }
-        // The handler's span: a child of the command's span, whose context the coordinator put in the headers. A
-        // trace its root did not sample (W3C flags 00) gets no span: its context goes on to the result as it came.
-        let unsampled = tracing ? TraceHeaders.unsampled(TraceHeaders.traceparent(of: message)).map { [$0] } : TraceHeaders.passOn(message)
+        // The handler's span: a child of the command's span, whose context the coordinator put in the headers.
+        // With no tracer installed, or for a trace its root did not sample (W3C flags 00), no span is made, and
+        // `passOn` holds the trace headers that the result and heartbeats carry on as they came.
+        let passOn = tracing ? TraceHeaders.unsampled(TraceHeaders.traceparent(of: message)).map { [$0] } : TraceHeaders.passOn(message)
         let span: (any Span)? =
-            unsampled != nil
+            passOn != nil
             ? nil
             : tracer.startAnySpan(
                 "\(command.isCompensation ? "compensate" : "process") \(command.step)", context: tracer.context(from: message.headers) ?? .topLevel,
@@ -404,7 +405,7 @@ public final class StepWorker: Service, Sendable {
             if let item = command.item { a["baton.item"] = item }
         }
         defer { span?.end() }
-        let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger, trace: span?.context, passOn: unsampled ?? [], tracer: tracer)
+        let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger, trace: span?.context, passOn: passOn ?? [], tracer: tracer)
         let result: ResultMessage
         let began = ContinuousClock.now
         do {
@@ -434,7 +435,7 @@ public final class StepWorker: Service, Sendable {
             span?.setStatus(SpanStatus(code: .error, message: result.error))
         }
         var headers = Wire.headers(result.kind)
-        if let span { tracer.inject(span.context, into: &headers, using: KafkaHeadersInjector()) } else { headers += unsampled ?? [] }
+        if let span { tracer.inject(span.context, into: &headers, using: KafkaHeadersInjector()) } else { headers += passOn ?? [] }
         let record = ProducerRecord(
             topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
             headers: headers)

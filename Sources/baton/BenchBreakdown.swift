@@ -26,6 +26,31 @@ enum ProcessCPU {
     }
 }
 
+/// The CPU time named processes use over an interval, and the broker's when `deploy/local-broker` runs it here.
+struct CPUMeter {
+    private let processes: [(name: String, pid: Int32)]
+    private let before: [Double?]
+
+    /// Starts measuring; `brokers` is the bootstrap list, whose first port names the local broker.
+    init(_ processes: [(name: String, pid: Int32)], brokers: String) {
+        var all = processes
+        if let port = brokers.split(separator: ",").first?.split(separator: ":").last.flatMap({ Int($0) }), let broker = ProcessCPU.localBrokerPID(port: port) {
+            all.append(("broker", broker))
+        }
+        self.processes = all
+        before = all.map { ProcessCPU.seconds(pid: $0.pid) }
+    }
+
+    /// "cpu over S s: NAME C s (P% of a core), ...", from the start until now.
+    func report(over seconds: Double) -> String {
+        let used = processes.indices.compactMap { i -> String? in
+            guard let before = before[i], let after = ProcessCPU.seconds(pid: processes[i].pid) else { return nil }
+            return String(format: "%@ %.1f s (%.0f%% of a core)", processes[i].name, after - before, (after - before) / max(0.001, seconds) * 100)
+        }
+        return String(format: "cpu over %.1f s: ", seconds) + used.joined(separator: ", ")
+    }
+}
+
 /// Histograms read from a Prometheus text exposition (`/metrics`), every series of a name added together,
 /// with quantiles estimated as Prometheus's `histogram_quantile` does (linearly within a bucket).
 struct ScrapedHistograms {

@@ -91,15 +91,10 @@ struct Bench: AsyncParsableCommand {
 
         print("offering \(instances) instances of \(workflow.id) (\(steps) steps) \(rate > 0 ? "at \(rate)/s" : "as fast as possible")")
         // CPU time of each process over the run: the engine's, this client's, and the broker's when it runs here.
-        var measured: [(name: String, pid: Int32)] = coordinatorProcesses.enumerated().map { ("coordinator-\($0.offset)", $0.element.processIdentifier) }
-        measured.append(("workers", workerProcess.processIdentifier))
-        measured.append(("bench client", ProcessInfo.processInfo.processIdentifier))
-        if let port = clientConfiguration.brokers.bootstrapServers.split(separator: ",").first?.split(separator: ":").last.flatMap({ Int($0) }),
-            let broker = ProcessCPU.localBrokerPID(port: port)
-        {
-            measured.append(("broker", broker))
-        }
-        let cpuBefore = measured.map { ProcessCPU.seconds(pid: $0.pid) }
+        let cpuMeter = CPUMeter(
+            coordinatorProcesses.enumerated().map { ("coordinator-\($0.offset)", $0.element.processIdentifier) }
+                + [("workers", workerProcess.processIdentifier), ("bench client", ProcessInfo.processInfo.processIdentifier)],
+            brokers: clientConfiguration.brokers.bootstrapServers)
         var sentAt: [String: Int64] = [:]
         sentAt.reserveCapacity(instances)
         let clock = ContinuousClock()
@@ -127,13 +122,8 @@ struct Bench: AsyncParsableCommand {
         }
         func reachedAt(_ id: String) -> Int64? { holding ? watcher.waitingSeenAt(id) : watcher.finishedSeenAt(id) }
         let stragglers = Set(sentAt.keys.filter { reachedAt($0) == nil })
-        let cpuAfter = measured.map { ProcessCPU.seconds(pid: $0.pid) }
         let wall = clock.now - began
-        let wallSeconds = Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18
-        let cpu = measured.indices.compactMap { i -> String? in
-            guard let before = cpuBefore[i], let after = cpuAfter[i] else { return nil }
-            return String(format: "%@ %.1f s (%.0f%% of a core)", measured[i].name, after - before, (after - before) / max(0.001, wallSeconds) * 100)
-        }
+        let cpu = cpuMeter.report(over: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
         let breakdown = metrics
             ? Self.breakdown(coordinator: await Self.scrape(children.log("coordinator-0")), workers: await Self.scrape(children.log("workers"))) : nil
         let held = holding ? try await measureHeld(sentAt.count + warm.count, coordinators: coordinatorProcesses, residentBefore: residentBefore, children: children, common: common) : nil
@@ -157,7 +147,7 @@ struct Bench: AsyncParsableCommand {
                      Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
         print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
         print(String(format: "latency start-to-\(holding ? "waiting" : "finish"): p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
-        print(String(format: "cpu over %.1f s: ", wallSeconds) + cpu.joined(separator: ", "))
+        print(cpu)
         if let breakdown { print(breakdown) }
         if let held { print(held) }
         if let report {
@@ -179,24 +169,14 @@ extension Bench {
         try await CommandTopics(admin: KafkaAdmin(configuration: client, logger: logger), logger: logger)
             .ensure(Set(workflow.steps.map { names.commands($0.pool) }))
         let bench = RawBench(names: names, client: client, workflow: workflow, instances: instances, partitions: partitions, logger: logger)
-        var measured: [(name: String, pid: Int32)] = [("bench client", ProcessInfo.processInfo.processIdentifier)]
-        if let port = client.brokers.bootstrapServers.split(separator: ",").first?.split(separator: ":").last.flatMap({ Int($0) }),
-            let broker = ProcessCPU.localBrokerPID(port: port)
-        {
-            measured.append(("broker", broker))
-        }
         print("raw: the records of \(instances) instances of \(workflow.id) (\(workflow.steps.count) steps), without the engine")
-        let cpuBefore = measured.map { ProcessCPU.seconds(pid: $0.pid) }
+        let cpuMeter = CPUMeter([("bench client", ProcessInfo.processInfo.processIdentifier)], brokers: client.brokers.bootstrapServers)
         let report = try await bench.run()
-        let cpuAfter = measured.map { ProcessCPU.seconds(pid: $0.pid) }
-        let cpu = measured.indices.compactMap { i -> String? in
-            guard let before = cpuBefore[i], let after = cpuAfter[i] else { return nil }
-            return String(format: "%@ %.1f s (%.0f%% of a core)", measured[i].name, after - before, (after - before) / max(0.001, report.seconds) * 100)
-        }
+        let cpu = cpuMeter.report(over: report.seconds)
         print(String(format: "raw: %d records (%.1f per instance, %.1f MB) written and read back in %.2f s: %.0f records/s, the records of %.0f workflows/s",
-                     report.records, report.recordsPerInstance, Double(report.bytes) / 1e6, report.seconds, Double(report.records) / report.seconds,
+                     report.records, Double(report.records) / Double(max(1, instances)), Double(report.bytes) / 1e6, report.seconds, Double(report.records) / report.seconds,
                      Double(instances) / report.seconds))
-        print(String(format: "cpu over %.1f s: ", report.seconds) + cpu.joined(separator: ", "))
+        print(cpu)
     }
 
     /// With `count` instances held: the coordinators' resident memory per instance, then a new coordinator's

@@ -70,7 +70,6 @@ struct RawBench {
         var records: Int
         var bytes: Int
         var seconds: Double
-        var recordsPerInstance: Double
     }
 
     func run() async throws -> Report {
@@ -146,8 +145,6 @@ struct RawBench {
         await reader.close()
         await plainProducer.close()
         for producer in transactional { await producer.close() }
-        return Report(
-            records: total, bytes: bytes, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
-            recordsPerInstance: Double(total) / Double(max(1, instances)))
+        return Report(records: total, bytes: bytes, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
     }
 }
