@@ -11,11 +11,15 @@ public struct WorkflowDefinition: Sendable, Hashable, Codable {
     /// How long a finished instance stays queryable before its records are tombstoned (nil: the coordinator's
     /// default, 7 days unless configured).
     public var retention: Millis?
+    /// The signals an instance accepts (`baton signal ID NAME`), besides those its `signal` steps wait for.
+    public var signals: [String]
+    /// Business topics whose records start an instance.
+    public var triggers: [TriggerDefinition]
     public var steps: [StepDefinition]
 
     public init(
         workflowID: String, version: Int = 1, description: String? = nil, timeout: Millis? = nil, onFailure: FailurePolicy = .init(),
-        retention: Millis? = nil, steps: [StepDefinition]
+        retention: Millis? = nil, signals: [String] = [], triggers: [TriggerDefinition] = [], steps: [StepDefinition]
     ) {
         self.workflowID = workflowID
         self.version = version
@@ -23,10 +27,62 @@ public struct WorkflowDefinition: Sendable, Hashable, Codable {
         self.timeout = timeout
         self.onFailure = onFailure
         self.retention = retention
+        self.signals = signals
+        self.triggers = triggers
         self.steps = steps
     }
 
+    /// Every signal name an instance accepts: the declared ones and those of its `signal` steps.
+    public var signalNames: Set<String> { Set(signals).union(steps.compactMap(\.signal)) }
+
     public func step(_ id: String) -> StepDefinition? { steps.first { $0.id == id } }
+}
+
+/// A business topic whose records start instances of the workflow: each record that matches `when` starts
+/// the instance named by `instanceID`, with the input `input` renders from the record.
+public struct TriggerDefinition: Sendable, Hashable, Codable {
+    /// The topic, as the business names it (not under the engine's namespace).
+    public var topic: String
+    /// A condition on the record (`$.event.value.status == "placed"`); nil starts on every record.
+    public var when: String?
+    /// A path into the record giving the instance id: `$.event.key` (the default) or `$.event.value.order_id`.
+    public var instanceID: ValuePathText
+    /// A template over `$.event` (nil: the record's value as it is).
+    public var input: JSON?
+
+    public static let defaultInstanceID = "$.event.key"
+
+    public init(topic: String, when: String? = nil, instanceID: ValuePathText = Self.defaultInstanceID, input: JSON? = nil) {
+        self.topic = topic
+        self.when = when
+        self.instanceID = instanceID
+        self.input = input
+    }
+}
+
+/// What a `wait_for_event` step waits for: a record on `topic` whose correlation value (`correlate`, read from
+/// the record) equals the instance's (`equals`, read from the instance).
+public struct EventWait: Sendable, Hashable, Codable {
+    public var topic: String
+    /// A path into the record: `$.event.key` (the default) or `$.event.value.order_id`.
+    public var correlate: ValuePathText
+    /// A path into the instance: `$.input.order_id`, `$.steps.charge.output.payment_id`, `$.instance.id`.
+    public var equals: ValuePathText
+    /// How long a matching record that arrived before the step waited is kept for it (nil: the step's timeout).
+    public var ttl: Millis?
+    /// One record satisfies every instance waiting for it (and stays for later ones until its time-to-live),
+    /// instead of the first one only.
+    public var broadcast: Bool
+
+    public static let defaultCorrelate = "$.event.key"
+
+    public init(topic: String, correlate: ValuePathText = Self.defaultCorrelate, equals: ValuePathText, ttl: Millis? = nil, broadcast: Bool = false) {
+        self.topic = topic
+        self.correlate = correlate
+        self.equals = equals
+        self.ttl = ttl
+        self.broadcast = broadcast
+    }
 }
 
 /// What happens once a step has failed for good (or the workflow timed out).
@@ -146,6 +202,11 @@ public struct HumanTaskSpec: Sendable, Hashable, Codable {
 public struct StepDefinition: Sendable, Hashable, Codable {
     /// The built-in step type for a person's approval.
     public static let humanTaskType = "human_task"
+    /// The built-in step type that waits for a record on a business topic (`event`).
+    public static let eventWaitType = "wait_for_event"
+    /// The built-in step type that waits for a signal (`signal`).
+    public static let signalType = "signal"
+    public static let builtInTypes: Set<String> = [humanTaskType, eventWaitType, signalType]
     public static let defaultTimeout = Millis.minutes(30)
     public static let defaultHumanTimeout = Millis.hours(48)
 
@@ -167,11 +228,15 @@ public struct StepDefinition: Sendable, Hashable, Codable {
     public var when: String?
     public var forEach: ForEach?
     public var humanTask: HumanTaskSpec?
+    /// A `wait_for_event` step's event.
+    public var event: EventWait?
+    /// A `signal` step's signal name.
+    public var signal: String?
 
     public init(
         id: String, type: String, worker: String? = nil, dependsOn: [String] = [], input: JSON? = nil, retry: RetryPolicy? = nil,
         timeout: Millis? = nil, heartbeatTimeout: Millis? = nil, compensation: Compensation? = nil, when: String? = nil, forEach: ForEach? = nil,
-        humanTask: HumanTaskSpec? = nil
+        humanTask: HumanTaskSpec? = nil, event: EventWait? = nil, signal: String? = nil
     ) {
         self.id = id
         self.type = type
@@ -185,12 +250,26 @@ public struct StepDefinition: Sendable, Hashable, Codable {
         self.when = when
         self.forEach = forEach
         self.humanTask = humanTask
+        self.event = event
+        self.signal = signal
     }
 
     public var isHumanTask: Bool { type == Self.humanTaskType }
+    public var isEventWait: Bool { type == Self.eventWaitType }
+    public var isSignal: Bool { type == Self.signalType }
+    /// Whether a worker runs it (commands to its pool); human tasks, event waits and signals wait for the outside.
+    public var hasWorker: Bool { !Self.builtInTypes.contains(type) }
     /// The worker pool its commands go to.
     public var pool: String { worker ?? type }
-    public var retryPolicy: RetryPolicy { retry ?? .default }
+    /// Who or what the step is for, in a few words: its pool, or what it waits for.
+    public var summary: String {
+        if let a = humanTask?.assignee { return "human task: \(a)" }
+        if let e = event { return "event on \(e.topic)" }
+        if let s = signal { return "signal \(s)" }
+        return pool
+    }
+    /// A step that waits for something outside (a person, a record, a signal) has one attempt unless it says otherwise.
+    public var retryPolicy: RetryPolicy { retry ?? (isEventWait || isSignal ? RetryPolicy(maxAttempts: 1) : .default) }
     public var effectiveTimeout: Millis { timeout ?? (isHumanTask ? Self.defaultHumanTimeout : Self.defaultTimeout) }
 }
 

@@ -31,7 +31,8 @@ public enum DefinitionLoader {
     public static let maxNodes = 2_000_000
 
     /// Reads a JSON or YAML document, then checks it (see `WorkflowValidator`). Throws `DefinitionErrors`.
-    public static func load(_ data: Data, source: String? = nil) throws(DefinitionErrors) -> Workflow {
+    /// `namespace` is the engine's, whose topics no trigger or event wait may read.
+    public static func load(_ data: Data, source: String? = nil, namespace: String = WorkflowValidator.defaultNamespace) throws(DefinitionErrors) -> Workflow {
         let tree: JSON
         do {
             tree = try parseDocument(data)
@@ -43,7 +44,7 @@ public enum DefinitionLoader {
         var errors = reader.errors
         var workflow: Workflow?
         if let definition {
-            let (compiled, semantic) = WorkflowValidator.compile(definition, knownErrors: errors)
+            let (compiled, semantic) = WorkflowValidator.compile(definition, knownErrors: errors, namespace: namespace)
             errors += semantic
             workflow = compiled
         }
@@ -132,11 +133,13 @@ struct DefinitionReader {
 
     mutating func fail(_ path: String, _ message: String) { errors.append(DefinitionError(path: path, message: message)) }
 
-    static let workflowFields = ["workflow_id", "version", "description", "timeout", "on_failure", "retention", "steps"]
+    static let workflowFields = ["workflow_id", "version", "description", "timeout", "on_failure", "retention", "signals", "triggers", "steps"]
     static let stepFields = [
         "id", "type", "worker", "depends_on", "input", "retry", "timeout", "heartbeat_timeout", "compensation", "when", "for_each",
-        "assignee", "title", "on_timeout", "description",
+        "assignee", "title", "on_timeout", "description", "event", "signal",
     ]
+    static let triggerFields = ["topic", "when", "instance_id", "input"]
+    static let eventFields = ["topic", "correlate", "equals", "ttl", "broadcast"]
     static let retryFields = ["max_attempts", "initial_backoff", "multiplier", "max_backoff", "jitter"]
     static let compensationFields = ["type", "worker", "input", "retry", "timeout"]
     static let failureFields = ["compensate", "alert", "then"]
@@ -236,6 +239,38 @@ struct DefinitionReader {
             policy.alert = bool(fo, "alert", at: "on_failure") ?? true
             policy.then = enumValue(fo, "then", at: "on_failure", FailurePolicy.Then.self) ?? .fail
         }
+        var signals: [String] = []
+        switch o["signals"] {
+        case nil: break
+        case .array(let a)?:
+            for (i, v) in a.enumerated() {
+                let path = "signals[\(i)]"
+                guard let name = v.stringValue, !name.isEmpty else {
+                    fail(path, "expected a signal name, found \(v.kind)")
+                    continue
+                }
+                signalName(name, at: path)
+                if signals.contains(name) { fail(path, "'\(name)' is listed twice") } else { signals.append(name) }
+            }
+        case let other?: fail("signals", "expected a list of signal names, found \(other.kind)")
+        }
+        var triggers: [TriggerDefinition] = []
+        switch o["triggers"] {
+        case nil: break
+        case .array(let a)?:
+            for (i, t) in a.enumerated() {
+                let path = "triggers[\(i)]"
+                guard let to = object(t, at: path, fields: Self.triggerFields, what: "a trigger") else { continue }
+                let topic = string(to, "topic", at: path, required: true)
+                topicName(topic, at: join(path, "topic"))
+                guard let topic else { continue }
+                triggers.append(
+                    TriggerDefinition(
+                        topic: topic, when: string(to, "when", at: path),
+                        instanceID: string(to, "instance_id", at: path) ?? TriggerDefinition.defaultInstanceID, input: to["input"]))
+            }
+        case let other?: fail("triggers", "expected a list of triggers, found \(other.kind)")
+        }
         var steps: [StepDefinition] = []
         switch o["steps"] {
         case nil: fail("steps", "missing (required): a list of steps")
@@ -252,7 +287,22 @@ struct DefinitionReader {
         }
         guard let id else { return nil }
         return WorkflowDefinition(
-            workflowID: id, version: version, description: description, timeout: timeout, onFailure: policy, retention: retention, steps: steps)
+            workflowID: id, version: version, description: description, timeout: timeout, onFailure: policy, retention: retention, signals: signals,
+            triggers: triggers, steps: steps)
+    }
+
+    /// A signal's name: what `baton signal ID NAME` and `$.signals.NAME` use.
+    mutating func signalName(_ name: String, at path: String) {
+        guard !isIdentifier(name) || name.contains(".") || name.utf8.count > 100 else { return }
+        fail(path, "'\(name)' is not a signal name: use at most 100 letters, digits, '_' and '-'")
+    }
+
+    /// A business topic a trigger or an event wait reads: a valid Kafka topic name.
+    mutating func topicName(_ name: String?, at path: String) {
+        guard let name else { return }
+        if !isIdentifier(name) || name.utf8.count > 249 || name == "." || name == ".." {
+            fail(path, "'\(name)' is not a Kafka topic name: use at most 249 letters, digits, '_', '-' and '.'")
+        }
     }
 
     /// A step type or worker names a worker pool, whose command topic is `<namespace>.commands.<pool>`: it must be
@@ -353,10 +403,47 @@ struct DefinitionReader {
                 fail(join(path, key), "only human_task steps have \(key == "assignee" ? "an" : "a") \(key)")
             }
         }
+        var event: EventWait?
+        if type == StepDefinition.eventWaitType {
+            let epath = join(path, "event")
+            if let e = o["event"] {
+                if let eo = object(e, at: epath, fields: Self.eventFields, what: "an event to wait for (topic, correlate, equals, ttl, broadcast)") {
+                    let topic = string(eo, "topic", at: epath, required: true)
+                    topicName(topic, at: join(epath, "topic"))
+                    let equals = string(eo, "equals", at: epath, required: true)
+                    if let topic, let equals {
+                        event = EventWait(
+                            topic: topic, correlate: string(eo, "correlate", at: epath) ?? EventWait.defaultCorrelate, equals: equals,
+                            ttl: duration(eo, "ttl", at: epath), broadcast: bool(eo, "broadcast", at: epath) ?? false)
+                    }
+                }
+            } else {
+                fail(epath, "missing (required for a wait_for_event step): {topic, correlate, equals}, as {topic: payments.settled, correlate: $.event.value.order_id, equals: $.input.order_id}")
+            }
+        } else if o["event"] != nil {
+            fail(join(path, "event"), "only wait_for_event steps have an event")
+        }
+        var signal: String?
+        if type == StepDefinition.signalType {
+            if let name = string(o, "signal", at: path, required: true) {
+                signalName(name, at: join(path, "signal"))
+                signal = name
+            }
+        } else if o["signal"] != nil {
+            fail(join(path, "signal"), "only signal steps have a signal")
+        }
+        if type == StepDefinition.eventWaitType || type == StepDefinition.signalType {
+            if o["timeout"] == nil {
+                fail(join(path, "timeout"), "missing (required for a \(type ?? "") step): how long to wait before the step fails, as 10m or 48h")
+            }
+            for key in ["worker", "compensation", "heartbeat_timeout", "for_each"] where o[key] != nil {
+                fail(join(path, key), "a \(type ?? "") step has no \(key == "for_each" ? "for_each: wait in one step per value" : key): nothing runs on a worker")
+            }
+        }
         guard let id, let type else { return nil }
         return StepDefinition(
             id: id, type: type, worker: worker, dependsOn: dependsOn, input: o["input"], retry: retry, timeout: timeout,
-            heartbeatTimeout: heartbeatTimeout, compensation: compensation, when: when, forEach: forEach, humanTask: human)
+            heartbeatTimeout: heartbeatTimeout, compensation: compensation, when: when, forEach: forEach, humanTask: human, event: event, signal: signal)
     }
 
     mutating func retryPolicy(_ value: JSON, at path: String, defaults: RetryPolicy) -> RetryPolicy? {

@@ -5,11 +5,10 @@ public enum GraphRenderer {
     public static func dot(_ workflow: Workflow) -> String {
         var lines = ["digraph \(quote(workflow.id)) {", "  rankdir=LR;", "  node [shape=box, style=rounded];"]
         for step in workflow.steps {
-            var label = "\(step.id)\\n(\(step.pool))"
-            if step.isHumanTask, let a = step.humanTask?.assignee { label = "\(step.id)\\n(\(a))" }
+            var label = "\(step.id)\\n(\(step.isHumanTask ? step.humanTask?.assignee ?? "" : step.hasWorker ? step.pool : step.summary))"
             if step.forEach != nil { label += "\\nfor each" }
             if step.when != nil { label += "\\nwhen ..." }
-            let shape = step.isHumanTask ? ", shape=hexagon" : ""
+            let shape = step.isHumanTask ? ", shape=hexagon" : step.hasWorker ? "" : ", shape=ellipse"
             lines.append("  \(quote(step.id)) [label=\(quote(label))\(shape)];")
         }
         for (i, deps) in workflow.dependencies.enumerated() {
@@ -28,7 +27,7 @@ public enum GraphRenderer {
     public static func mermaid(_ workflow: Workflow) -> String {
         var lines = ["flowchart LR"]
         for (i, step) in workflow.steps.enumerated() {
-            let label = "\(step.id)<br/>\(step.isHumanTask ? step.humanTask?.assignee ?? "" : step.pool)"
+            let label = "\(step.id)<br/>\(step.isHumanTask ? step.humanTask?.assignee ?? "" : step.hasWorker ? step.pool : step.summary)"
             lines.append(step.isHumanTask ? "  s\(i){{\"\(escape(label))\"}}" : "  s\(i)[\"\(escape(label))\"]")
         }
         for (i, deps) in workflow.dependencies.enumerated() {
@@ -49,7 +48,7 @@ public enum GraphRenderer {
             lines.append("stage \(k + 1)")
             for s in workflow.topologicalOrder where stage[s] == k {
                 let step = workflow.steps[s]
-                var text = "  \(step.id) [\(step.isHumanTask ? "human task: \(step.humanTask?.assignee ?? "")" : step.pool)]"
+                var text = "  \(step.id) [\(step.summary)]"
                 let deps = workflow.dependencies[s].map { workflow.steps[$0].id }
                 if !deps.isEmpty { text += " <- \(deps.joined(separator: ", "))" }
                 var notes: [String] = []

@@ -12,7 +12,9 @@ public struct ValuePath: Hashable, Sendable, CustomStringConvertible {
     public let text: String
     public var description: String { text }
 
-    public static let roots = ["input", "steps", "item", "index", "instance"]
+    public static let roots = ["input", "steps", "item", "index", "instance", "signals", "event"]
+    /// What a record read from a business topic offers under `$.event`.
+    public static let eventFields = ["key", "value", "headers", "topic", "partition", "offset", "timestamp"]
 
     public struct ParseError: Error, Sendable, Equatable, CustomStringConvertible {
         public var text: String
@@ -58,6 +60,16 @@ public struct ValuePath: Hashable, Sendable, CustomStringConvertible {
                 throw ParseError(text: text, reason: "a step's value is referenced as $.steps.<step id>.output")
             }
         }
+        if root == "signals" {
+            guard segments.count >= 2, case .key = segments[1] else {
+                throw ParseError(text: text, reason: "a signal's value is referenced as $.signals.<name>")
+            }
+        }
+        if root == "event" {
+            guard segments.count >= 2, case .key(let field) = segments[1], Self.eventFields.contains(field) else {
+                throw ParseError(text: text, reason: "a record's parts are \(Self.eventFields.map { "$.event.\($0)" }.joined(separator: ", "))")
+            }
+        }
         if root == "instance" {
             guard segments.count == 2, segments[1] == .key("id") || segments[1] == .key("workflow_id") else {
                 throw ParseError(text: text, reason: "only $.instance.id and $.instance.workflow_id exist")
@@ -73,6 +85,12 @@ public struct ValuePath: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var root: String { if case .key(let r) = segments[0] { r } else { "" } }
+
+    /// The signal whose value this path reads, if any.
+    public var referencedSignal: String? {
+        guard segments.count >= 2, segments[0] == .key("signals"), case .key(let name) = segments[1] else { return nil }
+        return name
+    }
 
     /// The value the path points at, or nil when something along the way is missing.
     public func resolve(in context: PathContext) -> JSON? {
@@ -96,6 +114,14 @@ public struct ValuePath: Hashable, Sendable, CustomStringConvertible {
             rest = segments.dropFirst()
         case "instance":
             return segments[1] == .key("id") ? .string(context.instanceID) : .string(context.workflowID)
+        case "signals":
+            guard let name = referencedSignal, let signal = context.signals?[name] else { return nil }
+            value = signal
+            rest = segments.dropFirst(2)
+        case "event":
+            guard let event = context.event else { return nil }
+            value = event
+            rest = segments.dropFirst()
         default:
             return nil
         }
@@ -123,14 +149,28 @@ public struct PathContext: Sendable {
     public var item: JSON?
     public var index: Int?
     public var stepOutput: @Sendable (String) -> JSON?
+    /// The signals the instance received (`$.signals.<name>`): the last data of each.
+    public var signals: [String: JSON]?
+    /// A record from a business topic (`$.event`): `{key, value, headers, topic, partition, offset, timestamp}`.
+    public var event: JSON?
 
-    public init(instanceID: String, workflowID: String, input: JSON, item: JSON? = nil, index: Int? = nil, stepOutput: @escaping @Sendable (String) -> JSON?) {
+    public init(
+        instanceID: String, workflowID: String, input: JSON, item: JSON? = nil, index: Int? = nil, signals: [String: JSON]? = nil, event: JSON? = nil,
+        stepOutput: @escaping @Sendable (String) -> JSON?
+    ) {
         self.instanceID = instanceID
         self.workflowID = workflowID
         self.input = input
         self.item = item
         self.index = index
+        self.signals = signals
+        self.event = event
         self.stepOutput = stepOutput
+    }
+
+    /// The context of a record read from a business topic, for a trigger or an event wait: only `$.event` resolves.
+    public static func record(_ event: JSON) -> PathContext {
+        PathContext(instanceID: "", workflowID: "", input: .null, event: event, stepOutput: { _ in nil })
     }
 }
 

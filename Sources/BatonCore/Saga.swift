@@ -112,9 +112,11 @@ struct Machine {
             return claim(step: step, attempt: attempt, claimant: claimant, by: by, request: request, override: override)
         case .heartbeat(let step, let item, let attempt, let details):
             return heartbeat(step: step, item: item, attempt: attempt, details: details)
+        case .eventReceived(let step, let attempt, _, let event):
+            return receive(step: step, attempt: attempt, event: event)
         case .timerFired(let key):
             return fire(key)
-        case .cancel, .resume, .retry, .skip:
+        case .cancel, .resume, .retry, .skip, .signal:
             return handleOperator(event)
         }
     }
@@ -125,6 +127,7 @@ struct Machine {
         case .resume(let by, _): retry(step: nil, by: by)
         case .retry(let step, let by, _): retry(step: step, by: by)
         case .skip(let step, let output, let by, _): skip(step: step, output: output, by: by)
+        case .signal(let name, let data, _, _): receiveSignal(name: name, data: data)
         default: .notApplicable("not an operator command")
         }
     }
@@ -160,6 +163,7 @@ struct Machine {
         case .success(let found): (s, u) = found
         }
         if steps[s].isHumanTask { return .failure(.notApplicable("'\(step)' is a human task: it \(verb)")) }
+        if !steps[s].hasWorker { return .failure(.notApplicable("'\(step)' is a \(steps[s].type) step: no worker answers for it")) }
         guard state.steps[s].units[u].status == .running else {
             return .failure(.duplicate("attempt \(attempt) of '\(step)' is already \(state.steps[s].units[u].status.rawValue)"))
         }
@@ -167,9 +171,13 @@ struct Machine {
         return .success((s, u))
     }
 
-    /// The running attempt of a unit is over (answered, timed out, abandoned): its timers go.
-    mutating func endAttempt(_ s: Int, _ u: Int) {
+    /// The running attempt of a unit is over (answered, timed out, abandoned): its timers go, and an event wait's
+    /// mailbox forgets it (unless its event is what ended it: the mailbox knows that already).
+    mutating func endAttempt(_ s: Int, _ u: Int, unsubscribe: Bool = true) {
         let attempt = state.steps[s].units[u].attempt
+        if unsubscribe, steps[s].isEventWait, let subscription = subscription(s, attempt: attempt, since: nil) {
+            effects.append(.unsubscribe(subscription))
+        }
         disarm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt))
         disarm(TimerKey(kind: .heartbeat, step: s, item: itemIndex(s, u), attempt: attempt))
         state.steps[s].units[u].progress = nil
@@ -183,7 +191,7 @@ struct Machine {
         case .failure(let reason): return reason
         case .success(let found): (s, u) = found
         }
-        if steps[s].isHumanTask { return .notApplicable("'\(step)' is a human task: it has no worker to send heartbeats") }
+        if !steps[s].hasWorker { return .notApplicable("'\(step)' is a \(steps[s].type) step: it has no worker to send heartbeats") }
         guard state.steps[s].units[u].status == .running else {
             return .stale("attempt \(attempt) of '\(step)' is \(state.steps[s].units[u].status.rawValue), not running")
         }
@@ -287,7 +295,8 @@ struct Machine {
                 let unit = state.steps[s].units[u]
                 if unit.status == .backoff || unit.status == .pending {
                     abandonUnit(s, u, why: "abandoned: \(reason)")
-                } else if unit.status == .running, steps[s].isHumanTask {
+                } else if unit.status == .running, !steps[s].hasWorker {
+                    // Nothing will answer for it: a task closes, an event wait or a signal step stops waiting.
                     abandonUnit(s, u, why: "closed: \(reason)")
                 }
             }
@@ -443,7 +452,15 @@ struct Machine {
         case .stepTimeout:
             guard state.steps[s].units[u].status == .running else { return nil }
             endAttempt(s, u)
-            attemptFailed(s, u, error: "timed out after \(steps[s].effectiveTimeout)", retryable: true)
+            let error: String =
+                if let event = steps[s].event {
+                    "no record on \(event.topic) matched within \(steps[s].effectiveTimeout)"
+                } else if let signal = steps[s].signal {
+                    "no signal '\(signal)' came within \(steps[s].effectiveTimeout)"
+                } else {
+                    "timed out after \(steps[s].effectiveTimeout)"
+                }
+            attemptFailed(s, u, error: error, retryable: true)
         case .heartbeat:
             guard state.steps[s].units[u].status == .running else { return nil }
             let silent = steps[s].heartbeatTimeout ?? Millis(0)
@@ -451,6 +468,8 @@ struct Machine {
             attemptFailed(s, u, error: "no heartbeat for \(silent): the worker is presumed dead", retryable: true)
         case .retention:
             return .notApplicable("the instance is \(state.status.rawValue), not finished")
+        case .mailbox:
+            return .notApplicable("a mailbox timer is not an instance's")
         case .taskTimeout:
             humanTaskTimedOut(s)
         case .compensationRetry:
@@ -664,10 +683,11 @@ struct Machine {
                 finish(.completed, reason: nil)
                 return
             }
+            // Waiting: nothing runs on a worker or waits for a retry, only for the outside (a person, a record, a signal).
             let busy = state.steps.indices.contains { s in
-                !steps[s].isHumanTask && state.steps[s].units.contains { $0.status == .running || $0.status == .backoff }
+                state.steps[s].units.contains { $0.status == .backoff || ($0.status == .running && steps[s].hasWorker) }
             }
-            let openTasks = state.steps.indices.contains { s in steps[s].isHumanTask && state.steps[s].units.first?.status == .running }
+            let openTasks = state.steps.indices.contains { s in !steps[s].hasWorker && state.steps[s].units.first?.status == .running }
             state.status = !busy && openTasks ? .waiting : .running
         case .compensating:
             let inFlight = state.steps.contains { $0.units.contains { $0.status == .running } }
@@ -797,6 +817,23 @@ struct Machine {
             effects.append(.createTask(task))
             effects.append(.notify(NotificationMessage(recipient: task.assignee, subject: "New task: \(task.title)", instanceID: state.instanceID, taskID: task.taskID)))
             arm(TimerKey(kind: .taskTimeout, step: s, attempt: attempt), at: now + timeout)
+        } else if step.isEventWait {
+            guard let subscription = subscription(s, attempt: attempt, since: now) else {
+                let equals = step.event?.equals ?? "its correlation path"
+                state.steps[s].units[u].status = .failed
+                state.steps[s].units[u].error = "\(equals) is missing or null: there is no value to wait for"
+                failStep(s, reason: "'\(step.id)' cannot wait for an event: \(equals) is missing or null")
+                return
+            }
+            effects.append(.subscribe(subscription))
+            arm(TimerKey(kind: .stepTimeout, step: s, item: item, attempt: attempt), at: now + timeout)
+        } else if step.isSignal {
+            if let name = step.signal, let data = state.signals?[name] {
+                // The signal came before the step waited for it: the step completes at once.
+                finishUnit(s, u, output: data)
+                return
+            }
+            arm(TimerKey(kind: .stepTimeout, step: s, item: item, attempt: attempt), at: now + timeout)
         } else {
             effects.append(
                 .dispatch(
@@ -883,6 +920,52 @@ struct Machine {
         return key
     }
 
+    // MARK: Events and signals
+
+    /// A record a `wait_for_event` attempt waited for: the step completes with the record's value as its output.
+    mutating func receive(step: String, attempt: Int, event: EventRecord) -> IgnoredReason? {
+        let (s, u): (Int, Int)
+        switch locate(step: step, item: nil, attempt: attempt) {
+        case .failure(let reason): return reason
+        case .success(let found): (s, u) = found
+        }
+        guard steps[s].isEventWait else { return .notApplicable("'\(step)' is not a wait_for_event step") }
+        guard state.steps[s].units[u].status == .running else {
+            return .stale("attempt \(attempt) of '\(step)' is \(state.steps[s].units[u].status.rawValue), no longer waiting")
+        }
+        endAttempt(s, u, unsubscribe: false)
+        finishUnit(s, u, output: event.value)
+        return nil
+    }
+
+    /// A signal: recorded for conditions and templates; a `signal` step waiting for it completes with its data.
+    mutating func receiveSignal(name: String, data: JSON) -> IgnoredReason? {
+        guard workflow.definition.signalNames.contains(name) else {
+            let known = workflow.definition.signalNames.sorted()
+            let hint = closestMatch(to: name, among: known).map { " (did you mean '\($0)'?)" } ?? ""
+            return .unknown("\(workflow.id) v\(workflow.version) has no signal '\(name)'\(hint); it accepts \(known.isEmpty ? "none" : known.joined(separator: ", "))")
+        }
+        state.signals = (state.signals ?? [:]).merging([name: data]) { _, new in new }
+        for s in steps.indices where steps[s].signal == name && state.steps[s].units.first?.status == .running {
+            endAttempt(s, 0)
+            finishUnit(s, 0, output: data)
+        }
+        return nil
+    }
+
+    /// The subscription of a `wait_for_event` step's attempt (`since`: when it starts waiting; nil when only its
+    /// identity matters, to unsubscribe), or nil when the instance has no value to wait for.
+    func subscription(_ s: Int, attempt: Int, since: Timestamp?) -> EventSubscription? {
+        guard let event = steps[s].event else { return nil }
+        let value = (try? ValuePath(parsing: event.equals))?.resolve(in: context(for: s))  // checked at validation: parses
+        guard let text = Mailbox.correlationText(value) else { return nil }
+        let started = since ?? now
+        let timeout = steps[s].effectiveTimeout
+        return EventSubscription(
+            mailbox: Mailbox.key(topic: event.topic, correlate: event.correlate, value: text), instanceID: state.instanceID, workflowID: workflow.id,
+            step: steps[s].id, attempt: attempt, since: started, ttl: event.ttl ?? timeout, until: started + timeout.value, broadcast: event.broadcast)
+    }
+
     /// Paths resolve against the instance's input and the outputs of the steps this one reads.
     func context(for s: Int, item: Int? = nil) -> PathContext {
         var outputs: [String: JSON] = [:]
@@ -891,7 +974,7 @@ struct Machine {
         let frozen = outputs
         return PathContext(
             instanceID: state.instanceID, workflowID: workflow.id, input: state.input,
-            item: item.flatMap { i in items.flatMap { i < $0.count ? $0[i] : nil } }, index: item,
+            item: item.flatMap { i in items.flatMap { i < $0.count ? $0[i] : nil } }, index: item, signals: state.signals,
             stepOutput: { frozen[$0] ?? nil })
     }
 

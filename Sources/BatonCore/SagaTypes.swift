@@ -83,6 +83,8 @@ public enum TimerKind: String, Sendable, Hashable, Codable, CaseIterable {
     case heartbeat
     /// A finished instance's retention ran out: its records are tombstoned.
     case retention
+    /// A mailbox's next expiry (held by mailboxes only, never by an instance).
+    case mailbox
 }
 
 /// A durable timer, identified by what it is for; firing one that is no longer armed does nothing.
@@ -149,6 +151,8 @@ public struct InstanceState: Sendable, Hashable, Codable {
     /// The trace the instance's steps belong to, as the headers a tracer writes (W3C `traceparent`): kept so that
     /// a step that runs days later joins the same trace. Nil when the coordinator does not trace.
     public var trace: [String: String]?
+    /// The signals received (`baton signal`), by name: the data of the last one of each. Nil until the first.
+    public var signals: [String: JSON]?
 
     public static let rememberedRequests = 16
 
@@ -193,23 +197,28 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     case retry(step: String?, by: String, request: String)
     /// Operator: treat a failed step as skipped (with an output for its dependents), or a failing compensation as done.
     case skip(step: String, output: JSON?, by: String, request: String)
+    /// A record from a business topic that a `wait_for_event` step's attempt waited for, delivered by its mailbox.
+    case eventReceived(step: String, attempt: Int, mailbox: String, event: EventRecord)
+    /// Named data for the instance: kept for conditions and templates (`$.signals.<name>`), and completing a
+    /// `signal` step waiting for it. The request id makes a signal sent twice count once.
+    case signal(name: String, data: JSON, by: String, request: String)
 
     /// The step the event names, if it names one.
     public var step: String? {
         switch self {
         case .stepCompleted(let step, _, _, _), .stepFailed(let step, _, _, _, _), .compensationCompleted(let step, _, _),
             .compensationFailed(let step, _, _, _), .taskDecided(let step, _, _, _, _, _, _, _), .skip(let step, _, _, _),
-            .heartbeat(let step, _, _, _), .taskClaimed(let step, _, _, _, _, _):
+            .heartbeat(let step, _, _, _), .taskClaimed(let step, _, _, _, _, _), .eventReceived(let step, _, _, _):
             step
         case .retry(let step, _, _): step
-        case .timerFired, .cancel, .resume: nil
+        case .timerFired, .cancel, .resume, .signal: nil
         }
     }
 
     /// The operator request id, for operator commands.
     public var request: String? {
         switch self {
-        case .cancel(_, _, let r), .resume(_, let r), .retry(_, _, let r), .skip(_, _, _, let r): r
+        case .cancel(_, _, let r), .resume(_, let r), .retry(_, _, let r), .skip(_, _, _, let r), .signal(_, _, _, let r): r
         default: nil
         }
     }
@@ -393,6 +402,10 @@ public enum SagaEffect: Sendable, Hashable, Codable {
     case cancelled(reason: String)
     /// The instance's retention ran out: remove it and everything stored for it.
     case purge
+    /// A `wait_for_event` attempt starts waiting: its subscription goes to its mailbox.
+    case subscribe(EventSubscription)
+    /// A `wait_for_event` attempt stopped waiting without its event (timed out, abandoned): its mailbox forgets it.
+    case unsubscribe(EventSubscription)
 }
 
 public enum IgnoredReason: Error, Sendable, Hashable, CustomStringConvertible {

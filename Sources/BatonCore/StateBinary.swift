@@ -115,6 +115,7 @@ struct BinaryWriter {
         flags([
             s.finishedAt != nil, s.deadline != nil, s.reason != nil, s.failedStep != nil, s.suspension != nil, s.output != nil, s.startRequest != nil,
             s.trace != nil, s.cancelRequested, !s.timers.isEmpty, !s.requests.isEmpty, s.completionCounter != 0, s.generation != 0,
+            s.signals != nil,
         ])
         string(s.instanceID)
         string(s.workflowID)
@@ -149,6 +150,7 @@ struct BinaryWriter {
         }
         if s.completionCounter != 0 { int(s.completionCounter) }
         if s.generation != 0 { int(s.generation) }
+        if let signals = s.signals { json(.object(signals)) }
         uint(UInt64(s.steps.count))
         for step in s.steps { self.step(step, instanceID: s.instanceID, workflowID: s.workflowID) }
     }
@@ -361,6 +363,10 @@ struct BinaryReader: ~Copyable {
         }
         if has(11) { s.completionCounter = try int() }
         if has(12) { s.generation = try int() }
+        if has(13) {
+            guard case .object(let signals) = try json() else { throw fail("signals are not an object") }
+            s.signals = signals
+        }
         let n = try count()
         s.steps.reserveCapacity(n)
         for _ in 0..<n { s.steps.append(try step(instanceID: s.instanceID, workflowID: s.workflowID)) }

@@ -17,6 +17,7 @@ extension InstanceState {
         if let output { w.key("output"); w.value(output) }
         if let reason { w.key("reason"); w.string(reason) }
         w.key("requests"); w.strings(requests)
+        if let signals { w.key("signals"); w.value(.object(signals)) }
         if let startRequest { w.key("startRequest"); w.string(startRequest) }
         w.key("startedAt"); w.int64(startedAt)
         w.key("status"); w.string(status.rawValue)
@@ -40,7 +41,7 @@ extension InstanceState {
         var instanceID: String?, workflowID: String?, version: Int?, status: InstanceStatus?, input: JSON?, startedAt: Int64?
         var steps: [StepState]?, timers: [ArmedTimer]?, completionCounter: Int?, cancelRequested: Bool?, requests: [String]?, generation: Int?
         var finishedAt: Int64?, deadline: Int64?, reason: String?, failedStep: String?, suspension: SuspensionReason?, output: JSON?
-        var startRequest: String?, trace: [String: String]?
+        var startRequest: String?, trace: [String: String]?, signals: [String: JSON]?
         try r.object { key, r in
             switch key {
             case "cancelRequested": cancelRequested = try r.bool()
@@ -54,6 +55,12 @@ extension InstanceState {
             case "output": output = try r.optionalValue()
             case "reason": reason = try r.null() ? nil : r.string()
             case "requests": requests = try r.strings()
+            case "signals":
+                switch try r.optionalValue() {
+                case nil, .null?: signals = nil
+                case .object(let o)?: signals = o
+                default: throw JSONTextError("signals are not an object", at: 0)
+                }
             case "startRequest": startRequest = try r.null() ? nil : r.string()
             case "startedAt": startedAt = try r.int64()
             case "status": status = try InstanceStatus(rawValue: r.string())
@@ -89,6 +96,7 @@ extension InstanceState {
         self.generation = generation
         self.startRequest = startRequest
         self.trace = trace
+        self.signals = signals
     }
 }
 

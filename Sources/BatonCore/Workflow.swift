@@ -16,6 +16,9 @@ public struct Workflow: Sendable, Hashable {
     public var version: Int { definition.version }
     public var steps: [StepDefinition] { definition.steps }
 
+    /// Conditions of the triggers, parsed (in the order of `definition.triggers`).
+    public let triggerConditions: [Condition?]
+
     /// Checks and indexes a definition built in code.
     public init(_ definition: WorkflowDefinition) throws(DefinitionErrors) {
         let (workflow, errors) = WorkflowValidator.compile(definition, knownErrors: [])
@@ -23,7 +26,11 @@ public struct Workflow: Sendable, Hashable {
         self = workflow
     }
 
-    init(definition: WorkflowDefinition, index: [String: Int], dependencies: [[Int]], dependents: [[Int]], topologicalOrder: [Int], conditions: [Condition?], reads: [[Int]]) {
+    init(
+        definition: WorkflowDefinition, index: [String: Int], dependencies: [[Int]], dependents: [[Int]], topologicalOrder: [Int], conditions: [Condition?], reads: [[Int]],
+        triggerConditions: [Condition?] = []
+    ) {
+        self.triggerConditions = triggerConditions
         self.definition = definition
         self.index = index
         self.dependencies = dependencies
@@ -35,8 +42,22 @@ public struct Workflow: Sendable, Hashable {
 }
 
 public enum WorkflowValidator {
+    /// The namespace whose topics (`<namespace>.events`, ...) no trigger or event wait may read, when a caller does
+    /// not name its own.
+    public static let defaultNamespace = "baton"
+
+    /// Why a business topic cannot be read by a trigger or an event wait, if it cannot: the engine's own topics
+    /// (and Kafka's internal ones) carry the engine's records, not business events.
+    public static func engineTopicProblem(_ topic: String, namespace: String = defaultNamespace) -> String? {
+        if !namespace.isEmpty, topic == namespace || topic.hasPrefix("\(namespace).") {
+            return "'\(topic)' is one of the engine's topics (namespace '\(namespace)'): read a business topic, which your services write"
+        }
+        if topic.hasPrefix("__") { return "'\(topic)' is one of Kafka's internal topics" }
+        return nil
+    }
+
     /// Checks what the reader cannot see field by field: the graph, and what each path may read.
-    static func compile(_ definition: WorkflowDefinition, knownErrors: [DefinitionError]) -> (Workflow?, [DefinitionError]) {
+    static func compile(_ definition: WorkflowDefinition, knownErrors: [DefinitionError], namespace: String = defaultNamespace) -> (Workflow?, [DefinitionError]) {
         var errors: [DefinitionError] = []
         let steps = definition.steps
         var index: [String: Int] = [:]
@@ -87,8 +108,24 @@ public enum WorkflowValidator {
                     errors.append(.init(path: "\(path).for_each", message: "a human_task cannot run for_each; use one task per decision"))
                 }
             }
-            if step.compensation?.type == StepDefinition.humanTaskType {
-                errors.append(.init(path: "\(path).compensation.type", message: "a compensation is a command to a worker; it cannot be a human_task"))
+            if let ctype = step.compensation?.type, StepDefinition.builtInTypes.contains(ctype) {
+                errors.append(.init(path: "\(path).compensation.type", message: "a compensation is a command to a worker; it cannot be a \(ctype)"))
+            }
+            if let event = step.event {
+                if let problem = engineTopicProblem(event.topic, namespace: namespace) {
+                    errors.append(.init(path: "\(path).event.topic", message: problem))
+                }
+                do {
+                    let correlate = try ValuePath(parsing: event.correlate)
+                    if correlate.root != "event" {
+                        errors.append(.init(path: "\(path).event.correlate", message: "\(event.correlate) must read the record: $.event.key or $.event.value.<field>"))
+                    }
+                } catch {
+                    errors.append(.init(path: "\(path).event.correlate", message: error.description))
+                }
+                if let ttl = event.ttl, ttl > Millis.days(365) {
+                    errors.append(.init(path: "\(path).event.ttl", message: "\(ttl) is longer than a year"))
+                }
             }
             if let when = step.when {
                 do { conditions[i] = try Condition(parsing: when) } catch {
@@ -96,6 +133,9 @@ public enum WorkflowValidator {
                 }
             }
         }
+
+        let signalNames = definition.signalNames
+        let (triggerConditions, triggerProblems) = triggerErrors(definition, namespace: namespace)
 
         // Paths may only read steps that certainly finished before: ancestors in the graph.
         let graphIsSound = errors.isEmpty && knownErrors.isEmpty
@@ -114,10 +154,24 @@ public enum WorkflowValidator {
             if let input = step.compensation?.input {
                 refs += InputTemplate.paths(in: input, at: "\(path).compensation.input").map { ($0.location, $0.text, .compensation) }
             }
+            if let event = step.event { refs.append(("\(path).event.equals", event.equals, .correlation)) }
             for (location, text, scope) in refs {
                 let parsed: ValuePath
                 do { parsed = try ValuePath(parsing: text) } catch {
                     errors.append(.init(path: location, message: error.description))
+                    continue
+                }
+                if parsed.root == "event" {
+                    errors.append(.init(path: location, message: "\(text): $.event is the record a trigger or an event wait reads; it is known only in triggers and in event.correlate (a wait's output is the record's value: $.steps.<id>.output)"))
+                    continue
+                }
+                if scope == .correlation, parsed.root == "signals" || parsed.root == "item" || parsed.root == "index" {
+                    errors.append(.init(path: location, message: "\(text): the value an instance waits for comes from $.input, $.steps.<id>.output or $.instance, which do not change while it waits"))
+                    continue
+                }
+                if let signal = parsed.referencedSignal, !signalNames.contains(signal) {
+                    let hint = closestMatch(to: signal, among: signalNames).map { " (did you mean '\($0)'?)" } ?? ""
+                    errors.append(.init(path: location, message: "\(text) reads unknown signal '\(signal)'\(hint): declare it in signals, or add a signal step that waits for it"))
                     continue
                 }
                 if parsed.root == "item" || parsed.root == "index" {
@@ -140,14 +194,57 @@ public enum WorkflowValidator {
                 }
             }
         }
+        errors += triggerProblems
         guard errors.isEmpty, knownErrors.isEmpty else { return (nil, errors) }
         return (
-            Workflow(definition: definition, index: index, dependencies: dependencies, dependents: dependents, topologicalOrder: order, conditions: conditions, reads: reads),
+            Workflow(
+                definition: definition, index: index, dependencies: dependencies, dependents: dependents, topologicalOrder: order, conditions: conditions, reads: reads,
+                triggerConditions: triggerConditions),
             errors
         )
     }
 
-    enum ReadScope { case step, condition, items, compensation }
+    enum ReadScope { case step, condition, items, compensation, correlation }
+
+    /// A trigger's paths read the record (`$.event`) only.
+    static func triggerErrors(_ definition: WorkflowDefinition, namespace: String) -> ([Condition?], [DefinitionError]) {
+        var errors: [DefinitionError] = []
+        var conditions: [Condition?] = []
+        var topics: [String: Int] = [:]
+        for (i, trigger) in definition.triggers.enumerated() {
+            let path = "triggers[\(i)]"
+            if let problem = engineTopicProblem(trigger.topic, namespace: namespace) { errors.append(.init(path: "\(path).topic", message: problem)) }
+            if let first = topics[trigger.topic] {
+                errors.append(.init(path: "\(path).topic", message: "triggers[\(first)] reads \(trigger.topic) already: use one trigger per topic (with a condition)"))
+            } else {
+                topics[trigger.topic] = i
+            }
+            var refs: [(String, String)] = [("\(path).instance_id", trigger.instanceID)]
+            var condition: Condition?
+            if let when = trigger.when {
+                do {
+                    let parsed = try Condition(parsing: when)
+                    condition = parsed
+                    refs += parsed.paths.map { ("\(path).when", $0.text) }
+                } catch {
+                    errors.append(.init(path: "\(path).when", message: "'\(when)' is not a valid condition: \(error.reason)"))
+                }
+            }
+            conditions.append(condition)
+            if let input = trigger.input { refs += InputTemplate.paths(in: input, at: "\(path).input").map { ($0.location, $0.text) } }
+            for (location, text) in refs {
+                do {
+                    let parsed = try ValuePath(parsing: text)
+                    if parsed.root != "event" {
+                        errors.append(.init(path: location, message: "\(text): a trigger reads the record that starts the instance: $.event.key, $.event.value.<field>, $.event.headers.<name>, $.event.topic, ..."))
+                    }
+                } catch {
+                    errors.append(.init(path: location, message: error.description))
+                }
+            }
+        }
+        return (conditions, errors)
+    }
 
     /// Kahn's algorithm; stable (ready steps in definition order).
     static func topologicalOrder(dependencies: [[Int]]) -> [Int] {

@@ -19,7 +19,7 @@ struct DefinitionTests {
         #expect(w.definition.onFailure == FailurePolicy(compensate: true, alert: true, then: .fail))
     }
 
-    @Test(arguments: ["order-fulfillment.json", "order-fulfillment.yaml", "hr-onboarding.yaml", "loan-processing.yaml", "cicd-pipeline.yaml"])
+    @Test(arguments: ["order-fulfillment.json", "order-fulfillment.yaml", "order-fulfillment-events.yaml", "hr-onboarding.yaml", "loan-processing.yaml", "cicd-pipeline.yaml"])
     func everyExampleValidates(_ file: String) throws {
         let data = try Data(contentsOf: examplesDirectory.appendingPathComponent(file))
         let w = try DefinitionLoader.load(data, source: file)
@@ -126,7 +126,7 @@ struct DefinitionTests {
                 depnds_on: [validate]
             """
         ).map(\.description)
-        #expect(errors.contains("timout: unknown field; did you mean 'timeout'? known fields: workflow_id, version, description, timeout, on_failure, retention, steps"))
+        #expect(errors.contains("timout: unknown field; did you mean 'timeout'? known fields: workflow_id, version, description, timeout, on_failure, retention, signals, triggers, steps"))
         #expect(errors.contains("steps[1].timeout: '30 minutes' is not a duration; write it as 500ms, 30s, 30m, 48h, 7d or 1h30m"))
         #expect(errors.contains("steps[3].id: duplicate id 'approve' (first used by steps[2])"))
         #expect(errors.contains("steps[1].depends_on[1]: unknown step 'chrage'"))
