@@ -221,22 +221,45 @@ public final class BatonClient: Sendable {
         instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String,
         timeout: Duration = .seconds(30)
     ) async throws -> InstanceState {
+        let message = OperatorMessage(
+            instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
+        return try await sendCheckedAndWait(
+            instanceID: instanceID, kind: .operatorCommand, value: Wire.encode(message), requestID: message.requestID, what: command.rawValue, timeout: timeout)
+    }
+
+    /// Sends a signal (named data) to an instance; returns the request id. Sent as it is: `signalAndWait`
+    /// checks it first and waits until it is applied.
+    @discardableResult
+    public func signal(instanceID: String, name: String, data: JSON? = nil, by: String) async throws -> String {
+        let message = SignalMessage(instanceID: instanceID, name: name, data: data, by: by, requestID: UUID().uuidString.lowercased(), sentAt: Self.now())
+        try await sendEvent(instanceID: instanceID, kind: .signal, value: Wire.encode(message))
+        return message.requestID
+    }
+
+    /// Checks a signal against the instance as the coordinator will (an unknown name, a finished instance are
+    /// refused with the reason), sends it, and waits until the instance's state shows it applied.
+    public func signalAndWait(instanceID: String, name: String, data: JSON? = nil, by: String, timeout: Duration = .seconds(30)) async throws -> InstanceState {
+        let message = SignalMessage(instanceID: instanceID, name: name, data: data, by: by, requestID: UUID().uuidString.lowercased(), sentAt: Self.now())
+        return try await sendCheckedAndWait(
+            instanceID: instanceID, kind: .signal, value: Wire.encode(message), requestID: message.requestID, what: "signal '\(name)'", timeout: timeout)
+    }
+
+    /// Checks an event with a request id against the instance as it is now (the coordinator's own transition),
+    /// sends it, and waits until a snapshot lists the request as applied.
+    func sendCheckedAndWait(instanceID: String, kind: Wire.Kind, value: Data, requestID: String, what: String, timeout: Duration) async throws -> InstanceState {
         let (current, end) = try await latestState(instanceID: instanceID)
         guard let state = current else { throw ClientError("no instance '\(instanceID)' (nothing on \(names.state))") }
         guard let workflow = try await definition(state.workflowID, version: state.version) else {
             throw ClientError("instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not on \(names.definitions)")
         }
-        let message = OperatorMessage(
-            instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
-        let value = Wire.encode(message)
-        guard case .event(_, let event) = try EventMessage.decode(value) else { throw ClientError("\(command.rawValue): not an instance event") }
+        guard case .event(_, let event) = try EventMessage.decode(value) else { throw ClientError("\(what): not an instance event") }
         if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
-            throw ClientError("\(command.rawValue) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
+            throw ClientError("\(what) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
         }
-        try await sendEvent(instanceID: instanceID, kind: .operatorCommand, value: value)
+        try await sendEvent(instanceID: instanceID, kind: kind, value: value)
         var applied: InstanceState?
         try await follow(from: end, timeout: timeout) { m in
-            guard m.keyString == instanceID, let value = m.value, let state = try? StateCodec.decode(value), state.requests.contains(message.requestID) else {
+            guard m.keyString == instanceID, let value = m.value, let state = try? StateCodec.decode(value), state.requests.contains(requestID) else {
                 return false
             }
             applied = state
@@ -244,7 +267,7 @@ public final class BatonClient: Sendable {
         }
         guard let applied else {
             throw ClientError(
-                "sent \(command.rawValue) to '\(instanceID)' (request \(message.requestID)), but no coordinator applied it within \(timeout): "
+                "sent \(what) to '\(instanceID)' (request \(requestID)), but no coordinator applied it within \(timeout): "
                     + "is one running? `baton status \(instanceID)` shows whether it was applied since")
         }
         return applied
@@ -256,7 +279,7 @@ public final class BatonClient: Sendable {
     /// another content is refused; registering it again unchanged does nothing.
     @discardableResult
     public func register(document: Data, source: String? = nil) async throws -> Workflow {
-        let workflow = try DefinitionLoader.load(document, source: source)
+        let workflow = try DefinitionLoader.load(document, source: source, namespace: names.namespace)
         let key = DefinitionRecord.key(workflow.id, workflow.version)
         let text = String(decoding: document, as: UTF8.self)
         var existing: DefinitionRecord?
@@ -267,7 +290,7 @@ public final class BatonClient: Sendable {
             if existing.document == text { return workflow }
             throw ClientError("\(workflow.id) version \(workflow.version) is registered already with a different content; give the changed definition a new version")
         }
-        let pools = Set(workflow.steps.flatMap { step in [step.isHumanTask ? nil : step.pool, step.compensation?.pool].compactMap { $0 } })
+        let pools = Set(workflow.steps.flatMap { step in [step.hasWorker ? step.pool : nil, step.compensation?.pool].compactMap { $0 } })
         try await CommandTopics(admin: admin, logger: logger).ensure(Set(pools.map { names.commands($0) }))
         let record = DefinitionRecord(workflowID: workflow.id, version: workflow.version, document: text, registeredAt: Self.now())
         try await producer.send(ProducerRecord(topic: names.definitions, key: Data(key.utf8), value: Wire.encode(record), headers: headers(.definition)))

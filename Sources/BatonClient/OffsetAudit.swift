@@ -61,7 +61,7 @@ public struct OffsetAudit: Sendable {
             for (s, step) in state.steps.enumerated() {
                 for (u, unit) in step.units.enumerated() {
                     let item = workflow.steps[s].forEach == nil ? nil : u
-                    if unit.status == .running, !workflow.steps[s].isHumanTask {
+                    if unit.status == .running, workflow.steps[s].hasWorker {
                         waitingOn[id, default: []].append((Attempt(instance: id, step: workflow.steps[s].id, item: item, attempt: unit.attempt, compensation: false), workflow.steps[s].pool))
                     }
                     if unit.compensation == .running, let c = workflow.steps[s].compensation {

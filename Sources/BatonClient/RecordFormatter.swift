@@ -168,6 +168,16 @@ public struct RecordFormatter: Sendable {
             if let request = s.requestID { r.fields.append(.init("request_id", .string(request))) }
         case .event(_, let event):
             r.fields = Self.fields(of: event, short: short)
+        case .mailbox(_, let event):
+            switch event {
+            case .publish(let record), .returned(let record):
+                r.fields = [.init("record", .string(record.id)), short("value", record.value), .init("expires_at", .string(Self.time(record.expiresAt)))]
+            case .subscribe(let s), .unsubscribe(let s):
+                r.fields = [.init("for", .string(s.instanceID)), .init("step", .string(s.step)), .init("attempt", .number(Double(s.attempt)))]
+                if case .subscribe = event { r.fields += [.init("until", .string(Self.time(s.until))), .init("broadcast", .bool(s.broadcast))] }
+            case .expire:
+                r.fields = [.init("timer", "mailbox")]
+            }
         }
     }
 
@@ -215,6 +225,10 @@ public struct RecordFormatter: Sendable {
         case .skip(let step, let output, let by, let request):
             return [.init("command", "skip"), .init("step", .string(step))] + (output.map { [short("output", $0)] } ?? [])
                 + [.init("by", .string(by)), .init("request_id", .string(request))]
+        case .eventReceived(let step, let attempt, let mailbox, let record):
+            return unit(step, nil, attempt) + [.init("record", .string(record.id)), .init("mailbox", .string(mailbox)), short("value", record.value)]
+        case .signal(let name, let data, let by, let request):
+            return [.init("name", .string(name)), short("data", data), .init("by", .string(by)), .init("request_id", .string(request))]
         }
     }
 

@@ -328,6 +328,8 @@ extension SagaEvent {
         case .resume: "operator resume"
         case .retry: "operator retry"
         case .skip(let step, _, _, _): "operator skip \(step)"
+        case .eventReceived(let step, _, _, _): "event.received \(step)"
+        case .signal(let name, _, _, _): "signal \(name)"
         }
     }
 }

@@ -32,6 +32,8 @@ final class CoordinatorMetrics: Sendable {
     let rebuildRecords: Counter
     let timers: LabeledMetric<Gauge>
     let lag: ConsumerLag
+    /// Records from business topics in mailboxes: delivered to a waiting attempt, dropped unused, given back.
+    let mailboxRecords: LabeledMetric<Counter>
 
     init(group: String, factory: any MetricsFactory) {
         started = .counter("baton_instances_started_total", labels: ["workflow"], factory: factory)
@@ -56,6 +58,8 @@ final class CoordinatorMetrics: Sendable {
         rebuildRecords = Counter(label: "baton_coordinator_rebuild_records_total", dimensions: [], factory: factory)
         timers = .gauge("baton_coordinator_timers", labels: ["partition"], factory: factory)
         lag = ConsumerLag(group: group, factory: factory)
+        mailboxRecords = .counter("baton_mailbox_records_total", labels: ["outcome"], factory: factory)
+        for outcome in ["delivered", "dropped", "returned"] { mailboxRecords(outcome).increment(by: 0) }
         // Series that alerts and dashboards expect to exist before anything happens.
         for result in ["committed", "aborted"] { transactions(result).increment(by: 0) }
         for result in ["applied", "ignored", "dead_lettered"] { events(result).increment(by: 0) }

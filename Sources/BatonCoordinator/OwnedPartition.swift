@@ -33,6 +33,7 @@ extension TimerKey {
             case .workflowTimeout: 5
             case .heartbeat: 6
             case .retention: 7
+            case .mailbox: 8
             }
         return (rank, step ?? -1, item ?? -1, attempt)
     }
@@ -48,11 +49,17 @@ enum RecordOrigin: Hashable, CustomStringConvertible {
     case notification(String)
     case deadLetter(offset: Int64)
     case tombstone(String)
+    /// An event wait's subscription (or its end), sent to its mailbox.
+    case subscription(String, step: String, attempt: Int)
+    /// A mailbox's snapshot, a record it delivers, or a record given back to it.
+    case mailbox(String)
 
     var instanceID: String? {
         switch self {
-        case .snapshot(let id), .output(let id, _, _), .command(let id, _, _, _, _), .task(let id, _), .alert(let id), .notification(let id), .tombstone(let id): id
-        case .deadLetter: nil
+        case .snapshot(let id), .output(let id, _, _), .command(let id, _, _, _, _), .task(let id, _), .alert(let id), .notification(let id), .tombstone(let id),
+            .subscription(let id, _, _):
+            id
+        case .deadLetter, .mailbox: nil
         }
     }
 
@@ -67,6 +74,8 @@ enum RecordOrigin: Hashable, CustomStringConvertible {
         case .notification: "a notification"
         case .deadLetter(let offset): "the dead letter of events offset \(offset)"
         case .tombstone: "a tombstone"
+        case .subscription(_, let step, let attempt): "the event subscription of attempt \(attempt) of '\(step)'"
+        case .mailbox(let key): "a record of mailbox \(key)"
         }
     }
 }
@@ -97,6 +106,8 @@ final class OwnedPartition {
     let producer: KafkaProducer
     let partitionCount: Int
     var instances: InstanceStore
+    /// The mailboxes whose key is on this partition: records from business topics and the attempts waiting for them.
+    var mailboxes: [String: Mailbox]
     var timers = Heap<TimerEntry>()
     var scheduled = Set<TimerEntry>()
     /// Timers sent to the events topic and not yet seen back, by instance.
@@ -118,6 +129,7 @@ final class OwnedPartition {
         self.producer = producer
         self.partitionCount = rebuilt.partitionCount
         self.instances = rebuilt.instances
+        self.mailboxes = rebuilt.mailboxes
         self.nextOffset = nextOffset
         scheduled = Set(rebuilt.timers)
         timers = Heap(scheduled)
@@ -160,6 +172,7 @@ final class OwnedPartition {
             var status: InstanceStatus
         }
         var instances: InstanceStore
+        var mailboxes: [String: Mailbox] = [:]
         var partitionCount: Int
         /// Every armed timer of the instances.
         var timers: [TimerEntry]
@@ -184,17 +197,18 @@ final class OwnedPartition {
         let reader = try KafkaConsumer(configuration: readerConfiguration, logger: logger)
         do {
             let metadata = try await reader.metadata()
-            for topic in [names.state, names.outputs] where metadata.topics[topic] == nil {
+            for topic in [names.state, names.outputs, names.mailboxes] where metadata.topics[topic] == nil {
                 throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(topic) does not exist; run `baton topics apply` first")
             }
             let partitionCount = metadata.topics[names.events]?.partitionCount ?? 0
-            let sources = [TopicPartition(names.state, partition), TopicPartition(names.outputs, partition)]
+            let sources = [TopicPartition(names.state, partition), TopicPartition(names.outputs, partition), TopicPartition(names.mailboxes, partition)]
             try reader.assign(sources.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.beginning) })
             var remaining = Set(sources)
             /// The last snapshot of each instance, as read: decoded once, at the end. (Decoding after each poll,
             /// while librdkafka fetches more, was slower here: the broker and the decoding share the cores.)
             var snapshots: [String: (value: Data, offset: Int64)] = [:]
             var outputs: [String: OutputRecord] = [:]
+            var mailboxes: [String: Mailbox] = [:]
             var records = 0
             var uncommitted = 0
             var lastReport = started
@@ -214,6 +228,14 @@ final class OwnedPartition {
                                 continue
                             }
                             snapshots[key] = (value, m.offset)
+                        } else if m.topic == names.mailboxes {
+                            guard let value = m.value else {
+                                mailboxes[key] = nil
+                                continue
+                            }
+                            do { mailboxes[key] = try Wire.decode(MailboxSnapshot.self, from: value).mailbox } catch {
+                                logger.error("skipping an unreadable mailbox record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
+                            }
                         } else {
                             guard let value = m.value else {
                                 outputs[key] = nil
@@ -239,7 +261,10 @@ final class OwnedPartition {
             context.metrics.rebuildRecords.increment(by: records)
             var byInstance: [String: [OutputRecord]] = [:]
             for record in outputs.values { byInstance[record.instanceID, default: []].append(record) }
-            var rebuilt = Rebuilt(instances: InstanceStore(), partitionCount: partitionCount, timers: [], counts: [:])
+            var rebuilt = Rebuilt(instances: InstanceStore(), mailboxes: mailboxes, partitionCount: partitionCount, timers: [], counts: [:])
+            for (key, mailbox) in mailboxes {
+                if let due = mailbox.nextExpiry { rebuilt.timers.append(TimerEntry(dueAt: due, instanceID: key, key: TimerKey(kind: .mailbox))) }
+            }
             for (id, snapshot) in snapshots {
                 var state: InstanceState
                 do { state = try StateCodec.decode(snapshot.value) } catch {
@@ -263,7 +288,8 @@ final class OwnedPartition {
             logger.info(
                 "took partition",
                 metadata: [
-                    "partition": "\(partition)", "instances": "\(rebuilt.instances.count)", "records": "\(records)", "uncommitted": "\(uncommitted)",
+                    "partition": "\(partition)", "instances": "\(rebuilt.instances.count)", "mailboxes": "\(rebuilt.mailboxes.count)", "records": "\(records)",
+                    "uncommitted": "\(uncommitted)",
                     "ms": "\((clock.now - started).inMilliseconds)", "read_ms": "\((read - started).inMilliseconds)",
                 ])
             context.metrics.rebuildDuration.record(duration: clock.now - started)
@@ -310,13 +336,22 @@ final class OwnedPartition {
         }
     }
 
+    /// A mailbox's expiry timer, when it has something that expires.
+    func schedule(mailbox key: String) {
+        guard let due = mailboxes[key]?.nextExpiry else { return }
+        let entry = TimerEntry(dueAt: due, instanceID: key, key: TimerKey(kind: .mailbox))
+        if fired[key]?.contains(entry) != true, scheduled.insert(entry).inserted { timers.insert(entry) }
+    }
+
     /// Timers that are due and still armed.
     func dueTimers(at now: Timestamp) -> [TimerEntry] {
         var due: [TimerEntry] = []
         while let next = timers.min, next.dueAt <= now {
             timers.removeMin()
             scheduled.remove(next)
-            if instances[next.instanceID]?.timers.contains(where: { $0.key == next.key && $0.dueAt == next.dueAt }) == true {
+            if next.key.kind == .mailbox {
+                if mailboxes[next.instanceID]?.nextExpiry == next.dueAt { due.append(next) }
+            } else if instances[next.instanceID]?.timers.contains(where: { $0.key == next.key && $0.dueAt == next.dueAt }) == true {
                 due.append(next)
             }
         }
@@ -375,6 +410,11 @@ final class OwnedPartition {
         defer { for id in thawed { instances.settle(id) } }
         var effects: [String: [SagaEffect]] = [:]
         var deadLetters: [OutgoingRecord] = []
+        /// Mailboxes this batch changed, as they were before it, and what they must do.
+        var mailboxOriginals: [String: Mailbox?] = [:]
+        var mailboxEffects: [String: [MailboxEffect]] = [:]
+        /// Records delivered to attempts that could no longer take them, going back to their mailboxes.
+        var returned: [OutgoingRecord] = []
         var observed = BatchObservations()
         let tracer = context.tracer
         /// Spans of this batch, ended once its transaction is over; the span of each instance's last event.
@@ -441,7 +481,38 @@ final class OwnedPartition {
                 continue
             }
             let id = decoded.instanceID
+            /// A record delivered to an instance that cannot take it goes back to its mailbox (for another attempt).
+            func giveBack(_ event: SagaEvent, _ why: String) -> Bool {
+                guard case .eventReceived(_, _, let mailbox, let record) = event else { return false }
+                logger.debug("a delivered record goes back to its mailbox", metadata: ["instance": "\(id)", "mailbox": "\(mailbox)", "reason": "\(why)"])
+                let message = MailboxRecordMessage(kind: .eventReturned, mailbox: mailbox, event: record)
+                returned.append(
+                    OutgoingRecord(
+                        record: ProducerRecord(
+                            topic: names.events, partition: KafkaPartitioner.partition(forKey: mailbox, partitionCount: partitionCount), key: Data(mailbox.utf8),
+                            value: Wire.encode(message), headers: Wire.headers(.eventReturned)),
+                        origin: .mailbox(mailbox)))
+                observed.ignored += 1
+                return true
+            }
             switch decoded {
+            case .mailbox(let key, let event):
+                let home = KafkaPartitioner.partition(forKey: key, partitionCount: partitionCount)
+                guard home == partition else {
+                    deadLetter(m, .wrongPartition, "mailbox \(key) belongs on partition \(home) (murmur2 of its key), not \(partition)")
+                    continue
+                }
+                let before = mailboxes[key]
+                let transition = Mailbox.apply(before ?? Mailbox(key: key), event, now: now)
+                if case .ignored(let why) = transition.outcome {
+                    logger.debug("mailbox event ignored", metadata: ["mailbox": "\(key)", "reason": "\(why)"])
+                    observed.ignored += 1
+                    continue
+                }
+                observed.applied += 1
+                if mailboxOriginals[key] == nil { mailboxOriginals[key] = .some(before) }
+                mailboxes[key] = transition.mailbox.isEmpty ? nil : transition.mailbox
+                mailboxEffects[key, default: []] += transition.effects
             case .start(let start):
                 let home = KafkaPartitioner.partition(forKey: id, partitionCount: partitionCount)
                 guard home == partition else {
@@ -483,6 +554,7 @@ final class OwnedPartition {
                 instances.thaw(id)
                 thawed.append(id)
                 guard let state = instances[id] else {
+                    if giveBack(event, "unknown instance") { continue }
                     deadLetter(m, .unknownInstance, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")
                     continue
                 }
@@ -501,6 +573,8 @@ final class OwnedPartition {
                 }
                 let transition = Saga.apply(workflow, to: state, event: event, now: now, settings: context.settings)
                 switch transition.outcome {
+                case .ignored(let reason) where giveBack(event, "\(reason)"):
+                    continue
                 case .ignored(.unknown(let what)):
                     // About a step or attempt the instance does not have: the sender is broken; keep it for a person.
                     deadLetter(m, .unknownStep, "instance '\(id)': \(what)")
@@ -552,6 +626,8 @@ final class OwnedPartition {
                 if instanceEffects.contains(.purge) { purged.insert(id) }
             }
             outgoing += deadLetters
+            outgoing += returned
+            outgoing += mailboxRecords(mailboxOriginals.keys.sorted(), effects: mailboxEffects, eventsOffset: committedOffset, refused: refused)
 
             let pools = Set(outgoing.compactMap { r -> String? in if case .command = r.origin { r.record.topic } else { nil } })
             try await context.commandTopics.ensure(pools)
@@ -586,6 +662,7 @@ final class OwnedPartition {
                 instances[id] = original
                 instances.settle(id)
             }
+            for (key, original) in mailboxOriginals { mailboxes[key] = original }
             endSpans(error)
             throw error
         }
@@ -595,6 +672,18 @@ final class OwnedPartition {
         observed.record(into: metrics, dispatches: &dispatches)
         metrics.batchEvents.record(messages.count)
         if let last = messages.last { nextOffset = last.offset + 1 }
+        for key in mailboxOriginals.keys {
+            fired[key] = nil
+            schedule(mailbox: key)
+            for effect in mailboxEffects[key] ?? [] {
+                switch effect {
+                case .deliver: metrics.mailboxRecords("delivered").increment()
+                case .dropped: metrics.mailboxRecords("dropped").increment()
+                case .expired: break
+                }
+            }
+        }
+        if !returned.isEmpty { metrics.mailboxRecords("returned").increment(by: returned.count) }
         for id in originals.keys {
             guard let state = instances[id] else { continue }
             if let pending = fired[id] {
@@ -673,7 +762,10 @@ final class OwnedPartition {
             event = compensation
                 ? .compensationFailed(step: step, item: item, attempt: attempt, error: error)
                 : .stepFailed(step: step, item: item, attempt: attempt, error: error, retryable: false)
-        case .alert, .notification, .deadLetter, .tombstone:
+        case .alert, .notification, .deadLetter, .tombstone, .mailbox:
+            return []
+        case .subscription:
+            // The attempt waits without its subscription: it times out and takes its failure path.
             return []
         default:
             break
@@ -753,11 +845,60 @@ final class OwnedPartition {
             case .alert(let alert):
                 let r = AlertRecord(alert: AlertMessage(alert), at: now)
                 out.append(OutgoingRecord(record: ProducerRecord(topic: names.alerts, key: key, value: Wire.encode(r), headers: Wire.headers(.alert)), origin: .alert(id)))
+            case .subscribe(let subscription), .unsubscribe(let subscription):
+                let subscribing = effect == .subscribe(subscription)
+                let message = SubscriptionMessage(kind: subscribing ? .eventSubscribed : .eventUnsubscribed, subscription: subscription)
+                out.append(
+                    OutgoingRecord(
+                        record: ProducerRecord(
+                            topic: names.events, partition: KafkaPartitioner.partition(forKey: subscription.mailbox, partitionCount: partitionCount),
+                            key: Data(subscription.mailbox.utf8), value: Wire.encode(message), headers: Wire.headers(message.kind)),
+                        origin: .subscription(id, step: subscription.step, attempt: subscription.attempt)))
             case .armTimer, .cancelTimer, .completed, .failed, .suspended, .cancelled, .purge:
                 break
             }
         }
         return out
+    }
+}
+
+extension OwnedPartition {
+    /// The records of the mailboxes a batch changed: each one's snapshot on the mailboxes topic (a tombstone once
+    /// it is empty) and the records it delivers to waiting attempts. One that cannot be written (larger than the
+    /// broker takes, or refused) is left out with an error: the attempts it was for time out and take their
+    /// failure path.
+    func mailboxRecords(_ keys: [String], effects: [String: [MailboxEffect]], eventsOffset: String, refused: [RecordOrigin: String]) -> [OutgoingRecord] {
+        let headers = [KafkaHeader(key: WireHeaders.eventsOffset, string: eventsOffset), KafkaHeader(key: WireHeaders.coordinator, string: configuration.identity)]
+        var out: [OutgoingRecord] = []
+        for key in keys {
+            let value = mailboxes[key].map { Wire.encode(MailboxSnapshot(mailbox: $0)) }
+            out.append(
+                OutgoingRecord(
+                    record: ProducerRecord(topic: names.mailboxes, partition: partition, key: Data(key.utf8), value: value, headers: headers + (value == nil ? [] : Wire.headers(.mailbox))),
+                    origin: .mailbox(key)))
+            for effect in effects[key] ?? [] {
+                switch effect {
+                case .deliver(let subscription, let record):
+                    let message = EventReceivedMessage(instanceID: subscription.instanceID, step: subscription.step, attempt: subscription.attempt, mailbox: key, event: record)
+                    out.append(
+                        OutgoingRecord(
+                            record: ProducerRecord(
+                                topic: names.events, partition: KafkaPartitioner.partition(forKey: subscription.instanceID, partitionCount: partitionCount),
+                                key: Data(subscription.instanceID.utf8), value: Wire.encode(message), headers: Wire.headers(.eventReceived)),
+                            origin: .mailbox(key)))
+                case .dropped(let record, let reason):
+                    logger.info("a kept record was dropped unused", metadata: ["mailbox": "\(key)", "record": "\(record.id)", "reason": "\(reason)"])
+                case .expired:
+                    break
+                }
+            }
+        }
+        return out.filter { r in
+            let why = refused[r.origin] ?? (r.size > configuration.maxRecordBytes ? "\(r.size) bytes, more than the limit of \(configuration.maxRecordBytes)" : nil)
+            guard let why else { return true }
+            logger.error("a mailbox record cannot be written; it is left out", metadata: ["record": "\(r.origin)", "reason": "\(why)"])
+            return false
+        }
     }
 }
 

@@ -51,13 +51,13 @@ public enum GraphSVG {
             let (x, y) = position[i]
             let status = state.map { statusName($0, i) } ?? "definition"
             let (fill, stroke) = colours(status)
-            let radius = step.isHumanTask ? 16 : 6
+            let radius = step.hasWorker ? 6 : 16
             let dash = status == "skipped" ? " stroke-dasharray=\"4 3\"" : ""
             out += "<g class=\"step step-\(status)\" data-step=\"\(escape(step.id))\" data-status=\"\(status)\">"
             out += "<title>\(escape(step.id)): \(status)</title>"
             out += "<rect x=\"\(x)\" y=\"\(y)\" width=\"\(boxWidth)\" height=\"\(boxHeight)\" rx=\"\(radius)\" fill=\"\(fill)\" stroke=\"\(stroke)\" stroke-width=\"2\"\(dash)/>"
             out += "<text x=\"\(x + 10)\" y=\"\(y + 20)\" font-weight=\"600\" fill=\"#111827\">\(escape(clip(step.id, 22)))</text>"
-            let sub = step.isHumanTask ? "for \(step.humanTask?.assignee ?? "")" : step.pool
+            let sub = step.isHumanTask ? "for \(step.humanTask?.assignee ?? "")" : step.hasWorker ? step.pool : step.summary
             var detail = clip(sub, 26)
             if let state, i < state.steps.count {
                 let attempts = state.steps[i].units.map(\.attempt).max() ?? 0

@@ -258,6 +258,18 @@ extension BatonService {
             case .pending: return try JSONBody(["outcome": "pending", "detail": detail ?? ""], status: .accepted).response(from: request, context: context)
             }
         }
+        v1.post("instances/{id}/signals/{name}") { request, context -> Response in
+            let p = try context.requireOperator()
+            let id = try pathID(context, "id", what: "instance id")
+            let name = try pathID(context, "name", what: "signal name")
+            let body = try await request.decodeJSON(SignalRequest.self, context: context)
+            let (outcome, detail) = try await signal(name, body, on: id, by: p)
+            switch outcome {
+            case .refused: throw Problem.conflict(detail ?? "refused")
+            case .applied: return try JSONBody(model.detail(id), status: .ok).response(from: request, context: context)
+            case .pending: return try JSONBody(["outcome": "pending", "detail": detail ?? ""], status: .accepted).response(from: request, context: context)
+            }
+        }
         v1.get("instances/{id}/events") { request, context -> Response in
             _ = try context.principal()
             let id = try pathID(context, "id", what: "instance id")
@@ -357,7 +369,9 @@ extension BatonService {
             body["steps"] = .array(
                 workflow.steps.map { s in
                     var o: [String: JSON] = ["id": .string(s.id), "type": .string(s.type), "depends_on": .array(s.dependsOn.map(JSON.string))]
-                    if !s.isHumanTask { o["pool"] = .string(s.pool) }
+                    if s.hasWorker { o["pool"] = .string(s.pool) }
+                    if let e = s.event { o["event_topic"] = .string(e.topic) }
+                    if let signal = s.signal { o["signal"] = .string(signal) }
                     if let a = s.humanTask?.assignee { o["assignee"] = .string(a) }
                     if let c = s.compensation { o["compensation"] = .string(c.type) }
                     return .object(o)

@@ -117,6 +117,32 @@ public struct BatonService: Sendable {
         return applied == true ? (.applied, nil) : (.pending, "sent (request \(message.requestID)); no coordinator applied it within \(applyTimeout)")
     }
 
+    public struct SignalRequest: Decodable, Sendable {
+        /// The signal's data; absent: true.
+        var data: JSON?
+    }
+
+    /// Checks a signal against the instance as the coordinator will (the workflow must accept its name, the
+    /// instance must not have finished), sends it, and waits until the instance shows it applied.
+    func signal(_ name: String, _ request: SignalRequest, on instanceID: String, by principal: Principal, wait: Bool = true) async throws -> (ActionOutcome, String?) {
+        guard let (state, workflow, _) = model.state(instanceID) else { throw Problem.notFound("no instance '\(instanceID)'") }
+        guard let workflow else {
+            throw Problem(.unprocessableContent, "unknown-workflow", "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not registered")
+        }
+        if let data = request.data, data.encoded().count > Wire.maxResultBytes {
+            throw Problem(.contentTooLarge, "too-large", "field 'data' is more than \(Wire.maxResultBytes) bytes")
+        }
+        let message = SignalMessage(instanceID: instanceID, name: name, data: request.data, by: principal.subject, requestID: Self.newRequestID(), sentAt: Self.now())
+        guard case .event(_, let event) = try Self.refuseWhatCoordinatorsRefuse(message) else { throw Problem.badRequest("not an instance signal") }
+        if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
+            return (.refused, "signal '\(name)' refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
+        }
+        try await client.sendEvent(message, kind: .signal, instanceID: instanceID)
+        guard wait else { return (.pending, message.requestID) }
+        let applied = await model.wait(timeout: applyTimeout) { $0.state(instanceID)?.state.requests.contains(message.requestID) == true ? true : nil }
+        return applied == true ? (.applied, nil) : (.pending, "sent (request \(message.requestID)); no coordinator applied it within \(applyTimeout)")
+    }
+
     // MARK: Tasks
 
     public struct DecisionRequest: Decodable, Sendable {

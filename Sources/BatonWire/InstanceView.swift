@@ -22,6 +22,8 @@ public struct InstanceView: Codable, Sendable, Hashable {
     public var deadline: Int64?
     /// The start request that created it, when the client named one.
     public var startRequest: String?
+    /// The signals it received (`baton signal`), by name: the data of the last one of each.
+    public var signals: [String: JSON]?
     public var steps: [StepView]
     /// Timers armed now: retries, timeouts, the retention of a finished instance.
     public var timers: [TimerView]
@@ -29,7 +31,7 @@ public struct InstanceView: Codable, Sendable, Hashable {
     public struct StepView: Codable, Sendable, Hashable {
         public var id: String
         public var type: String
-        /// The worker pool (absent for a human task).
+        /// The worker pool (absent for a human task, an event wait or a signal step).
         public var pool: String?
         /// pending, active, completed, failed or skipped.
         public var status: StepStatus
@@ -89,7 +91,7 @@ public struct InstanceView: Codable, Sendable, Hashable {
 
     enum CodingKeys: String, CodingKey {
         case instanceID = "instance_id", workflowID = "workflow_id", version, status, reason, failedStep = "failed_step", suspension, input, output
-        case startedAt = "started_at", finishedAt = "finished_at", deadline, startRequest = "start_request", steps, timers
+        case startedAt = "started_at", finishedAt = "finished_at", deadline, startRequest = "start_request", signals, steps, timers
     }
 
     /// The view of a state; step ids come from its workflow (without it, steps are named by position: `#1`).
@@ -108,6 +110,7 @@ public struct InstanceView: Codable, Sendable, Hashable {
         finishedAt = state.finishedAt
         deadline = state.deadline
         startRequest = state.startRequest
+        signals = state.signals
         steps = state.steps.enumerated().map { s, step in
             let definition = workflow.flatMap { s < $0.steps.count ? $0.steps[s] : nil }
             let isForEach = definition?.forEach != nil || step.items != nil
@@ -117,7 +120,7 @@ public struct InstanceView: Codable, Sendable, Hashable {
             }
             let attempt = step.units.map(\.attempt).max() ?? step.attemptBase
             return StepView(
-                id: stepID(s), type: definition?.type ?? "", pool: definition.flatMap { $0.isHumanTask ? nil : $0.pool }, status: step.status,
+                id: stepID(s), type: definition?.type ?? "", pool: definition.flatMap { $0.hasWorker ? $0.pool : nil }, status: step.status,
                 attempt: attempt, startedAt: step.startedAt, finishedAt: step.finishedAt, output: step.output,
                 error: step.error ?? (isForEach ? nil : first?.error),
                 unit: isForEach ? nil : first?.status, compensation: isForEach ? nil : first.flatMap(compensation),

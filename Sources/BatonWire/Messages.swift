@@ -18,6 +18,12 @@ public enum Wire {
         case stepHeartbeat = "step.heartbeat"
         case operatorCommand = "operator"
         case timerFired = "timer.fired"
+        case signal
+        case eventPublished = "event.published"
+        case eventReturned = "event.returned"
+        case eventSubscribed = "event.subscribed"
+        case eventUnsubscribed = "event.unsubscribed"
+        case eventReceived = "event.received"
         // On command topics:
         case stepCommand = "step.command"
         case compensationCommand = "compensation.command"
@@ -28,6 +34,7 @@ public enum Wire {
         case notification
         // On the outputs topic (keyed by instance id, step and item):
         case output
+        case mailbox
     }
 
     public struct DecodeError: Error, Sendable, CustomStringConvertible {
@@ -405,15 +412,102 @@ public struct TimerMessage: Codable, Sendable, Hashable {
     enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", timer, dueAt = "due_at" }
 }
 
+/// A signal for an instance (`baton signal ID NAME --data JSON`): on `events`, keyed and partitioned by the
+/// instance id.
+public struct SignalMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.signal
+    public var instanceID: String
+    public var name: String
+    /// Null or absent: `true`.
+    public var data: JSON?
+    public var by: String
+    /// Unique per request: a signal sent twice with the same one counts once.
+    public var requestID: String
+    public var sentAt: Int64?
+
+    public init(instanceID: String, name: String, data: JSON?, by: String, requestID: String, sentAt: Int64?) {
+        self.instanceID = instanceID
+        self.name = name
+        self.data = data
+        self.by = by
+        self.requestID = requestID
+        self.sentAt = sentAt
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", name, data, by, requestID = "request_id", sentAt = "sent_at" }
+}
+
+/// A record from a business topic for a mailbox (`event.published`, from `baton triggers`), or one given back by
+/// an instance that could not take it (`event.returned`, from a coordinator). On `events`, keyed by the mailbox.
+public struct MailboxRecordMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind: Wire.Kind
+    public var mailbox: String
+    public var event: EventRecord
+
+    public init(kind: Wire.Kind = .eventPublished, mailbox: String, event: EventRecord) {
+        self.kind = kind
+        self.mailbox = mailbox
+        self.event = event
+    }
+}
+
+/// A `wait_for_event` attempt starts (`event.subscribed`) or stops (`event.unsubscribed`) waiting. Coordinators
+/// write them to the mailbox's partition of `events`, keyed by the mailbox.
+public struct SubscriptionMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind: Wire.Kind
+    public var subscription: EventSubscription
+
+    public init(kind: Wire.Kind, subscription: EventSubscription) {
+        self.kind = kind
+        self.subscription = subscription
+    }
+}
+
+/// A mailbox delivers a record to a waiting attempt: on the instance's partition of `events`, keyed by its id.
+public struct EventReceivedMessage: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.eventReceived
+    public var instanceID: String
+    public var step: String
+    public var attempt: Int
+    public var mailbox: String
+    public var event: EventRecord
+
+    public init(instanceID: String, step: String, attempt: Int, mailbox: String, event: EventRecord) {
+        self.instanceID = instanceID
+        self.step = step
+        self.attempt = attempt
+        self.mailbox = mailbox
+        self.event = event
+    }
+
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", step, attempt, mailbox, event }
+}
+
+/// A mailbox as a coordinator keeps it on `<ns>.mailboxes` (keyed by the mailbox; a tombstone once empty).
+public struct MailboxSnapshot: Codable, Sendable, Hashable {
+    public var v = Wire.version
+    public var kind = Wire.Kind.mailbox
+    public var mailbox: Mailbox
+
+    public init(mailbox: Mailbox) { self.mailbox = mailbox }
+}
+
 /// What arrives on the events topic, decoded.
 public enum EventMessage: Sendable, Hashable {
     case start(StartMessage)
     case event(instanceID: String, SagaEvent)
+    /// For a mailbox (its key in place of an instance id).
+    case mailbox(key: String, MailboxEvent)
 
     public var instanceID: String {
         switch self {
         case .start(let s): s.instanceID
         case .event(let id, _): id
+        case .mailbox(let key, _): key
         }
     }
 
@@ -424,7 +518,7 @@ public enum EventMessage: Sendable, Hashable {
         if data.count <= Wire.maxRecordBytes, let (kind, start, result, timer) = fastDecode(data) {
             if let start { return try validated(start) }
             if let result { return try validated(result, kind: kind, size: data.count) }
-            if let timer { return .event(instanceID: timer.instanceID, .timerFired(timer.timer)) }
+            if let timer { return timerEvent(timer) }
         }
         let kind = try Wire.kind(of: data)
         switch kind {
@@ -469,8 +563,29 @@ public enum EventMessage: Sendable, Hashable {
             }
             return .event(instanceID: m.instanceID, event)
         case .timerFired:
-            let m = try Wire.decode(TimerMessage.self, from: data)
-            return .event(instanceID: m.instanceID, .timerFired(m.timer))
+            return timerEvent(try Wire.decode(TimerMessage.self, from: data))
+        case .signal:
+            let m = try Wire.decode(SignalMessage.self, from: data)
+            guard !m.name.isEmpty else { throw Wire.DecodeError("field 'name' must not be empty") }
+            guard !m.requestID.isEmpty else { throw Wire.DecodeError("field 'request_id' must not be empty") }
+            let payload = m.data ?? .bool(true)
+            if payload.encodedSize > Wire.maxResultBytes {
+                throw Wire.DecodeError("field 'data' is \(payload.encodedSize) bytes, more than the limit of \(Wire.maxResultBytes)")
+            }
+            return .event(instanceID: m.instanceID, .signal(name: m.name, data: payload, by: m.by, request: m.requestID))
+        case .eventPublished, .eventReturned:
+            let m = try Wire.decode(MailboxRecordMessage.self, from: data)
+            try checkMailbox(m.mailbox)
+            return .mailbox(key: m.mailbox, kind == .eventPublished ? .publish(m.event) : .returned(m.event))
+        case .eventSubscribed, .eventUnsubscribed:
+            let m = try Wire.decode(SubscriptionMessage.self, from: data)
+            try checkMailbox(m.subscription.mailbox)
+            try checkAttempt(m.subscription.attempt)
+            return .mailbox(key: m.subscription.mailbox, kind == .eventSubscribed ? .subscribe(m.subscription) : .unsubscribe(m.subscription))
+        case .eventReceived:
+            let m = try Wire.decode(EventReceivedMessage.self, from: data)
+            try checkAttempt(m.attempt)
+            return .event(instanceID: m.instanceID, .eventReceived(step: m.step, attempt: m.attempt, mailbox: m.mailbox, event: m.event))
         default:
             throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on the events topic")
         }
@@ -504,17 +619,27 @@ public enum EventMessage: Sendable, Hashable {
         return .event(instanceID: m.instanceID, event)
     }
 
+    /// A fired timer: an instance's, or a mailbox's expiry.
+    static func timerEvent(_ m: TimerMessage) -> EventMessage {
+        Mailbox.isKey(m.instanceID) ? .mailbox(key: m.instanceID, .expire) : .event(instanceID: m.instanceID, .timerFired(m.timer))
+    }
+
+    static func checkMailbox(_ key: String) throws(Wire.DecodeError) {
+        guard Mailbox.isKey(key) else { throw Wire.DecodeError("field 'mailbox' is '\(key)', which is not a mailbox key (they start with \(Mailbox.keyPrefix))") }
+    }
+
     static func checkAttempt(_ attempt: Int) throws(Wire.DecodeError) {
         guard attempt >= 1 else { throw Wire.DecodeError("field 'attempt' is \(attempt); attempts are numbered from 1 (answer with the command's attempt)") }
     }
 }
 
-/// What an instance id may be: 1 to 200 bytes of UTF-8 without control characters.
+/// What an instance id may be: 1 to 200 bytes of UTF-8 without control characters, not starting with `~`.
 public enum InstanceID {
     public static let maxBytes = 200
 
     public static func check(_ id: String, field: String) throws(Wire.DecodeError) {
         if id.isEmpty { throw Wire.DecodeError("field '\(field)' must not be empty") }
+        if id.hasPrefix("~") { throw Wire.DecodeError("field '\(field)' starts with '~', which is kept for the engine's own keys (mailboxes)") }
         if id.utf8.count > maxBytes { throw Wire.DecodeError("field '\(field)' is \(id.utf8.count) bytes, more than the limit of \(maxBytes)") }
         if let c = id.unicodeScalars.first(where: { $0.properties.generalCategory == .control }) {
             let hex = String(c.value, radix: 16, uppercase: true)

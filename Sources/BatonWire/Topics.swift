@@ -13,6 +13,10 @@ public struct TopicNames: Sendable, Hashable {
     public var alerts: String { name("alerts") }
     public var notifications: String { name("notifications") }
     public var deadletter: String { name("deadletter") }
+    /// Mailboxes (records from business topics meeting the instances waiting for them), co-partitioned with events.
+    public var mailboxes: String { name("mailboxes") }
+    /// The consumer group of `baton triggers` on the business topics.
+    public var triggersGroup: String { name("triggers") }
     /// The command topic of a worker pool (a step's `worker`, else its `type`).
     public func commands(_ pool: String) -> String { name("commands.\(pool)") }
     /// The consumer group of a worker pool.
