@@ -48,12 +48,31 @@ public struct TopicSpecErrors: Error, CustomStringConvertible, Sendable {
 public enum TopicSpecLoader {
     static let fields: Set<String> = ["name", "description", "partitions", "key", "replication_factor", "configs"]
 
+    /// The engine's topic specs as built into the binary (the files of `topics/`), checked together.
+    public static func builtIn() throws -> [TopicSpec] {
+        let files: [(String, [UInt8])] = [
+            ("alerts.yaml", PackageResources.alerts_yaml), ("deadletter.yaml", PackageResources.deadletter_yaml),
+            ("definitions.yaml", PackageResources.definitions_yaml), ("events.yaml", PackageResources.events_yaml),
+            ("mailboxes.yaml", PackageResources.mailboxes_yaml), ("notifications.yaml", PackageResources.notifications_yaml),
+            ("outputs.yaml", PackageResources.outputs_yaml), ("state.yaml", PackageResources.state_yaml), ("tasks.yaml", PackageResources.tasks_yaml),
+        ]
+        var specs: [TopicSpec] = []
+        var errors: [TopicSpecError] = []
+        for (name, bytes) in files {
+            do { specs.append(try parse(Data(bytes), file: "topics/\(name)")) } catch let error as TopicSpecError { errors.append(error) }
+        }
+        errors += check(specs)
+        if !errors.isEmpty { throw TopicSpecErrors(errors: errors) }
+        return specs
+    }
+
     /// Loads every `*.yaml`, `*.yml` and `*.json` file in `directory`, and checks them together
     /// (unique names; topics keyed by the same thing have the same partition count).
     public static func load(directory: URL) throws -> [TopicSpec] {
         let files: [URL]
         do {
-            files = try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)
+            // A link to the folder (`topics/` in the source tree) is followed.
+            files = try FileManager.default.contentsOfDirectory(at: directory.resolvingSymlinksInPath(), includingPropertiesForKeys: nil)
                 .filter { ["yaml", "yml", "json"].contains($0.pathExtension) }
                 .sorted { $0.lastPathComponent < $1.lastPathComponent }
         } catch {
@@ -177,7 +196,7 @@ public enum TopicSpecLoader {
     }
 
     static func displayPath(_ file: URL, relativeTo directory: URL) -> String {
-        let dir = directory.standardizedFileURL.path
+        let dir = directory.resolvingSymlinksInPath().standardizedFileURL.path
         let path = file.standardizedFileURL.path
         let base = directory.lastPathComponent
         return path.hasPrefix(dir + "/") ? base + "/" + path.dropFirst(dir.count + 1) : path

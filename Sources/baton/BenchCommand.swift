@@ -58,7 +58,7 @@ struct Bench: AsyncParsableCommand {
         let names = TopicNames(namespace: namespace)
         let clientConfiguration = try connection.clientConfiguration
         let admin = try KafkaAdmin(configuration: clientConfiguration, logger: logger)
-        var specs = try loadSpecs("topics")
+        var specs = try loadSpecs()
         for i in specs.indices where specs[i].isKeyed { specs[i].partitions = partitions }
         _ = try await TopicApplier(admin: admin, namespace: namespace, replicationFactor: 1, logger: logger).apply(specs)
         let client = try BatonClient(client: clientConfiguration, names: names, logger: logger)

@@ -24,7 +24,7 @@ struct Demo: AsyncParsableCommand {
         let namespace = connection.namespace ?? "demo-\(UUID().uuidString.prefix(8).lowercased())"
         let names = TopicNames(namespace: namespace)
         let admin = try KafkaAdmin(configuration: connection.clientConfiguration, logger: logger)
-        _ = try await TopicApplier(admin: admin, namespace: namespace, replicationFactor: 1, logger: logger).apply(try loadSpecs("topics"))
+        _ = try await TopicApplier(admin: admin, namespace: namespace, replicationFactor: 1, logger: logger).apply(try loadSpecs())
         let client = try BatonClient(client: connection.clientConfiguration, names: names, logger: logger)
         let workflow: Workflow
         do {

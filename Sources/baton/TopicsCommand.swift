@@ -5,7 +5,7 @@ import Foundation
 
 struct Topics: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage the engine's declared topics (topics/).",
+        abstract: "Manage the engine's declared topics (built in; the files of topics/).",
         subcommands: [Apply.self, Check.self])
 
     struct Apply: AsyncParsableCommand {
@@ -18,7 +18,7 @@ struct Topics: AsyncParsableCommand {
                 """)
 
         @OptionGroup var connection: ConnectionOptions
-        @Option(help: "Folder of topic specs.") var topics: String = "topics"
+        @Option(help: "Folder of topic specs (default: those built into baton, the files of topics/ in its source).") var topics: String?
         @Option(help: "Replication factor for created topics (default: each spec's, else the broker's default).")
         var replicationFactor: Int?
 
@@ -37,7 +37,7 @@ struct Topics: AsyncParsableCommand {
 
     struct Check: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check the topic specs without contacting Kafka.")
-        @Option(help: "Folder of topic specs.") var topics: String = "topics"
+        @Option(help: "Folder of topic specs (default: those built into baton, the files of topics/ in its source).") var topics: String?
         @Option(help: "Namespace used to print full topic names.") var namespace: String = "baton"
 
         func run() throws {
@@ -49,8 +49,10 @@ struct Topics: AsyncParsableCommand {
     }
 }
 
-func loadSpecs(_ path: String) throws -> [TopicSpec] {
+/// The topic specs of a folder, or those built into baton (nil).
+func loadSpecs(_ path: String? = nil) throws -> [TopicSpec] {
     do {
+        guard let path else { return try TopicSpecLoader.builtIn() }
         return try TopicSpecLoader.load(directory: URL(fileURLWithPath: path))
     } catch let error as TopicSpecErrors {
         throw CLIFailure("invalid topic specs:\n\(error)")
