@@ -406,7 +406,7 @@ public final class StepWorker: Service, Sendable {
         }
         defer { span?.end() }
         let heartbeats = HeartbeatSender(command: command, sender: sender, logger: logger, trace: span?.context, passOn: passOn ?? [], tracer: tracer)
-        let result: ResultMessage
+        var result: ResultMessage
         let began = ContinuousClock.now
         do {
             let context = StepContext(command: command, logger: logger, heartbeats: heartbeats)
@@ -428,6 +428,14 @@ public final class StepWorker: Service, Sendable {
             result = .failed(command, error: "\(error)", retryable: true)
         }
         metrics.handler(command.step).record(duration: ContinuousClock.now - began)
+        var value = Wire.encode(result)
+        if result.kind == .stepCompleted, value.count > Wire.maxResultBytes {
+            // The coordinator would fail the step anyway, and a record over the broker's limit could never be sent.
+            let error = "the step's output is \(value.count) bytes, more than the limit of \(Wire.maxResultBytes)"
+            logger.warning("\(error); the step fails (not retryable)")
+            result = .failed(command, error: error, retryable: false)
+            value = Wire.encode(result)
+        }
         if result.kind == .stepCompleted || result.kind == .compensationCompleted {
             metrics.commands(command.step, "completed").increment()
         } else {
@@ -437,7 +445,7 @@ public final class StepWorker: Service, Sendable {
         var headers = Wire.headers(result.kind)
         if let span { tracer.inject(span.context, into: &headers, using: KafkaHeadersInjector()) } else { headers += passOn ?? [] }
         let record = ProducerRecord(
-            topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: Wire.encode(result),
+            topic: command.replyTo.topic, partition: command.replyTo.partition, key: Data(command.instanceID.utf8), value: value,
             headers: headers)
         recent.finish(key, record)
         return await deliver(record, sender: sender, delivery: delivery)
