@@ -31,6 +31,7 @@ struct ConformanceAnswer: Sendable {
         switch kind {
         case .stepHeartbeat:
             isHeartbeat = true
+            // A heartbeat is only counted, never judged: one that does not decode just names no instance.
             if let heartbeat = try? Wire.decode(HeartbeatMessage.self, from: value) { instanceID = heartbeat.instanceID }
         case .stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed:
             do {

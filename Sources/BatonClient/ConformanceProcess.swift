@@ -98,6 +98,7 @@ final class ConformanceWorkerProcess: Sendable {
 
     /// The last `lines` lines of the newest log.
     func logTail(lines: Int = 20) -> String {
+        // The tail is shown beside a failure to help; a log that cannot be read leaves it empty, the failure stands.
         guard let log = logs.last, let text = try? String(contentsOf: log, encoding: .utf8) else { return "" }
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
     }
