@@ -678,7 +678,9 @@ final class OwnedPartition {
             for effect in mailboxEffects[key] ?? [] {
                 switch effect {
                 case .deliver: metrics.mailboxRecords("delivered").increment()
-                case .dropped: metrics.mailboxRecords("dropped").increment()
+                case .dropped(let record, let reason):
+                    logger.info("a kept record was dropped unused", metadata: ["mailbox": "\(key)", "record": "\(record.id)", "reason": "\(reason)"])
+                    metrics.mailboxRecords("dropped").increment()
                 case .expired: break
                 }
             }
@@ -886,9 +888,7 @@ extension OwnedPartition {
                                 topic: names.events, partition: KafkaPartitioner.partition(forKey: subscription.instanceID, partitionCount: partitionCount),
                                 key: Data(subscription.instanceID.utf8), value: Wire.encode(message), headers: Wire.headers(.eventReceived)),
                             origin: .mailbox(key)))
-                case .dropped(let record, let reason):
-                    logger.info("a kept record was dropped unused", metadata: ["mailbox": "\(key)", "record": "\(record.id)", "reason": "\(reason)"])
-                case .expired:
+                case .dropped, .expired:
                     break
                 }
             }
