@@ -57,7 +57,8 @@ let package = Package(
             dependencies: ["CRdKafka", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
-        // Declared engine topics and `topics apply`.
+        // Declared engine topics and `topics apply`. The specs (`topics/` is a link to Specs/) are built into the
+        // binary, so that `baton topics apply` works from any folder (and in the container image).
         .target(
             name: "BatonTopics",
             dependencies: [
@@ -65,6 +66,9 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            resources: ["alerts", "deadletter", "definitions", "events", "mailboxes", "notifications", "outputs", "state", "tasks"].map {
+                .embedInCode("Specs/\($0).yaml")
+            },
             swiftSettings: strict
         ),
         // The wire protocol: what every record on every engine topic looks like. Pure.
@@ -133,6 +137,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // `baton triggers`: business topics read in transactions, their records turned into starts and into
+        // records for the mailboxes of waiting instances.
+        .target(
+            name: "BatonTriggers",
+            dependencies: [
+                "BatonCore", "BatonKafka", "BatonWire", "BatonRuntime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // The read model: the engine's topics followed into indexed views, with a stream of changes.
         .target(
             name: "BatonReadModel",
@@ -179,7 +195,7 @@ let package = Package(
             name: "baton",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonTopics", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonExamples", "BatonWire",
-                "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonRuntime",
+                "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonRuntime", "BatonTriggers",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -205,7 +221,7 @@ let package = Package(
             name: "BatonRuntimeIntegrationTests",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonTopics", "BatonWire", "BatonRuntime", "BatonCoordinator", "BatonWorker", "BatonClient",
-                "BatonTestSupport", "BatonReadModel", "BatonServer", "BatonMonitoring",
+                "BatonTestSupport", "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonTriggers",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),

@@ -14,6 +14,8 @@ public final class DefinitionRegistry: Sendable {
         var workflows: [String: Workflow] = [:]
         var latest: [String: Int] = [:]
         var atEnd: [Int32: Bool] = [:]
+        /// Counts the definitions added (`generation`).
+        var added = 0
     }
     let known = Mutex(Known())
 
@@ -74,12 +76,15 @@ public final class DefinitionRegistry: Sendable {
         do {
             guard try Wire.kind(of: value) == .definition else { throw Wire.DecodeError("not a definition record") }
             let record = try Wire.decode(DefinitionRecord.self, from: value)
-            let workflow = try DefinitionLoader.load(Data(record.document.utf8), source: DefinitionRecord.key(record.workflowID, record.version))
+            let workflow = try DefinitionLoader.load(
+                Data(record.document.utf8), source: DefinitionRecord.key(record.workflowID, record.version), namespace: names.namespace)
             guard workflow.id == record.workflowID, workflow.version == record.version else {
                 throw Wire.DecodeError("the record says \(record.workflowID)@\(record.version) but the document is \(workflow.id)@\(workflow.version)")
             }
             known.withLock { k in
-                k.workflows[DefinitionRecord.key(workflow.id, workflow.version)] = workflow
+                let key = DefinitionRecord.key(workflow.id, workflow.version)
+                if k.workflows[key] != workflow { k.added += 1 }
+                k.workflows[key] = workflow
                 k.latest[workflow.id] = max(k.latest[workflow.id] ?? 0, workflow.version)
             }
         } catch {
@@ -94,6 +99,16 @@ public final class DefinitionRegistry: Sendable {
             return k.workflows[DefinitionRecord.key(id, v)]
         }
     }
+
+    /// Every registered workflow at every version, the latest version of each workflow id, and the generation
+    /// they are of: taken together, so that a reader (`baton triggers`) sees one consistent set.
+    public func snapshot() -> (workflows: [Workflow], latest: [String: Int], generation: Int) {
+        known.withLock { k in (Array(k.workflows.values), k.latest, k.added) }
+    }
+
+    /// Grows by one for each definition read that was not known before: a reader that keeps the value it last
+    /// acted on sees when something new was registered.
+    public var generation: Int { known.withLock { $0.added } }
 
     public func close() async { await consumer.close() }
 }

@@ -81,6 +81,7 @@ public enum MetricBuckets {
         "baton_coordinator_transaction_seconds": fast,
         "baton_http_request_duration_seconds": fast,
         "baton_coordinator_rebuild_seconds": rebuild,
+        "baton_triggers_batch_seconds": fast,
     ]
     /// Value histograms by metric name.
     public static let values: [String: [Double]] = [

@@ -10,8 +10,10 @@ struct Baton: AsyncParsableCommand {
         commandName: "baton",
         abstract: "Baton: a Kafka-native workflow and saga engine.",
         subcommands: [
-            Validate.self, Graph.self, Definitions.self, Start.self, Status.self, Tasks.self, Instances.self,
+            Validate.self, Graph.self, Definitions.self, Start.self, Status.self, Tasks.self, Instances.self, SignalCommand.self,
             CoordinatorCommand.self, WorkersCommand.self, Serve.self, AuthCommand.self, Demo.self, Bench.self, Topics.self, KafkaCheck.self, Tail.self, Watch.self,
+            Conformance.self, ConformanceWorkerCommand.self,
+            TriggersCommand.self, TriggerBench.self,
         ])
 }
 

@@ -27,7 +27,7 @@ CONFIG = PROMETHEUS / "prometheus.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "baton-dashboard.json"
 DOC = REPO / "docs" / "observability.md"
 
-# The metrics Baton exports (issue 9's plan, and issue 10's event wait). docs/observability.md must document exactly these; the rules and
+# The metrics Baton exports (issue 9's plan, issue 10's event wait, and issue 11's triggers). docs/observability.md must document exactly these; the rules and
 # the dashboard may use only these (and Prometheus's own `up`).
 PLANNED_METRICS = {
     "baton_ready",
@@ -54,6 +54,7 @@ PLANNED_METRICS = {
     "baton_coordinator_rebuild_records_total",
     "baton_coordinator_timers",
     "baton_consumer_lag",
+    "baton_mailbox_records_total",
     "baton_worker_commands_total",
     "baton_worker_commands_in_flight",
     "baton_worker_commands_waiting",
@@ -65,6 +66,10 @@ PLANNED_METRICS = {
     "baton_http_requests_total",
     "baton_http_request_duration_seconds",
     "baton_read_model_instances",
+    "baton_triggers_records_total",
+    "baton_triggers_starts_total",
+    "baton_triggers_transactions_total",
+    "baton_triggers_batch_seconds",
 }
 
 # What Grafana puts in place of the dashboard's variables, to check its queries as PromQL.
