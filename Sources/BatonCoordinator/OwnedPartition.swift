@@ -572,9 +572,9 @@ final class OwnedPartition {
                     if let step = event.step { span.attributes["baton.step"] = step }
                 }
                 let transition = Saga.apply(workflow, to: state, event: event, now: now, settings: context.settings)
+                // A delivered record the attempt cannot take goes back to its mailbox, whatever the reason.
+                if case .ignored(let reason) = transition.outcome, giveBack(event, "\(reason)") { continue }
                 switch transition.outcome {
-                case .ignored(let reason) where giveBack(event, "\(reason)"):
-                    continue
                 case .ignored(.unknown(let what)):
                     // About a step or attempt the instance does not have: the sender is broken; keep it for a person.
                     deadLetter(m, .unknownStep, "instance '\(id)': \(what)")
@@ -848,8 +848,8 @@ final class OwnedPartition {
                 let r = AlertRecord(alert: AlertMessage(alert), at: now)
                 out.append(OutgoingRecord(record: ProducerRecord(topic: names.alerts, key: key, value: Wire.encode(r), headers: Wire.headers(.alert)), origin: .alert(id)))
             case .subscribe(let subscription), .unsubscribe(let subscription):
-                let subscribing = effect == .subscribe(subscription)
-                let message = SubscriptionMessage(kind: subscribing ? .eventSubscribed : .eventUnsubscribed, subscription: subscription)
+                let kind: Wire.Kind = if case .subscribe = effect { .eventSubscribed } else { .eventUnsubscribed }
+                let message = SubscriptionMessage(kind: kind, subscription: subscription)
                 out.append(
                     OutgoingRecord(
                         record: ProducerRecord(

@@ -155,9 +155,7 @@ public struct Mailbox: Sendable, Hashable, Codable {
         messages.removeAll { $0.expiresAt <= now }
         subscriptions.removeAll { $0.until <= now }
         consumed = consumed.filter { $0.value > now }
-        if (messages.count, subscriptions.count, consumed.count) != before, !effects.contains(where: { if case .expired = $0 { true } else { false } }) {
-            effects.append(.expired)
-        }
+        if (messages.count, subscriptions.count, consumed.count) != before { effects.append(.expired) }
     }
 }
 
