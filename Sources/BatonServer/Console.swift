@@ -5,6 +5,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdAuth
+import Logging
 import NIOCore
 
 /// The web console: server-rendered pages (no JavaScript build chain), a small script for the buttons and
@@ -24,6 +25,13 @@ struct Console {
             return html(loginPage(error: nil, next: next), principal: nil)
         }
         router.post("login") { request, context -> Response in
+            if let refusal = Self.crossSiteRefusal(
+                origin: request.headers[.origin], referer: request.headers[.referer], host: request.head.authority,
+                forwardedProto: request.headers[HTTPField.Name("X-Forwarded-Proto")!])
+            {
+                context.logger.notice("cross-site sign-in refused", metadata: ["reason": "\(refusal)"])
+                return html(loginPage(error: "Sign in from this server's own page: \(refusal).", next: "/inbox"), principal: nil, status: .forbidden)
+            }
             struct Form: Decodable { var name: String; var password: String; var next: String? }
             let form: Form
             do {
@@ -86,10 +94,64 @@ struct Console {
         Response(status: .ok, headers: [.contentType: type, .cacheControl: "max-age=300"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
-    /// Only a path on this server may follow a sign-in (no open redirect).
+    /// Only a path on this server may follow a sign-in (no open redirect); anything else goes to the inbox.
     static func safeNext(_ next: String?) -> String {
-        guard let next, next.hasPrefix("/"), !next.hasPrefix("//"), !next.contains("\\") else { return "/inbox" }
+        guard let next, isLocalPath(next) else { return "/inbox" }
         return next
+    }
+
+    /// A same-origin path: exactly one `/` first (not `//`, not `/\`), no backslash, no whitespace or control
+    /// character, whether raw or percent-encoded (browsers drop a tab or a newline from a URL, so
+    /// `/%09/evil.example/` would become `//evil.example/`), hence no scheme and no host.
+    static func isLocalPath(_ path: String) -> Bool {
+        var text = path
+        // Decoded until nothing changes (a few rounds at most), so that `%2509` is judged as the tab it may become.
+        for _ in 0..<4 {
+            guard text.hasPrefix("/"), !text.hasPrefix("//") else { return false }
+            for scalar in text.unicodeScalars {
+                if scalar == "\\" || scalar.properties.isWhitespace { return false }
+                switch scalar.properties.generalCategory {
+                case .control, .format, .lineSeparator, .paragraphSeparator, .unassigned, .surrogate, .privateUse: return false
+                default: continue
+                }
+            }
+            guard let decoded = text.removingPercentEncoding else { return false }
+            if decoded == text { return true }
+            text = decoded
+        }
+        return false
+    }
+
+    /// Why a sign-in form is refused as cross-site (login CSRF: a form on another site signing the visitor in
+    /// as the attacker), or nil. The browser's `Origin` (else its `Referer`) must name this server as the
+    /// request reached it: its `Host`, and the scheme it was reached by (`X-Forwarded-Proto` from a proxy that
+    /// terminates TLS, else http). A client that sends neither header (curl, a script) is no browser and is let
+    /// through.
+    static func crossSiteRefusal(origin: String?, referer: String?, host: String?, forwardedProto: String?) -> String? {
+        let claimed: String
+        if let origin, !origin.isEmpty {
+            claimed = origin
+        } else if let referer, !referer.isEmpty {
+            claimed = referer
+        } else {
+            return nil
+        }
+        guard let host, !host.isEmpty else { return "the request names no Host to compare its origin with" }
+        let scheme = forwardedProto?.split(separator: ",").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? "http"
+        guard let url = URLComponents(string: claimed), let claimedScheme = url.scheme?.lowercased(), let claimedHost = url.host?.lowercased() else {
+            return "the sign-in form came from '\(claimed)', not from this server"
+        }
+        func normalized(_ scheme: String, _ authority: String) -> String {
+            let defaultPort = scheme == "https" ? ":443" : ":80"
+            let lower = authority.lowercased()
+            return lower.hasSuffix(defaultPort) ? String(lower.dropLast(defaultPort.count)) : lower
+        }
+        let claimedAuthority = claimedHost.contains(":") ? "[\(claimedHost)]" : claimedHost
+        let claimedFull = normalized(claimedScheme, claimedAuthority + (url.port.map { ":\($0)" } ?? ""))
+        guard claimedScheme == scheme, claimedFull == normalized(scheme, host) else {
+            return "the sign-in form came from \(claimedScheme)://\(claimedFull), not from this server (\(scheme)://\(normalized(scheme, host)))"
+        }
+        return nil
     }
 
     /// A page for a signed-in person; without a session, the sign-in page (then back here).

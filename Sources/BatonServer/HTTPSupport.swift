@@ -6,6 +6,7 @@ import Hummingbird
 import HummingbirdAuth
 import Logging
 import NIOCore
+import NIOHTTP1
 
 /// The request context of `baton serve`: who is calling, once authenticated.
 public struct ServerContext: AuthRequestContext, RequestContext {
@@ -69,7 +70,8 @@ public struct Problem: HTTPResponseError {
     }
 }
 
-/// Turns every error into a problem: Hummingbird's own (unknown route, body too large), decoding errors, and
+/// Turns every error into a problem: Hummingbird's own (unknown route, body too large), decoding errors, a body
+/// that ended before its declared length or could not be read (a 400, logged at debug: the client's doing), and
 /// anything unexpected (a 500 that is logged).
 struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -85,12 +87,48 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         } catch is NIOTooManyBytesError {
             throw Problem(.contentTooLarge, "too-large", "the body is larger than \(ServerLimits.maxBody) bytes")
+        } catch let error as HTTPParserError {
+            context.logger.debug("request body unreadable", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+            throw Problem.badRequest("the request's body is not valid HTTP/1.1 or ended before its declared length (\(error))")
+        } catch let error as ChannelError where [.ioOnClosedChannel, .eof, .inputClosed, .outputClosed, .alreadyClosed].contains(error) {
+            // The client went (or was cut off by a timeout) while its body was read; nobody is left to answer.
+            context.logger.debug("request body cut short", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+            throw Problem.badRequest("the connection closed before the request's body was read")
         } catch let error as any HTTPResponseError {
             throw Problem(error.status, "http", nil)
         } catch {
             context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             throw Problem(.internalServerError, "internal", "\(error)")
         }
+    }
+}
+
+/// A path that routes of other methods match, but none of the request's: a 405 that says which methods are
+/// allowed (in `Allow`), instead of Hummingbird's 404. Added to the router last, so that it wraps only the
+/// answer for an unmatched request.
+struct MethodNotAllowedMiddleware<Context: RequestContext>: RouterMiddleware {
+    let routes: [(path: RouterPath, method: HTTPRequest.Method)]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let allowed = Self.allowed(request.uri.path, routes: routes)
+        if !allowed.isEmpty, !allowed.contains(request.method) {
+            let names = allowed.map(\.rawValue).joined(separator: ", ")
+            var problem = Problem(.methodNotAllowed, "method-not-allowed", "\(request.uri.path) answers \(names), not \(request.method.rawValue)")
+            problem.headers[.allow] = names
+            throw problem
+        }
+        return try await next(request, context)
+    }
+
+    /// The methods of the routes that match `path` (HEAD wherever GET is), in a stable order.
+    static func allowed(_ path: String, routes: [(path: RouterPath, method: HTTPRequest.Method)]) -> [HTTPRequest.Method] {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: true)
+        var methods = Set<String>()
+        for route in routes where route.path.components.count == segments.count && zip(route.path.components, segments).allSatisfy({ $0 ~= $1 }) {
+            methods.insert(route.method.rawValue)
+            if route.method == .get { methods.insert(HTTPRequest.Method.head.rawValue) }
+        }
+        return methods.sorted().compactMap { HTTPRequest.Method($0) }
     }
 }
 
@@ -129,11 +167,30 @@ extension Request {
     }
 
     static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
+        try refuseNulls(in: data, keeping: (T.self as? any FreeFormFields.Type)?.freeFormFields ?? [])
         do {
             return try JSONDecoder().decode(T.self, from: data)
         } catch let error as DecodingError {
             throw Problem.badRequest(describe(error, in: data))
         }
+    }
+
+    /// A member that is `null` is refused (400 naming it) wherever it appears in a request body, except inside
+    /// the members that hold free-form JSON (`keeping`): an optional member left out means "not given", and a
+    /// `null` must not quietly mean the same (`{"filter":{"workflow":null}}` would otherwise widen a bulk action
+    /// to every workflow).
+    static func refuseNulls(in data: Data, keeping freeForm: Set<String>) throws {
+        // Text that is not JSON is left to the decoder, whose message says where it is wrong.
+        guard let json = try? JSON.parse(data) else { return }
+        func walk(_ value: JSON, _ path: String) throws {
+            guard case .object(let members) = value else { return }
+            for (key, member) in members.sorted(by: { $0.key < $1.key }) where !(path.isEmpty && freeForm.contains(key)) {
+                let name = path.isEmpty ? key : "\(path).\(key)"
+                if case .null = member { throw Problem.badRequest("field '\(name)' is null; leave it out instead, or give a value") }
+                try walk(member, name)
+            }
+        }
+        try walk(json, "")
     }
 
     func bodyData(context: ServerContext) async throws -> Data {
@@ -170,6 +227,16 @@ extension Request {
         }
     }
 }
+
+/// A request body with members that hold free-form JSON, where `null` is a value like any other.
+protocol FreeFormFields {
+    static var freeFormFields: Set<String> { get }
+}
+
+extension BatonService.StartRequest: FreeFormFields { static var freeFormFields: Set<String> { ["input"] } }
+extension BatonService.ActionRequest: FreeFormFields { static var freeFormFields: Set<String> { ["output"] } }
+extension BatonService.SignalRequest: FreeFormFields { static var freeFormFields: Set<String> { ["data"] } }
+extension BatonService.DecisionRequest: FreeFormFields { static var freeFormFields: Set<String> { ["data"] } }
 
 /// Where JSON text stops being valid: found by a small scanner, since Foundation's message has no position.
 enum JSONPosition {

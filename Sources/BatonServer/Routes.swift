@@ -124,12 +124,29 @@ struct BulkRequest: Decodable {
     var filter: Filter?
     var step: String?
     var reason: String?
+    /// Which instances a bulk action takes. Every criterion given narrows the selection, so none may be empty,
+    /// and a filter must give one (`null`s are refused before decoding: `Request.refuseNulls`).
     struct Filter: Decodable {
         var status: [InstanceStatus]?
         var workflow: String?
         var version: Int?
         var idPrefix: String?
         enum CodingKeys: String, CodingKey { case status, workflow, version, idPrefix = "id_prefix" }
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            status = try c.decodeIfPresent([InstanceStatus].self, forKey: .status)
+            workflow = try c.decodeIfPresent(String.self, forKey: .workflow)
+            version = try c.decodeIfPresent(Int.self, forKey: .version)
+            idPrefix = try c.decodeIfPresent(String.self, forKey: .idPrefix)
+            if status?.isEmpty == true { throw Problem.badRequest("field 'filter.status' is empty; name at least one status, or leave it out") }
+            if workflow?.isEmpty == true { throw Problem.badRequest("field 'filter.workflow' is empty; name a workflow, or leave it out") }
+            if idPrefix?.isEmpty == true { throw Problem.badRequest("field 'filter.id_prefix' is empty; give a prefix, or leave it out") }
+            if let version, version < 1 { throw Problem.badRequest("field 'filter.version' must be a whole number from 1") }
+            if status == nil, workflow == nil, version == nil, idPrefix == nil {
+                throw Problem.badRequest("field 'filter' names no criterion; give status, workflow, version or id_prefix")
+            }
+        }
     }
 }
 

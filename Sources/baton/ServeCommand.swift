@@ -31,6 +31,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "The JWT claim that names the person.") var subjectClaim = "sub"
     @Option(help: ArgumentHelp("A file with the secret that signs console sessions (default: a new one per start: sessions end with the process).", valueName: "file"))
     var sessionKeyFile: String?
+    @Option(help: ArgumentHelp("Seconds before a connection with no request in flight is closed (event streams are requests in flight).", valueName: "seconds"))
+    var idleTimeout: Double = 60
+    @Option(help: ArgumentHelp("Seconds a client has to send a request's head once it began (then 408).", valueName: "seconds"))
+    var headerTimeout: Double = 10
+    @Option(help: ArgumentHelp("Seconds a client has to send a request's body once its head arrived (then 408).", valueName: "seconds"))
+    var bodyTimeout: Double = 30
+    @Option(help: "Open connections at most: at the limit the connection idle longest is closed for a new one (lowered to fit the descriptor limit).")
+    var maxConnections = 10_000
     @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
@@ -60,7 +68,21 @@ struct Serve: AsyncParsableCommand {
         let model = ReadModel(client: clientConfiguration, names: connection.names, settings: settings, logger: logger)
         let client = try BatonClient(client: clientConfiguration, names: connection.names, logger: logger)
         let service = BatonService(model: model, client: client, auth: authenticator, logger: logger)
-        let server = BatonServer(service: service, host: host, port: port) { port in
+        var limits = EdgeLimits()
+        for (name, seconds) in [("--idle-timeout", idleTimeout), ("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout)] where !(seconds > 0 && seconds <= 86_400) {
+            throw CLIFailure("\(name): give seconds from more than 0 up to 86400; got \(seconds)")
+        }
+        guard maxConnections >= 1 else { throw CLIFailure("--max-connections: give at least 1; got \(maxConnections)") }
+        limits.idleTimeout = .milliseconds(Int64(idleTimeout * 1000))
+        limits.headerTimeout = .milliseconds(Int64(headerTimeout * 1000))
+        limits.bodyTimeout = .milliseconds(Int64(bodyTimeout * 1000))
+        limits.maxConnections = maxConnections
+        let descriptors = BatonServer.raiseDescriptorLimit()
+        if let fitted = limits.fitting(descriptors: descriptors) {
+            logger.notice("--max-connections lowered to fit the descriptor limit", metadata: ["asked": "\(maxConnections)", "descriptors": "\(descriptors)", "max_connections": "\(fitted.maxConnections)"])
+            limits = fitted
+        }
+        let server = BatonServer(service: service, host: host, port: port, limits: limits) { port in
             print("baton serve: http://\(host):\(port) (users: \(file.users.count), API tokens: \(file.tokens.count))")
             fflush(nil)  // every stream: a wrapper script waits for this line
         }

@@ -27,7 +27,7 @@ final class Served: Sendable {
     /// Session tokens (as the console's cookie holds) of carol (credit_manager), dave (clerk), root (admin).
     let carol: String, dave: String, root: String
 
-    init(engine: Engine) async throws {
+    init(engine: Engine, limits: EdgeLimits = EdgeLimits()) async throws {
         self.engine = engine
         let (op, opEntry) = AuthFile.newToken(subject: "ops", roles: ["operator"])
         let (starter, starterEntry) = AuthFile.newToken(subject: "shop", roles: ["starter"])
@@ -46,7 +46,7 @@ final class Served: Sendable {
         model = ReadModel(client: engine.kafka, names: engine.names, logger: TestKafka.logger)
         let service = BatonService(model: model, client: engine.client, auth: auth, logger: TestKafka.logger)
         let (ports, port) = AsyncStream.makeStream(of: Int.self)
-        let server = BatonServer(service: service, host: "127.0.0.1", port: 0) { p in
+        let server = BatonServer(service: service, host: "127.0.0.1", port: 0, limits: limits) { p in
             port.yield(p)
             port.finish()
         }
@@ -91,7 +91,7 @@ final class Served: Sendable {
 enum NIOHTTP1Method: String { case GET, POST }
 
 /// Runs `body` with an engine (coordinator and the loan workflow's workers in this process) and a server.
-func withServer(_ body: (Served) async throws -> Void) async throws {
+func withServer(limits: EdgeLimits = EdgeLimits(), _ body: (Served) async throws -> Void) async throws {
     let engine = try await Engine()
     engine.startCoordinator()
     for pool in ["kyc.verify", "bureau.score", "core_banking.open_loan_account", "core_banking.close_loan_account", "payments.disburse", "payments.claw_back", "notification"] {
@@ -99,7 +99,7 @@ func withServer(_ body: (Served) async throws -> Void) async throws {
     }
     let served: Served
     do {
-        served = try await Served(engine: engine)
+        served = try await Served(engine: engine, limits: limits)
     } catch {
         await engine.shutdown()
         throw error
