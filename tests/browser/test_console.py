@@ -273,3 +273,66 @@ def test_serve_exports_its_requests_and_readiness(baton: Baton) -> None:
     assert any(line.startswith("baton_http_request_duration_seconds_bucket{") for line in text.splitlines())
     held = [line for line in text.splitlines() if line.startswith("baton_read_model_instances ")]
     assert held and float(held[0].split()[1]) >= 1, held
+
+
+def test_sign_in_never_redirects_off_the_server(baton: Baton, new_browser) -> None:
+    """`next=/%09/evil.example/` (a browser drops the tab: `//evil.example/`) must not lead off the server, neither
+    as the page serves it nor when the form's hidden field is changed before it is sent."""
+    driver = new_browser()
+    server = baton.base_url.split("://", 1)[1]
+    for tamper in (False, True):
+        driver.delete_all_cookies()
+        driver.get(baton.base_url + "/login?next=/%09/evil.example/")
+        wait(driver).until(EC.element_to_be_clickable((By.ID, "name"))).send_keys(CAROL[0])
+        driver.find_element(By.ID, "password").send_keys(CAROL[1])
+        if tamper:
+            driver.execute_script("document.querySelector('input[name=next]').value = '/%09/evil.example/';")
+        driver.find_element(By.ID, "sign-in").click()
+        wait(driver).until(EC.text_to_be_present_in_element((By.ID, "who"), CAROL[0]))
+        assert driver.current_url.split("://", 1)[1].startswith(server + "/"), f"left the server: {driver.current_url}"
+        assert driver.current_url == baton.base_url + "/inbox", driver.current_url
+
+
+def test_a_form_on_another_origin_cannot_sign_anyone_in(baton: Baton, new_browser) -> None:
+    """Login CSRF: a page served from another origin auto-submits the sign-in form to this server. It is refused
+    (403), and the browser holds no session cookie."""
+    import http.server
+
+    page = f"""<!doctype html><html><body><form id="f" method="post" action="{baton.base_url}/login">
+        <input name="name" value="{CAROL[0]}"><input name="password" value="{CAROL[1]}"><input name="next" value="/inbox">
+        </form><script>document.getElementById('f').submit();</script></body></html>""".encode()
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    thread = threading.Thread(target=attacker.serve_forever, daemon=True)
+    thread.start()
+    try:
+        driver = new_browser()
+        driver.get(f"http://127.0.0.1:{attacker.server_address[1]}/")
+        wait(driver).until(lambda d: d.current_url.startswith(baton.base_url + "/login"))
+        error = wait(driver).until(EC.presence_of_element_located((By.ID, "login-error")))
+        assert "own page" in error.text, error.text
+        assert not driver.find_elements(By.ID, "who"), "signed in by another site's form"
+        assert driver.get_cookie("baton_session") is None, "a session cookie was set by another site's form"
+    finally:
+        attacker.shutdown()
+        attacker.server_close()
+        thread.join(timeout=10)
+
+    # Without Origin or Referer (curl, a script), signing in still works; with this server's origin too.
+    plain = requests.post(f"{baton.base_url}/login", data={"name": CAROL[0], "password": CAROL[1]}, allow_redirects=False, timeout=DEADLINE)
+    assert plain.status_code == 302 and plain.cookies.get("baton_session"), f"{plain.status_code} {plain.text[:300]}"
+    forged = requests.post(
+        f"{baton.base_url}/login", data={"name": CAROL[0], "password": CAROL[1]}, headers={"Origin": "http://evil.example"}, allow_redirects=False, timeout=DEADLINE
+    )
+    assert forged.status_code == 403 and not forged.cookies.get("baton_session"), f"{forged.status_code} {forged.text[:300]}"
