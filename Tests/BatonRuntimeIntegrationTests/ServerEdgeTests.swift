@@ -102,6 +102,14 @@ struct ServerEdgeTests {
             #expect(truncated.status == 400, "\(truncated.text)")
             #expect(truncated.json["detail"]?.stringValue?.contains("malformed JSON") == true, "\(truncated.text)")
 
+            // A body shorter than its Content-Length, then the client stops sending: no 500.
+            let cut = try await RawConnection.connect(s.base)
+            try await cut.send(
+                "POST /v1/instances HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(s.operatorToken)\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"workflow_id\":")
+            try await cut.channel.close(mode: .output).get()
+            _ = try await cut.waitClosed(since: .now, within: .seconds(10), "the server to close the cut request")
+            #expect(!cut.text.contains(" 500 "), "\(cut.text.prefix(300))")
+
             // null where a string or an array is expected: refused, naming the field (it must not widen a bulk action).
             let bulk = try await request(
                 s, .POST, "/v1/instances/bulk", token: s.operatorToken, body: #"{"action":"retry","filter":{"status":["suspended"],"workflow":null}}"#)
