@@ -203,8 +203,12 @@ public struct CommandMessage: Codable, Sendable, Hashable {
     public var replyTo: ReplyTo
     /// Milliseconds: while it runs the attempt, the worker must send a `step.heartbeat` at least this often.
     public var heartbeatTimeout: Int64?
+    /// The attempt's result token (opaque ASCII, at most 64 bytes): the coordinator computes it per
+    /// attempt, and the worker echoes it unchanged in the attempt's result and heartbeats (docs/wire-protocol.md).
+    /// Nil from a coordinator of the release before tokens; then the answers carry none either.
+    public var token: String?
 
-    public init(_ command: StepCommand, replyTo: ReplyTo) {
+    public init(_ command: StepCommand, replyTo: ReplyTo, token: String? = nil) {
         kind = command.isCompensation ? .compensationCommand : .stepCommand
         instanceID = command.instanceID
         workflowID = command.workflowID
@@ -219,13 +223,14 @@ public struct CommandMessage: Codable, Sendable, Hashable {
         idempotencyKey = command.idempotencyKey
         self.replyTo = replyTo
         heartbeatTimeout = command.heartbeatTimeout?.value
+        self.token = token
     }
 
     public var isCompensation: Bool { kind == .compensationCommand }
 
     enum CodingKeys: String, CodingKey {
         case v, kind, instanceID = "instance_id", workflowID = "workflow_id", workflowVersion = "workflow_version", step, type, pool, item
-        case attempt, input, deadline, idempotencyKey = "idempotency_key", replyTo = "reply_to", heartbeatTimeout = "heartbeat_timeout"
+        case attempt, input, deadline, idempotencyKey = "idempotency_key", replyTo = "reply_to", heartbeatTimeout = "heartbeat_timeout", token
     }
 }
 
@@ -239,6 +244,8 @@ public struct HeartbeatMessage: Codable, Sendable, Hashable {
     public var item: Int?
     public var attempt: Int
     public var details: JSON?
+    /// The command's token, echoed (nil when the command had none).
+    public var token: String?
 
     public init(_ command: CommandMessage, details: JSON?) {
         instanceID = command.instanceID
@@ -246,9 +253,10 @@ public struct HeartbeatMessage: Codable, Sendable, Hashable {
         item = command.item
         attempt = command.attempt
         self.details = details
+        token = command.token
     }
 
-    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", step, item, attempt, details }
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", step, item, attempt, details, token }
 }
 
 /// A worker's answer to a command (step or compensation; completed or failed).
@@ -264,8 +272,13 @@ public struct ResultMessage: Codable, Sendable, Hashable {
     /// For `step.failed`: false when trying again cannot help (a declined card). Default true.
     public var retryable: Bool?
     public var idempotencyKey: String?
+    /// The command's token, echoed unchanged (nil when the command had none).
+    public var token: String?
 
-    public init(kind: Wire.Kind, instanceID: String, step: String, item: Int?, attempt: Int, output: JSON? = nil, error: String? = nil, retryable: Bool? = nil, idempotencyKey: String?) {
+    public init(
+        kind: Wire.Kind, instanceID: String, step: String, item: Int?, attempt: Int, output: JSON? = nil, error: String? = nil, retryable: Bool? = nil,
+        idempotencyKey: String?, token: String? = nil
+    ) {
         self.kind = kind
         self.instanceID = instanceID
         self.step = step
@@ -275,24 +288,26 @@ public struct ResultMessage: Codable, Sendable, Hashable {
         self.error = error
         self.retryable = retryable
         self.idempotencyKey = idempotencyKey
+        self.token = token
     }
 
     /// The answer to a command.
     public static func completed(_ command: CommandMessage, output: JSON) -> ResultMessage {
         ResultMessage(
             kind: command.isCompensation ? .compensationCompleted : .stepCompleted, instanceID: command.instanceID, step: command.step,
-            item: command.item, attempt: command.attempt, output: command.isCompensation ? nil : output, idempotencyKey: command.idempotencyKey)
+            item: command.item, attempt: command.attempt, output: command.isCompensation ? nil : output, idempotencyKey: command.idempotencyKey,
+            token: command.token)
     }
 
     public static func failed(_ command: CommandMessage, error: String, retryable: Bool) -> ResultMessage {
         ResultMessage(
             kind: command.isCompensation ? .compensationFailed : .stepFailed, instanceID: command.instanceID, step: command.step,
             item: command.item, attempt: command.attempt, error: error, retryable: command.isCompensation ? nil : retryable,
-            idempotencyKey: command.idempotencyKey)
+            idempotencyKey: command.idempotencyKey, token: command.token)
     }
 
     enum CodingKeys: String, CodingKey {
-        case v, kind, instanceID = "instance_id", step, item, attempt, output, error, retryable, idempotencyKey = "idempotency_key"
+        case v, kind, instanceID = "instance_id", step, item, attempt, output, error, retryable, idempotencyKey = "idempotency_key", token
     }
 }
 

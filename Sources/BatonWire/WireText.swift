@@ -38,7 +38,7 @@ extension ReplyTo {
 extension CommandMessage: WireWritable {
     init(
         kind: Wire.Kind, instanceID: String, workflowID: String, workflowVersion: Int, step: String, type: String, pool: String, item: Int?,
-        attempt: Int, input: JSON, deadline: Int64, idempotencyKey: String, replyTo: ReplyTo, heartbeatTimeout: Int64?
+        attempt: Int, input: JSON, deadline: Int64, idempotencyKey: String, replyTo: ReplyTo, heartbeatTimeout: Int64?, token: String?
     ) {
         self.kind = kind
         self.instanceID = instanceID
@@ -54,6 +54,7 @@ extension CommandMessage: WireWritable {
         self.idempotencyKey = idempotencyKey
         self.replyTo = replyTo
         self.heartbeatTimeout = heartbeatTimeout
+        self.token = token
     }
 
     public func write(to w: inout JSONTextWriter) {
@@ -69,6 +70,7 @@ extension CommandMessage: WireWritable {
         w.key("pool"); w.string(pool)
         w.key("reply_to"); replyTo.write(to: &w)
         w.key("step"); w.string(step)
+        if let token { w.key("token"); w.string(token) }
         w.key("type"); w.string(type)
         w.key("v"); w.int(v)
         w.key("workflow_id"); w.string(workflowID)
@@ -81,7 +83,7 @@ extension CommandMessage: WireWritable {
         Wire.fast(data) { r in
             var v: Int?, kind: Wire.Kind?, instanceID: String?, workflowID: String?, workflowVersion: Int?, step: String?, type: String?
             var pool: String?, item: Int?, attempt: Int?, input: JSON?, deadline: Int64?, idempotencyKey: String?, heartbeatTimeout: Int64?
-            var topic: String?, partition: Int32?
+            var topic: String?, partition: Int32?, token: String?
             try r.object { key, r in
                 switch key {
                 case "attempt": attempt = try r.int()
@@ -105,6 +107,7 @@ extension CommandMessage: WireWritable {
                         }
                     }
                 case "step": step = try r.string()
+                case "token": token = try r.null() ? nil : r.string()
                 case "type": type = try r.string()
                 case "v": v = try r.int()
                 case "workflow_id": workflowID = try r.string()
@@ -118,7 +121,7 @@ extension CommandMessage: WireWritable {
             return CommandMessage(
                 kind: kind, instanceID: instanceID, workflowID: workflowID, workflowVersion: workflowVersion, step: step, type: type, pool: pool,
                 item: item, attempt: attempt, input: input, deadline: deadline, idempotencyKey: idempotencyKey,
-                replyTo: ReplyTo(topic: topic, partition: partition), heartbeatTimeout: heartbeatTimeout)
+                replyTo: ReplyTo(topic: topic, partition: partition), heartbeatTimeout: heartbeatTimeout, token: token)
         }
     }
 }
@@ -135,6 +138,7 @@ extension ResultMessage: WireWritable {
         if let output { w.key("output"); w.value(output) }
         if let retryable { w.key("retryable"); w.bool(retryable) }
         w.key("step"); w.string(step)
+        if let token { w.key("token"); w.string(token) }
         w.key("v"); w.int(v)
         w.endObject()
     }
@@ -226,7 +230,7 @@ extension EventMessage {
         Wire.fast(data) { r in
             var v: Int?, kind: Wire.Kind?, instanceID: String?, workflowID: String?, version: Int?, input: JSON?, sentAt: Int64?
             var requestID: String?, step: String?, item: Int?, attempt: Int?, output: JSON?, error: String?, retryable: Bool?
-            var idempotencyKey: String?, timer: TimerKey?, dueAt: Int64?
+            var idempotencyKey: String?, timer: TimerKey?, dueAt: Int64?, token: String?
             try r.object { key, r in
                 switch key {
                 case "v": v = try r.int()
@@ -244,6 +248,7 @@ extension EventMessage {
                 case "error": error = try r.null() ? nil : r.string()
                 case "retryable": retryable = try r.null() ? nil : r.bool()
                 case "idempotency_key": idempotencyKey = try r.null() ? nil : r.string()
+                case "token": token = try r.null() ? nil : r.string()
                 case "timer": timer = try TimerKey(reading: &r)
                 case "due_at": dueAt = try r.int64()
                 default: try r.skip()
@@ -258,7 +263,7 @@ extension EventMessage {
                 guard let step, let attempt else { throw JSONTextError("incomplete result", at: 0) }
                 let m = ResultMessage(
                     kind: kind, instanceID: instanceID, step: step, item: item, attempt: attempt, output: output, error: error, retryable: retryable,
-                    idempotencyKey: idempotencyKey)
+                    idempotencyKey: idempotencyKey, token: token)
                 return (kind, nil, m, nil)
             case .timerFired:
                 guard let timer, let dueAt else { throw JSONTextError("incomplete timer", at: 0) }

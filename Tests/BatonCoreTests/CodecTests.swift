@@ -1,5 +1,5 @@
 @testable import BatonCore
-import BatonWire
+@testable import BatonWire
 import Foundation
 import PropertyBased
 import Testing
@@ -146,6 +146,10 @@ struct CodecTests {
             let commandBytes = Wire.encode(command)
             #expect(CommandMessage.fastDecode(commandBytes) != nil, "seed \(seed)")
             #expect(CommandMessage.fastDecode(commandBytes) == (try? Wire.decode(CommandMessage.self, from: commandBytes)), "seed \(seed)")
+            // A result's token (which the coordinator checks) read by hand as JSONDecoder reads it.
+            let resultBytes = Wire.encode(result)
+            #expect(EventMessage.fastDecode(resultBytes)?.2?.token == result.token, "seed \(seed)")
+            #expect((try? Wire.decode(ResultMessage.self, from: resultBytes))?.token == result.token, "seed \(seed)")
             let outputBytes = Wire.encode(output)
             #expect(OutputRecord.fastDecode(outputBytes) != nil && OutputRecord.fastDecode(outputBytes) == (try? Wire.decode(OutputRecord.self, from: outputBytes)))
             for (bytes, slow) in [
@@ -343,7 +347,7 @@ enum Random {
             type: string(&rng), pool: string(&rng), item: maybe(&rng, int), attempt: Int.random(in: 1...9, using: &rng), input: json(&rng, depth: 0),
             deadline: time(&rng), idempotencyKey: string(&rng), isCompensation: rng.chance(0.3),
             heartbeatTimeout: maybe(&rng) { Millis(Int64.random(in: 1...100_000, using: &$0)) })
-        return CommandMessage(command, replyTo: ReplyTo(topic: string(&rng), partition: Int32.random(in: 0...63, using: &rng)))
+        return CommandMessage(command, replyTo: ReplyTo(topic: string(&rng), partition: Int32.random(in: 0...63, using: &rng)), token: maybe(&rng, string))
     }
 
     static func result(_ rng: inout SplitMix) -> ResultMessage {
@@ -351,7 +355,7 @@ enum Random {
             kind: [.stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed].randomElement(using: &rng)!,
             instanceID: "i" + string(&rng).filter { $0.asciiValue.map { $0 >= 0x20 && $0 != 0x7F } ?? true }, step: string(&rng),
             item: maybe(&rng, int), attempt: Int.random(in: 1...9, using: &rng), output: maybe(&rng) { json(&$0, depth: 0) },
-            error: maybe(&rng, string), retryable: maybe(&rng) { $0.chance(0.5) }, idempotencyKey: maybe(&rng, string))
+            error: maybe(&rng, string), retryable: maybe(&rng) { $0.chance(0.5) }, idempotencyKey: maybe(&rng, string), token: maybe(&rng, string))
     }
 
     static func start(_ rng: inout SplitMix) -> StartMessage {
