@@ -158,6 +158,11 @@ public struct BatonService: Sendable {
 
     func openTask(_ taskID: String, for principal: Principal) throws -> (TaskView, Int32) {
         guard let task = model.task(taskID), let partition = model.taskPartition(taskID) else { throw Problem.notFound("no task '\(taskID)'") }
+        // Who claims is who decides: one rule for the subject of both (the wire's rule for ids), so that no one
+        // can decide a task they could not claim.
+        do { try InstanceID.check(principal.subject, field: "subject") } catch {
+            throw Problem.forbidden("the principal's subject cannot claim or decide tasks: \(error.reason)")
+        }
         guard principal.mayDecide(assignee: task.assignee) else {
             throw Problem.forbidden("task '\(taskID)' is for \(task.assignee); \(principal.subject) does not hold it")
         }
