@@ -81,7 +81,8 @@ class Coordinator:
     def command(self, instance_id: str, *, step: str = "work", attempt: int = 1, input: Any = None,
                 deadline_in_ms: int = 60_000, kind: str = "step.command", item: Optional[int] = None,
                 heartbeat_timeout: Optional[int] = None, partition: Optional[int] = None,
-                reply_partition: Optional[int] = None, headers: Optional[list] = None) -> Dict[str, Any]:
+                reply_partition: Optional[int] = None, headers: Optional[list] = None,
+                token: Optional[str] = None) -> Dict[str, Any]:
         partition = protocol.partition_for(instance_id, self.command_partitions) if partition is None else partition
         key = f"{instance_id}/{step}" + (f"/{item}" if item is not None else "")
         cmd: Dict[str, Any] = {
@@ -96,6 +97,8 @@ class Coordinator:
             cmd["item"] = item
         if heartbeat_timeout is not None:
             cmd["heartbeat_timeout"] = heartbeat_timeout
+        if token is not None:
+            cmd["token"] = token
         self.raw(json.dumps(cmd).encode(), key=instance_id, partition=partition,
                  headers=[("baton-kind", kind.encode()), ("baton-v", b"1")] + (headers or []))
         return cmd

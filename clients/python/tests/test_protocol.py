@@ -103,6 +103,23 @@ def test_answers_carry_the_commands_identity_and_the_item_only_when_it_has_one()
     assert json.loads(value)["error"] == "refund service down"
 
 
+def test_every_answer_echoes_the_commands_token_and_a_command_without_one_is_answered_without():
+    token = "v1.Zm9vYmFy-_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"
+    step = protocol.parse_command(encoded({**COMMAND, "token": token}))
+    comp = protocol.parse_command(encoded({**COMMAND, "kind": "compensation.command", "token": token}))
+    assert step.token == token
+    answers = [protocol.completed(step, {"ok": True})[1], protocol.failed(step, "declined", retryable=False)[1],
+               protocol.completed(step, {"data": "x" * protocol.MAX_RESULT_BYTES})[1],  # too large: failed, still echoed
+               protocol.completed(comp, None)[1], protocol.failed(comp, "refund down")[1], protocol.heartbeat(step, {"done": 1})]
+    assert [json.loads(a)["token"] for a in answers] == [token] * len(answers)
+    for old in (protocol.parse_command(encoded(COMMAND)), protocol.parse_command(encoded({**COMMAND, "token": None}))):
+        assert old.token is None
+        for a in (protocol.completed(old, 1)[1], protocol.failed(old, "e")[1], protocol.heartbeat(old)):
+            assert "token" not in json.loads(a)
+    with pytest.raises(Unreadable, match="field 'token' is not a string"):
+        protocol.parse_command(encoded({**COMMAND, "token": 17}))
+
+
 def test_an_output_whose_result_would_pass_256_KiB_fails_the_step_for_good():
     c = protocol.parse_command(encoded(COMMAND))
     base = len(protocol.completed(c, {"data": ""})[1])

@@ -197,6 +197,31 @@ def test_heartbeats_go_to_reply_to_while_a_long_step_runs(coord, serve):
     assert coord.answers(kind="step.heartbeat", instance_id="undo") == []  # compensations have no heartbeats
 
 
+def test_results_and_heartbeats_echo_the_commands_token_and_a_command_without_one_is_answered_without(coord, serve):
+    def handle(ctx):
+        ctx.heartbeat({"done": 1})
+        time.sleep(0.3)  # the handler's work; the heartbeat thread sends meanwhile
+        if ctx.input == "fail":
+            raise StepFailure("declined", retryable=False)
+        return {"ok": True}
+
+    serve(step=handle, compensation=lambda ctx: None)
+    token, other = "v1.q83vEjRWeJASNFZ4kBI0VniQEjRWeJASNFZ4kBI0VniQ", "v1.other-attempt_0123456789"
+    coord.command("signed", heartbeat_timeout=3000, token=token)
+    coord.command("declined", heartbeat_timeout=3000, input="fail", attempt=2, token=other)
+    coord.command("undone", kind="compensation.command", token=token)
+    coord.command("legacy", heartbeat_timeout=3000)
+    for instance, kind, expected in [("signed", "step.completed", token), ("declined", "step.failed", other),
+                                     ("undone", "compensation.completed", token), ("legacy", "step.completed", None)]:
+        [result] = coord.wait_answers(1, kind=kind, instance_id=instance)
+        assert result.value.get("token") == expected, result
+        if instance != "undone":  # compensations have no heartbeats
+            beats = coord.wait_answers(1, kind="step.heartbeat", instance_id=instance)
+            assert [b.value.get("token") for b in beats] == [expected] * len(beats), beats
+    # A command without a token: its answers have no "token" field at all (not null).
+    assert all(b'"token"' not in r.raw for r in coord.answers(instance_id="legacy"))
+
+
 def test_commands_run_concurrently_up_to_the_limit_and_commits_stop_below_the_oldest_running(coord, serve):
     gates = {f"c-{i}": threading.Event() for i in range(7)}
     running = set()

@@ -178,6 +178,9 @@ class Command:
     reply_partition: int
     item: Optional[int] = None
     heartbeat_timeout: Optional[int] = None
+    #: The attempt's result token (opaque): echoed unchanged in the attempt's result and heartbeats. None from a
+    #: coordinator of the release before tokens; then the answers carry none either.
+    token: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -236,6 +239,15 @@ def _optional_int(obj: Dict[str, Any], name: str, minimum: int) -> Optional[int]
     return v
 
 
+def _optional_string(obj: Dict[str, Any], name: str) -> Optional[str]:
+    v = obj.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise Unreadable(f"field '{name}' is not a string")
+    return v
+
+
 def parse_command(value: Optional[bytes]) -> Command:
     """Reads a command record's value; raises :class:`Unreadable` with the reason when it cannot."""
     if value is None:
@@ -271,6 +283,7 @@ def parse_command(value: Optional[bytes]) -> Command:
         reply_partition=_require(reply_to, "partition", "natural", "reply_to."),
         item=_optional_int(obj, "item", 0),
         heartbeat_timeout=_optional_int(obj, "heartbeat_timeout", 1),
+        token=_optional_string(obj, "token"),
         raw=obj,
     )
 
@@ -284,6 +297,9 @@ def _answer(command: Command, kind: str) -> Dict[str, Any]:
     if command.item is not None:
         record["item"] = command.item
     record["attempt"] = command.attempt
+    if command.token is not None:
+        # Echoed as it came: a coordinator that requires tokens dead-letters an answer without its command's.
+        record["token"] = command.token
     return record
 
 
