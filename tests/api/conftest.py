@@ -1,7 +1,7 @@
 """Fixtures of the API contract test: a whole Baton (coordinator, example workers, `baton serve` with an admin
 token) in a fresh namespace on the broker that scripts/test started (BATON_BROKERS, else 127.0.0.1:9092), the
-loan workflow registered and one loan waiting for its credit manager, so that generated requests meet real
-definitions, instances and tasks. Built the way tests/browser/conftest.py builds its Baton.
+loan workflow registered and one loan (loan-7, the instance the document's examples name) waiting for its credit
+manager, so that generated requests meet real definitions, instances and tasks. Built the way tests/browser/conftest.py builds its Baton.
 
     BATON_BIN         the baton binary (default .build/debug/baton)
     BATON_BROKERS     the Kafka bootstrap servers (default 127.0.0.1:9092)
@@ -194,16 +194,16 @@ def baton(request: pytest.FixtureRequest):
         response = system.api("POST", "/v1/definitions", data=LOAN.read_bytes(), headers={"Content-Type": "application/yaml"})
         assert response.status_code in (200, 201), f"register {LOAN.name}: {response.status_code} {response.text}"
         wait_until("the loan workflow in the read model", lambda: system.api("GET", "/v1/definitions/loan_processing").status_code == 200)
-        body = {"workflow_id": "loan_processing", "instance_id": "loan-1", "input": {"applicant": {"name": "Ann", "email": "ann@example.com"}, "amount": 20000}}
+        body = {"workflow_id": "loan_processing", "instance_id": "loan-7", "input": {"applicant": {"name": "Ann", "email": "ann@example.com"}, "amount": 20000}}
         response = system.api("POST", "/v1/instances?wait=true", json=body)
-        assert response.status_code in (201, 202), f"start loan-1: {response.status_code} {response.text}"
+        assert response.status_code in (201, 202), f"start loan-7: {response.status_code} {response.text}"
 
         def task_is_open() -> bool:
             system.check_alive()
-            answer = system.api("GET", "/v1/tasks", params={"instance_id": "loan-1"})
+            answer = system.api("GET", "/v1/tasks", params={"instance_id": "loan-7"})
             return answer.status_code == 200 and any(t["status"] == "open" for t in answer.json()["items"])
 
-        wait_until("the credit manager's task of loan-1", task_is_open)
+        wait_until("the credit manager's task of loan-7", task_is_open)
     except BaseException:
         system.stop()
         print(f"\nbaton logs ({system.logs}):\n{system.log_tails()}")

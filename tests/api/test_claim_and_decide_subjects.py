@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ODD_SUBJECTS
 
-TASK = quote("loan-1/credit_manager_approval/1", safe="")
+TASK = quote("loan-7/credit_manager_approval/1", safe="")
 
 
 @pytest.mark.parametrize("subject", ODD_SUBJECTS, ids=["tilde", "over-200-bytes"])
