@@ -12,6 +12,7 @@ public enum ConformanceCase: String, CaseIterable, Sendable {
     case compensation
     case duplicate
     case oldAttempt = "old-attempt"
+    case token
     case unreadable
     case oversized
     case deadline
@@ -26,6 +27,7 @@ public enum ConformanceCase: String, CaseIterable, Sendable {
         case .compensation: "a compensation.command is answered with compensation.completed or compensation.failed"
         case .duplicate: "the same command delivered twice: every answer is for its attempt, and they agree"
         case .oldAttempt: "attempt 2 then attempt 1 of a step: each answer carries its own command's attempt"
+        case .token: "a command's token is echoed in its heartbeats and result; a command without a token is answered without one"
         case .unreadable: "records that are not commands go to the dead-letter topic with the baton-dlq-* headers; the next command is answered"
         case .oversized: "an output whose result would be over 256 KiB is step.failed, not retryable, instead of being sent"
         case .deadline: "a command more than 1 s past its deadline gets no answer; the next one does"
@@ -197,6 +199,8 @@ struct SentCommand: Sendable {
     var partition: Int32
     var offset: Int64
     var replyPartition: Int32
+    /// The command's result token: every answer must carry it unchanged (none when nil).
+    var token: String?
 
     var described: String {
         "\(isCompensation ? "compensation of " : "")\(instanceID)/\(step)\(item.map { "[\($0)]" } ?? "") attempt \(attempt) (offset \(partition)@\(offset))"
@@ -230,6 +234,7 @@ final class ConformanceRun: Sendable {
             case .compensation: notes = try await compensation()
             case .duplicate: notes = try await duplicate()
             case .oldAttempt: notes = try await oldAttempt()
+            case .token: notes = try await token()
             case .unreadable: notes = try await unreadable()
             case .oversized: notes = try await oversized()
             case .deadline: notes = try await deadline()
@@ -249,7 +254,7 @@ final class ConformanceRun: Sendable {
 
     // MARK: Commands
 
-    /// The fields of a step command; cases change or drop some.
+    /// The fields of a step command, with a token of its own as a coordinator sends; cases change or drop some.
     func commandFields(
         _ instanceID: String, step: String = "work", attempt: Int = 1, item: Int? = nil, input: JSON, deadline: Int64? = nil,
         compensation: Bool = false, replyPartition: Int32
@@ -261,9 +266,18 @@ final class ConformanceRun: Sendable {
             "pool": .string(configuration.pool), "attempt": .number(Double(attempt)), "input": input,
             "deadline": .number(Double(deadline ?? Self.now() + 600_000)), "idempotency_key": .string(key),
             "reply_to": ["topic": .string(names.events), "partition": .number(Double(replyPartition))],
+            "token": .string(Self.newToken()),
         ]
         if let item { fields["item"] = .number(Double(item)) }
         return fields
+    }
+
+    /// A token as opaque as a coordinator's (its HMAC is no business of the worker's): 43 characters of
+    /// base64url, different for every command.
+    static func newToken() -> String {
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
     }
 
     /// An instance id for this run.
@@ -288,7 +302,8 @@ final class ConformanceRun: Sendable {
         let offset = try await write(JSON.object(fields).encoded(), key: instanceID, partition: partition)
         return SentCommand(
             instanceID: instanceID, step: step, item: item, attempt: attempt, isCompensation: compensation,
-            idempotencyKey: fields["idempotency_key"]?.stringValue ?? "", input: input, partition: partition, offset: offset, replyPartition: reply)
+            idempotencyKey: fields["idempotency_key"]?.stringValue ?? "", input: input, partition: partition, offset: offset, replyPartition: reply,
+            token: fields["token"]?.stringValue)
     }
 
     /// Writes any record to a command partition (remembering the offset for the commits case).
@@ -394,7 +409,19 @@ final class ConformanceRun: Sendable {
             out.append("\(at) has item \(r.item.map(String.init) ?? "absent"), the command's was \(command.item.map(String.init) ?? "absent")")
         }
         if r.attempt != command.attempt { out.append("\(at) has attempt \(r.attempt), the command's was \(command.attempt)") }
+        if let problem = tokenProblem(r.token, for: command) { out.append("\(at) \(problem)") }
         return out
+    }
+
+    /// What is wrong with the token of an answer (result or heartbeat) to `command`, if anything.
+    func tokenProblem(_ token: String?, for command: SentCommand) -> String? {
+        switch (token, command.token) {
+        case (nil, nil): return nil
+        case (nil, let expected?):
+            return "has no token; the command's was \"\(expected)\" (a coordinator that requires tokens dead-letters it)"
+        case (let got?, nil): return "has token \"\(got)\", but the command had none (a command without a token is answered without one)"
+        case (let got?, let expected?): return got == expected ? nil : "has token \"\(got)\", the command's was \"\(expected)\""
+        }
     }
 
     /// The output the echo operation must give for a command.

@@ -19,6 +19,7 @@ extension ConformanceRun {
         let nulls = try await send(instance("echo-3"), input: ["op": "echo", "value": nil], partition: partition(2)) { fields in
             fields["item"] = .null
             fields["heartbeat_timeout"] = .null
+            fields["token"] = .null
             fields["a_later_field"] = ["added": "in a later minor version"]
         }
         let expected: [(SentCommand, JSON)] = [(plain, value), (item, "item two"), (nulls, .null)]
@@ -74,14 +75,15 @@ extension ConformanceRun {
         let p = partition(7)
         let reply = replyPartition(for: id)
         let input: JSON = ["op": "echo", "value": "twice"]
-        let value = JSON.object(commandFields(id, input: input, replyPartition: reply)).encoded()
+        let fields = commandFields(id, input: input, replyPartition: reply)
+        let value = JSON.object(fields).encoded()
         var commands: [SentCommand] = []
         for _ in 0..<2 {
             let offset = try await write(value, key: id, partition: p)
             commands.append(
                 SentCommand(
                     instanceID: id, step: "work", item: nil, attempt: 1, isCompensation: false, idempotencyKey: "\(id)/work", input: input, partition: p,
-                    offset: offset, replyPartition: reply))
+                    offset: offset, replyPartition: reply, token: fields["token"]?.stringValue))
         }
         // Answered (once or twice) and committed past both copies; then every answer is in.
         _ = try await collect(commands)
@@ -116,6 +118,44 @@ extension ConformanceRun {
         for a in collected.answers[id] ?? [] {
             guard let r = a.result, r.attempt != 1, r.attempt != 2 else { continue }
             problems.append("an answer has attempt \(r.attempt); the commands had attempts 2 and 1")
+        }
+        var once = Set<String>()
+        try check(problems.filter { once.insert($0).inserted })
+        return []
+    }
+
+    func token() async throws -> [String] {
+        let p = partition(13)
+        // The heartbeat op sends a heartbeat, then waits and echoes; heartbeat_timeout lets every SDK send it.
+        let input: JSON = ["op": "heartbeat", "ms": 300, "value": "signed"]
+        let signed = try await send(instance("token-1"), input: input, partition: p) { $0["heartbeat_timeout"] = 3000 }
+        let unsigned = try await send(instance("token-2"), input: input, partition: p) { fields in
+            fields["heartbeat_timeout"] = 3000
+            fields["token"] = nil
+        }
+        let collected = try await collect([signed, unsigned])
+        var problems: [String] = []
+        for command in [signed, unsigned] {
+            problems += completed(command, in: collected, output: echoed(command, value: "signed"))
+        }
+        // The heartbeat goes out before the result, on the same partition, so it is normally in already; a worker
+        // that sends heartbeats from another producer or thread gets the answer timeout.
+        func heartbeats(_ command: SentCommand) -> [HeartbeatMessage] {
+            probe.heartbeats(for: command.instanceID).filter { $0.attempt == command.attempt }
+        }
+        let deadline = ContinuousClock.now + configuration.answerTimeout
+        while [signed, unsigned].contains(where: { heartbeats($0).isEmpty }), ContinuousClock.now < deadline {
+            try checkWorker()
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        for command in [signed, unsigned] {
+            let heartbeats = heartbeats(command)
+            if heartbeats.isEmpty {
+                problems.append("no step.heartbeat for \(command.described) before its result (the op 'heartbeat' sends one, see docs/conformance.md)")
+            }
+            for h in heartbeats {
+                if let problem = tokenProblem(h.token, for: command) { problems.append("a heartbeat for \(command.described) \(problem)") }
+            }
         }
         var once = Set<String>()
         try check(problems.filter { once.insert($0).inserted })

@@ -13,6 +13,8 @@ struct ConformanceAnswer: Sendable {
     var instanceID: String?
     var result: ResultMessage?
     var isHeartbeat = false
+    /// The heartbeat, when it is one that decodes.
+    var heartbeat: HeartbeatMessage?
     /// Why the engine could not use it (not JSON, a wrong schema, a kind that is not an answer ...).
     var problem: String?
 
@@ -31,8 +33,12 @@ struct ConformanceAnswer: Sendable {
         switch kind {
         case .stepHeartbeat:
             isHeartbeat = true
-            // A heartbeat is only counted, never judged: one that does not decode just names no instance.
-            if let heartbeat = try? Wire.decode(HeartbeatMessage.self, from: value) { instanceID = heartbeat.instanceID }
+            // A heartbeat is only counted and its token checked, never judged otherwise: one that does not decode
+            // just names no instance.
+            if let heartbeat = try? Wire.decode(HeartbeatMessage.self, from: value) {
+                instanceID = heartbeat.instanceID
+                self.heartbeat = heartbeat
+            }
         case .stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed:
             do {
                 let result = try Wire.decode(ResultMessage.self, from: value)
@@ -139,6 +145,11 @@ final class ConformanceProbe: Sendable {
 
     func answers(for instanceID: String) -> [ConformanceAnswer] {
         seen.withLock { $0.answers.filter { $0.instanceID == instanceID && !$0.isHeartbeat } }
+    }
+
+    /// The heartbeats read back for an instance, in the order they came.
+    func heartbeats(for instanceID: String) -> [HeartbeatMessage] {
+        seen.withLock { $0.answers.compactMap { $0.instanceID == instanceID ? $0.heartbeat : nil } }
     }
 
     var deadLetters: [KafkaMessage] { seen.withLock { $0.deadLetters } }

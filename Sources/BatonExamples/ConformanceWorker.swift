@@ -9,7 +9,7 @@ public enum ConformanceWorker {
     static func handle(_ ctx: StepContext) async throws -> JSON {
         let input = ctx.input
         guard let op = input["op"]?.stringValue else {
-            throw StepFailure("the input has no 'op' (echo, fail, output_bytes or sleep)", retryable: false)
+            throw StepFailure("the input has no 'op' (echo, fail, output_bytes, sleep or heartbeat)", retryable: false)
         }
         switch op {
         case "echo":
@@ -23,8 +23,14 @@ public enum ConformanceWorker {
             guard let ms = input["ms"]?.intValue, ms >= 0 else { throw StepFailure("sleep needs 'ms', milliseconds from 0", retryable: false) }
             try await Task.sleep(for: .milliseconds(ms))
             return echo(ctx)
+        case "heartbeat":
+            // One heartbeat (sent before this returns), then as sleep.
+            await ctx.heartbeat(["op": "heartbeat"])
+            let ms = max(0, input["ms"]?.intValue ?? 0)
+            try await Task.sleep(for: .milliseconds(ms))
+            return echo(ctx)
         default:
-            throw StepFailure("unknown op '\(op)' (echo, fail, output_bytes or sleep)", retryable: false)
+            throw StepFailure("unknown op '\(op)' (echo, fail, output_bytes, sleep or heartbeat)", retryable: false)
         }
     }
 

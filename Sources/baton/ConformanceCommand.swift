@@ -19,7 +19,8 @@ struct Conformance: AsyncParsableCommand {
             used), and runs the cases. The worker \
             serves the pool with the conformance handler: input {"op":"echo","value":X} completes with \
             {"echo":X,"attempt":A,"idempotency_key":K}; {"op":"fail","error":E,"retryable":B} fails; {"op":"output_bytes","bytes":N} \
-            completes with {"data": N times "x"}; {"op":"sleep","ms":N,"value":X} waits, then echoes. Prints PASS name or \
+            completes with {"data": N times "x"}; {"op":"sleep","ms":N,"value":X} waits, then echoes; {"op":"heartbeat","ms":N,"value":X} \
+            sends a step.heartbeat, then sleeps. Answers echo the command's token. Prints PASS name or \
             FAIL name: why for each case, then "N passed, N failed"; exits 0 only when every case passed. The worker is \
             stopped at the end, on failure and on SIGINT or SIGTERM. Cases: \
             \(ConformanceCase.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: "; ")).

@@ -10,6 +10,7 @@ It serves the pool BATON_POOL with the handler the tool expects, reading the com
 - {"op": "output_bytes", "bytes": N}: completes with {"data": "xxx..."} (N times 'x'); the library turns a
   result over 256 KiB into a step.failed that is not retryable
 - {"op": "sleep", "ms": N, "value": X}: waits N ms, then behaves as echo
+- {"op": "heartbeat", "ms": N, "value": X}: sends a step.heartbeat, then behaves as sleep
 """
 
 import logging
@@ -23,6 +24,9 @@ from baton_worker import StepFailure, Worker
 def handle(ctx):
     inp = ctx.input if isinstance(ctx.input, dict) else {}
     op = inp.get("op")
+    if op == "heartbeat":
+        ctx.heartbeat({"op": "heartbeat"})
+        op = "sleep"
     if op == "sleep":
         time.sleep(float(inp.get("ms", 0)) / 1000.0)
         op = "echo"
@@ -32,7 +36,7 @@ def handle(ctx):
         raise StepFailure(str(inp.get("error", "")), retryable=bool(inp.get("retryable", True)))
     if op == "output_bytes":
         return {"data": "x" * int(inp.get("bytes", 0))}
-    raise StepFailure(f"unknown op {op!r}: expected echo, fail, output_bytes or sleep", retryable=False)
+    raise StepFailure(f"unknown op {op!r}: expected echo, fail, output_bytes, sleep or heartbeat", retryable=False)
 
 
 def main() -> int:

@@ -29,7 +29,37 @@ def test_the_python_library_passes_baton_conformance(broker, baton_bin, tmp_path
         raise AssertionError(f"baton conformance did not finish within 300 s:\n{tool.output()}")
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("worker-*.log")))
     assert status == 0, f"{tool.output()}\n{logs}"
-    assert "FAIL" not in tool.output() and "10 passed, 0 failed" in tool.output()
+    assert "FAIL" not in tool.output() and "11 passed, 0 failed" in tool.output()
+
+
+def test_a_worker_that_drops_the_token_fails_the_token_case(broker, baton_bin, tmp_path, procs):
+    has = subprocess.run([str(baton_bin), "help", "conformance"], capture_output=True, text=True)
+    if has.returncode != 0:
+        pytest.skip(f"{baton_bin} has no `conformance` command")
+    # The conformance worker with a deliberate fault: its answers leave the command's token out.
+    broken = tmp_path / "tokenless_worker.py"
+    broken.write_text(
+        "import runpy\n"
+        "from baton_worker import protocol\n"
+        "answer = protocol._answer\n"
+        "def tokenless(command, kind):\n"
+        "    record = answer(command, kind)\n"
+        "    record.pop('token', None)\n"
+        "    return record\n"
+        "protocol._answer = tokenless\n"
+        f"runpy.run_path({str(EXAMPLES / 'conformance_worker.py')!r}, run_name='__main__')\n")
+    tool = procs("conformance", [str(baton_bin), "conformance", "--pool", "conformance.tokenless", "--worker",
+                                 f"{PYTHON} {broken}", "--brokers", broker, "--logs", str(tmp_path), "--case", "token"])
+    try:
+        status = tool.popen.wait(120)
+    except subprocess.TimeoutExpired:
+        tool.popen.send_signal(signal.SIGINT)
+        tool.popen.wait(30)
+        raise AssertionError(f"baton conformance did not finish within 120 s:\n{tool.output()}")
+    out = tool.output()
+    assert status == 1, out
+    assert any(line.startswith("FAIL token: ") and "has no token" in line for line in out.splitlines()), out
+    assert "a heartbeat for" in out and "0 passed, 1 failed" in out, out
 
 
 def test_partition_for_places_keys_where_librdkafkas_murmur2_random_does(broker):
