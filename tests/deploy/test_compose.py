@@ -205,3 +205,138 @@ def test_published_ports_are_bound_to_loopback(config):
         for port in service.get("ports", []):
             host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+
+
+# --- Keys (issue 19): each process sees the key files it needs, and no other -----------------------------
+
+KEY_FILES = {"signing.key", "trusted-keys.yaml", "result.secret"}
+# What each role must be given, by the subcommand it runs; every other service gets none (workers, triggers,
+# the CLI, the other one-shots). Only the `keys` one-shot, which makes them, sees all three.
+NEEDS = {"coordinator": {"trusted-keys.yaml", "result.secret"}, "serve": {"signing.key"}}
+KEY_VARIABLES = {"BATON_TRUSTED_KEYS": "trusted-keys.yaml", "BATON_RESULT_SECRET": "result.secret",
+                 "BATON_SIGNING_KEY": "signing.key"}
+
+
+def mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of each of a service's volumes."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, dict):
+            out.append((v["source"], v["target"], bool(v.get("read_only"))))
+        else:
+            parts = v.split(":")
+            out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return out
+
+
+def key_volumes(config: dict) -> dict[str, set[str]]:
+    """The key files each volume holds, read from the `keys` one-shot's script: `baton keys init DIR` puts all
+    three in the volume mounted at DIR, and each `cp FILE... DIR/` the named files in the one at DIR."""
+    shot = config["services"]["keys"]
+    at = {target: source for source, target, _ in mounts(shot)}
+    script = shot["command"][0]
+    held: dict[str, set[str]] = {}
+    (init,) = re.findall(r"baton keys init (\S+)", script)
+    held[at[init]] = set(KEY_FILES)
+    for args in re.findall(r"\bcp ([^&;|]+)", script):
+        *files, dest = args.split()
+        assert all(Path(f).name in KEY_FILES for f in files), f"the keys one-shot copies something else: {args}"
+        held.setdefault(at[dest.rstrip("/")], set()).update(Path(f).name for f in files)
+    return held
+
+
+def key_exposure(config: dict, variables: bool = True) -> dict[str, set[str]]:
+    """The key files each service can read: those of the key volumes it mounts, and (with `variables`) any
+    file a key variable of its environment names (BATON_KEYS_DIR means all three)."""
+    held = key_volumes(config)
+    seen: dict[str, set[str]] = {}
+    for name, service in config["services"].items():
+        files = set()
+        for source, _, _ in mounts(service):
+            files |= held.get(source, set())
+        env = service.get("environment") or {}
+        if variables:
+            files |= {f for var, f in KEY_VARIABLES.items() if env.get(var)}
+            if env.get("BATON_KEYS_DIR"):
+                files |= KEY_FILES
+        seen[name] = files
+    return seen
+
+
+def key_violations(config: dict) -> list[str]:
+    """What breaks the rule: a process that can read a key it does not need, or misses one it needs."""
+    problems = []
+    mounted = key_exposure(config, variables=False)
+    for name, files in key_exposure(config).items():
+        if name == "keys":
+            continue
+        command = config["services"][name].get("command") or [None]
+        role = command[0] if config["services"][name]["image"].startswith("baton") else None
+        needed = NEEDS.get(role, set())
+        if files - needed:
+            problems.append(f"{name} ({role or 'not baton'}) can read {sorted(files - needed)}")
+        if needed - mounted[name]:
+            problems.append(f"{name} ({role}) is not given {sorted(needed - mounted[name])}")
+    return problems
+
+
+def test_the_keys_one_shot_makes_the_keys_once_before_the_coordinators_and_serve_start(config):
+    shot = config["services"]["keys"]
+    assert shot["restart"] == "no"
+    script = shot["command"][0]
+    # `baton keys init` keeps what exists: the keys survive `docker-compose down` and `up` (a named volume).
+    (init,) = re.findall(r"baton keys init (\S+)", script)
+    volume = next(source for source, target, _ in mounts(shot) if target == init)
+    assert volume in config["volumes"], f"the keys are made into {volume}, which is not a named volume"
+    # Handed to the image's user, whom the coordinators and serve run as.
+    assert f"chown -R {image_uid()}:{image_uid()}" in script
+    for name, service in config["services"].items():
+        command = service.get("command") or [None]
+        if service["image"].startswith("baton") and command[0] in NEEDS:
+            assert service["depends_on"]["keys"] == {"condition": "service_completed_successfully"}, name
+
+
+def test_coordinators_get_the_trusted_keys_and_result_secret_and_serve_the_signing_key_read_only(config):
+    held = key_volumes(config)
+    given = {role: 0 for role in NEEDS}
+    for name, service in config["services"].items():
+        command = service.get("command") or [None]
+        if not service["image"].startswith("baton") or command[0] not in NEEDS:
+            continue
+        given[command[0]] += 1
+        for var, file in KEY_VARIABLES.items():
+            if file not in NEEDS[command[0]]:
+                continue
+            path = service["environment"].get(var)
+            assert path and Path(path).name == file, f"{name}: {var} does not name its {file}"
+            # The file the variable names is in a key volume holding it, mounted read-only.
+            mount = [(s, ro) for s, t, ro in mounts(service) if str(Path(path).parent) == t]
+            assert mount, f"{name}: nothing is mounted at {Path(path).parent} ({var})"
+            ((source, read_only),) = mount
+            assert file in held.get(source, set()), f"{name}: {source} does not hold {file}"
+            assert read_only, f"{name} mounts {source} writable"
+    assert given == {"coordinator": ROLES["coordinator"], "serve": ROLES["serve"]}
+
+
+def test_no_process_can_read_a_key_it_does_not_need(config):
+    assert key_violations(config) == []
+    # Only the one-shot that makes them sees every key.
+    assert [n for n, files in key_exposure(config).items() if files == KEY_FILES] == ["keys"]
+
+
+def test_the_key_check_catches_a_signing_key_given_to_a_worker_or_a_coordinator(config):
+    # The check above is real: mounting serve's key into the workers, or copying signing.key into the
+    # coordinators' volume, or pointing the triggers at a key folder, is each reported.
+    broken = yaml.safe_load(yaml.safe_dump(config))
+    broken["services"]["example-workers"]["volumes"] = ["server-key:/etc/baton/signing:ro"]
+    assert any(p.startswith("example-workers") and "signing.key" in p for p in key_violations(broken))
+    broken = yaml.safe_load(yaml.safe_dump(config))
+    broken["services"]["keys"]["command"][0] = broken["services"]["keys"]["command"][0].replace(
+        "/keys/result.secret /coordinator-keys/", "/keys/result.secret /keys/signing.key /coordinator-keys/")
+    assert any(p.startswith("coordinator-1") and "signing.key" in p for p in key_violations(broken))
+    broken = yaml.safe_load(yaml.safe_dump(config))
+    broken["services"]["triggers"]["environment"]["BATON_KEYS_DIR"] = "/keys"
+    assert any(p.startswith("triggers") for p in key_violations(broken))
+    broken = yaml.safe_load(yaml.safe_dump(config))
+    broken["services"]["serve"]["volumes"] = [v for v in broken["services"]["serve"]["volumes"] if "server-key" not in str(v)]
+    assert any(p.startswith("serve") and "not given ['signing.key']" in p for p in key_violations(broken))

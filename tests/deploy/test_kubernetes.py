@@ -340,3 +340,156 @@ def test_production_points_every_client_at_the_tls_sasl_settings():
     assert not refused & set(props)
     # No Secret with credentials is committed for production: the operator makes them.
     assert not [r for r in resources if r["kind"] == "Secret"]
+
+
+# --- Keys (issue 19): each pod sees the key files it needs, and no other ---------------------------------
+
+KEY_FILES = {"signing.key", "trusted-keys.yaml", "result.secret"}
+# The Secrets the operator makes from `baton keys init` (docs/deploy.md, "Keys"), and the files each holds.
+KEY_SECRETS = {"baton-coordinator-keys": {"trusted-keys.yaml", "result.secret"}, "baton-server-signing-key": {"signing.key"}}
+KEY_VARIABLES = {"BATON_TRUSTED_KEYS": "trusted-keys.yaml", "BATON_RESULT_SECRET": "result.secret",
+                 "BATON_SIGNING_KEY": "signing.key"}
+# What each workload must be given; every other one (workers, triggers, Jobs) gets none.
+NEEDS = {"baton-coordinator": {"trusted-keys.yaml", "result.secret"}, "baton-serve": {"signing.key"}}
+
+
+def pod_specs(resources: list[dict]) -> dict[str, dict]:
+    """Every pod template, by its workload's kind and name."""
+    out = {}
+    for r in resources:
+        if r["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            out[f"{r['kind']}/{r['metadata']['name']}"] = r["spec"]["template"]["spec"]
+        elif r["kind"] == "CronJob":
+            out[f"{r['kind']}/{r['metadata']['name']}"] = r["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return out
+
+
+def secret_files(source: dict) -> set[str]:
+    """The key files a secret volume source (or a projected volume's secret source) puts in the pod: the key
+    files its items name (whatever the Secret), else all a key Secret holds. (No other Secret may hold a key
+    file: checked on the rendered Secrets.)"""
+    if source.get("items"):
+        return {i["key"] for i in source["items"]} & KEY_FILES
+    return set(KEY_SECRETS.get(source.get("secretName") or source.get("name"), set()))
+
+
+def volume_files(volume: dict) -> set[str]:
+    if "secret" in volume:
+        return secret_files(volume["secret"])
+    if "projected" in volume:
+        return set().union(*(secret_files(s["secret"]) for s in volume["projected"]["sources"] if "secret" in s))
+    return set()
+
+
+def pod_keys(pod: dict, config_maps: dict[str, dict]) -> tuple[set[str], set[str], list[str]]:
+    """(the key files the pod's containers mount, the ones they can read by any means, and the problems with
+    the variables that name them: a variable naming a file that is not mounted at that path)."""
+    volumes = {v["name"]: volume_files(v) for v in pod.get("volumes", [])}
+    mounted: set[str] = set()
+    readable: set[str] = set()
+    problems = []
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        at = {m["mountPath"]: volumes.get(m["name"], set()) for m in container.get("volumeMounts", [])}
+        for files in at.values():
+            mounted |= files
+        env = {e["name"]: e for e in container.get("env", [])}
+        for ref in container.get("envFrom", []):
+            if "configMapRef" in ref:
+                for var, value in config_maps.get(ref["configMapRef"]["name"], {}).items():
+                    env.setdefault(var, {"name": var, "value": value})
+            if "secretRef" in ref:
+                readable |= KEY_SECRETS.get(ref["secretRef"]["name"], set())
+        for var, e in env.items():
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                readable |= KEY_SECRETS.get(ref["name"], set()) & {ref["key"]}
+            if var == "BATON_KEYS_DIR":
+                readable |= KEY_FILES
+            if var in KEY_VARIABLES:
+                readable.add(KEY_VARIABLES[var])
+                path = Path(e.get("value", ""))
+                if path.name != KEY_VARIABLES[var] or KEY_VARIABLES[var] not in at.get(str(path.parent), set()):
+                    problems.append(f"{container['name']}: {var}={e.get('value')} is not a mounted {KEY_VARIABLES[var]}")
+    return mounted, mounted | readable, problems
+
+
+def key_violations(resources: list[dict]) -> list[str]:
+    config_maps = {r["metadata"]["name"]: r.get("data", {}) for r in resources if r["kind"] == "ConfigMap"}
+    problems = []
+    for workload, pod in pod_specs(resources).items():
+        needed = NEEDS.get(workload.split("/", 1)[1] if workload.startswith("Deployment/") else "", set())
+        mounted, readable, wrong = pod_keys(pod, config_maps)
+        problems += [f"{workload}: {p}" for p in wrong]
+        if readable - needed:
+            problems.append(f"{workload} can read {sorted(readable - needed)}")
+        if needed - mounted:
+            problems.append(f"{workload} is not given {sorted(needed - mounted)}")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_coordinators_get_the_trusted_keys_and_result_secret_and_serve_the_signing_key(overlay):
+    resources = kustomize(overlay)
+    assert key_violations(resources) == []
+    deployments = by_kind(resources, "Deployment")
+    for name, files in NEEDS.items():
+        (container,) = containers(deployments[name])
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert {KEY_VARIABLES[v] for v in env if v in KEY_VARIABLES} == files, f"{name}'s key variables"
+        # Mounted read-only, from the Secret named in the docs, with only these files.
+        volumes = {v["name"]: v for v in deployments[name]["spec"]["template"]["spec"]["volumes"]}
+        for mount in container["volumeMounts"]:
+            source = volumes[mount["name"]].get("secret", {})
+            if source.get("secretName") in KEY_SECRETS:
+                assert mount.get("readOnly") is True, f"{name} mounts {source['secretName']} writable"
+                assert {i["key"] for i in source["items"]} == files == KEY_SECRETS[source["secretName"]]
+    # No key material is committed: the operator makes the two Secrets (the overlays only name them), and no
+    # generated Secret holds a key file.
+    for secret in (r for r in resources if r["kind"] == "Secret"):
+        assert secret["metadata"]["name"] not in KEY_SECRETS
+        assert not set(secret.get("data", {})) & KEY_FILES, f"{secret['metadata']['name']} holds a key"
+    # Not in the ConfigMap every role reads.
+    assert not set(config_map(resources)) & (set(KEY_VARIABLES) | {"BATON_KEYS_DIR"})
+
+
+def test_the_key_check_catches_a_signing_key_given_to_a_worker_or_a_coordinator():
+    resources = kustomize("production")
+
+    def broken(change) -> list[str]:
+        copy = [yaml.safe_load(yaml.safe_dump(r)) for r in resources]
+        change({f"{r['kind']}/{r['metadata']['name']}": r for r in copy})
+        return key_violations(copy)
+
+    def mount_signing_key(workload: dict) -> None:
+        pod = workload["spec"]["template"]["spec"]
+        pod["volumes"].append({"name": "signing-key", "secret": {"secretName": "baton-server-signing-key"}})
+        pod["containers"][0]["volumeMounts"].append({"name": "signing-key", "mountPath": "/etc/baton/signing", "readOnly": True})
+
+    worker = next(n for n, d in by_kind(resources, "Deployment").items() if n.startswith("worker-"))
+    assert any(p.startswith(f"Deployment/{worker} can read ['signing.key']") for p in broken(lambda r: mount_signing_key(r[f"Deployment/{worker}"])))
+    assert any(p.startswith("Deployment/baton-coordinator can read ['signing.key']")
+               for p in broken(lambda r: mount_signing_key(r["Deployment/baton-coordinator"])))
+
+    # A signing.key added to the coordinators' Secret's items, the triggers pointed at a key folder, the key
+    # variables put in the shared ConfigMap, and serve without its key: each reported.
+    def add_item(r):
+        vol = next(v for v in r["Deployment/baton-coordinator"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "keys")
+        vol["secret"]["items"].append({"key": "signing.key", "path": "signing.key"})
+    assert any("baton-coordinator can read ['signing.key']" in p for p in broken(add_item))
+
+    def keys_dir(r):
+        r["Deployment/baton-triggers"]["spec"]["template"]["spec"]["containers"][0].setdefault("env", []).append(
+            {"name": "BATON_KEYS_DIR", "value": "/etc/baton/keys"})
+    assert any(p.startswith("Deployment/baton-triggers can read") for p in broken(keys_dir))
+
+    def shared(r):
+        name = next(n for n in r if n.startswith("ConfigMap/baton-config"))
+        r[name]["data"]["BATON_SIGNING_KEY"] = "/etc/baton/signing/signing.key"
+    assert any(p.startswith(f"Deployment/{worker}") for p in broken(shared))
+
+    def no_key(r):
+        pod = r["Deployment/baton-serve"]["spec"]["template"]["spec"]
+        pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] != "signing-key"]
+    problems = broken(no_key)
+    assert "Deployment/baton-serve is not given ['signing.key']" in problems
+    assert any("BATON_SIGNING_KEY" in p and "not a mounted" in p for p in problems)
