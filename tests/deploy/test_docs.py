@@ -54,3 +54,21 @@ def test_what_was_validated_names_the_validators_and_their_versions():
     images = re.findall(r"\$\{[A-Z_]+:-([^}]+)\}", COMPOSE.read_text())
     for image in {i for i in images if "/" in i and ":" in i}:
         assert image in text, f"the compose image {image} is not named"
+
+
+def test_the_keys_section_says_who_gets_which_key_how_to_rotate_and_the_acls():
+    text = section("Keys")
+    deploy = "\n".join(p.read_text() for p in (REPO / "deploy").rglob("*.yaml")) + COMPOSE.read_text()
+    # The names the deploy files use, and the variables the processes read (Sources/BatonRuntime/KeySettings.swift).
+    settings = (REPO / "Sources" / "BatonRuntime" / "KeySettings.swift").read_text()
+    for name in ("baton-coordinator-keys", "baton-server-signing-key", "coordinator-keys", "server-key"):
+        assert f"`{name}`" in text and name in deploy, f"{name} is not named in the section or not used in deploy/"
+    for variable in ("BATON_TRUSTED_KEYS", "BATON_RESULT_SECRET", "BATON_SIGNING_KEY", "BATON_KEYS_DIR"):
+        assert variable in text and f'"{variable}"' in settings, variable
+    for file in ("signing.key", "trusted-keys.yaml", "result.secret"):
+        assert f"`{file}`" in text and f'"{file}"' in settings, file
+    for phrase in ("baton keys init", "baton keys add-operator", "stop-the-world", "bad-token", "5 minutes", "kafka-acls.sh"):
+        assert phrase in text, f"'{phrase}' is missing from the Keys section"
+    # An ACL example for each role that holds a principal of its own.
+    for principal in ("User:worker-", "User:baton-coordinator", "User:baton-serve"):
+        assert principal in text
