@@ -275,37 +275,28 @@ public final class BatonClient: Sendable {
 
     // MARK: Definitions
 
-    /// Checks a definition and registers it. A version is immutable: registering the same version with
-    /// another content is refused; registering it again unchanged does nothing.
+    /// Checks a definition and registers it. A version is immutable and first-wins: registering the same
+    /// version with another content throws `DefinitionConflict` (naming what is registered); registering it
+    /// again unchanged does nothing. `registration` says which of the two happened.
     @discardableResult
     public func register(document: Data, source: String? = nil) async throws -> Workflow {
-        let workflow = try DefinitionLoader.load(document, source: source, namespace: names.namespace)
-        let key = DefinitionRecord.key(workflow.id, workflow.version)
-        let text = String(decoding: document, as: UTF8.self)
-        var existing: DefinitionRecord?
-        try await readAll(names.definitions) { m in
-            if m.keyString == key, let value = m.value { existing = try? Wire.decode(DefinitionRecord.self, from: value) }
-        }
-        if let existing {
-            if existing.document == text { return workflow }
-            throw ClientError("\(workflow.id) version \(workflow.version) is registered already with a different content; give the changed definition a new version")
-        }
-        let pools = Set(workflow.steps.flatMap { step in [step.hasWorker ? step.pool : nil, step.compensation?.pool].compactMap { $0 } })
-        try await CommandTopics(admin: admin, logger: logger).ensure(Set(pools.map { names.commands($0) }))
-        let record = DefinitionRecord(workflowID: workflow.id, version: workflow.version, document: text, registeredAt: Self.now())
-        try await producer.send(ProducerRecord(topic: names.definitions, key: Data(key.utf8), value: Wire.encode(record), headers: headers(.definition)))
-        return workflow
+        try await registration(document: document, source: source).workflow
     }
 
-    /// A registered definition (the latest version when nil).
+    /// A registered definition (the latest version when nil), as every reader decides it (`DefinitionLog`).
     public func definition(_ workflowID: String, version: Int?) async throws -> Workflow? {
-        var found: [Int: DefinitionRecord] = [:]
-        try await readAll(names.definitions) { m in
-            guard let value = m.value, let record = try? Wire.decode(DefinitionRecord.self, from: value), record.workflowID == workflowID else { return }
-            found[record.version] = record
+        var log = DefinitionLog()
+        let partitions: [TopicPartition]
+        if let version {
+            let count = try await partitionCount(names.definitions)
+            partitions = [TopicPartition(names.definitions, DefinitionLog.partition(workflowID: workflowID, version: version, partitionCount: count))]
+        } else {
+            partitions = (0..<Int32(try await partitionCount(names.definitions))).map { TopicPartition(names.definitions, $0) }
         }
-        guard let record = version.flatMap({ found[$0] }) ?? (version == nil ? found.max(by: { $0.key < $1.key })?.value : nil) else { return nil }
-        return try DefinitionLoader.load(Data(record.document.utf8), source: DefinitionRecord.key(record.workflowID, record.version))
+        // Every reader skips a record it cannot read (the rule is over readable records).
+        try await readToEnd(partitions) { m in _ = try? log.apply(key: m.keyString, value: m.value) }
+        guard let entry = version.map({ log.winner(workflowID, $0) }) ?? log.latest(workflowID) else { return nil }
+        return try DefinitionLoader.load(Data(entry.record.document.utf8), source: DefinitionRecord.key(entry.record.workflowID, entry.record.version))
     }
 
     // MARK: Tasks

@@ -26,7 +26,10 @@ struct Store: Sendable {
     /// Outputs by instance, then by record key (as stored: decoded only when asked for).
     var outputs: [String: [String: Data]] = [:]
     var tasks: [String: TaskRecord] = [:]
+    /// The winning registration of each version (`<id>@<version>`), as `definitionLog` decides.
     var definitions: [String: DefinitionEntry] = [:]
+    /// The registrations read, decided by the rule every reader shares (`DefinitionLog`: first per version wins).
+    var definitionLog = DefinitionLog()
     var alerts: Deque<AlertEntry> = []
     var deadLetters: Deque<DeadLetterEntry> = []
     let recentAlerts: Int
@@ -112,12 +115,12 @@ struct Store: Sendable {
     }
 
     mutating func applyDefinition(_ m: KafkaMessage) throws -> ReadModelChange? {
-        guard let key = m.keyString else { return nil }
-        guard let value = m.value else {
+        guard let change = try definitionLog.apply(key: m.keyString, value: m.value) else { return nil }
+        let key = change.version
+        guard let record = change.winner?.record else {
             definitions[key] = nil
             return ReadModelChange(kind: .definition, id: key, removed: true)
         }
-        let record = try Wire.decode(DefinitionRecord.self, from: value)
         var entry = DefinitionEntry(record: record)
         do {
             entry.workflow = try DefinitionLoader.load(Data(record.document.utf8), source: key)

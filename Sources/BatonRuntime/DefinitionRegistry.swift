@@ -11,6 +11,9 @@ public final class DefinitionRegistry: Sendable {
     let names: TopicNames
     let logger: Logger
     struct Known {
+        /// The registrations read, decided by the rule every reader shares (first per version wins).
+        var log = DefinitionLog()
+        /// The winning workflow of each version (`<id>@<version>`) whose document loads.
         var workflows: [String: Workflow] = [:]
         var latest: [String: Int] = [:]
         var atEnd: [Int32: Bool] = [:]
@@ -71,24 +74,40 @@ public final class DefinitionRegistry: Sendable {
         }
     }
 
+    /// Reads one record of the definitions topic: the version's winner (`DefinitionLog`) is what runs.
     func apply(_ message: KafkaMessage) {
-        guard let value = message.value else { return }
-        do {
-            guard try Wire.kind(of: value) == .definition else { throw Wire.DecodeError("not a definition record") }
-            let record = try Wire.decode(DefinitionRecord.self, from: value)
-            let workflow = try DefinitionLoader.load(
-                Data(record.document.utf8), source: DefinitionRecord.key(record.workflowID, record.version), namespace: names.namespace)
-            guard workflow.id == record.workflowID, workflow.version == record.version else {
-                throw Wire.DecodeError("the record says \(record.workflowID)@\(record.version) but the document is \(workflow.id)@\(workflow.version)")
+        known.withLock { k in
+            let change: DefinitionLog.Change?
+            do {
+                change = try k.log.apply(key: message.keyString, value: message.value)
+            } catch {
+                logger.error("ignoring a bad definition record", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
+                return
             }
-            known.withLock { k in
-                let key = DefinitionRecord.key(workflow.id, workflow.version)
-                if k.workflows[key] != workflow { k.added += 1 }
-                k.workflows[key] = workflow
-                k.latest[workflow.id] = max(k.latest[workflow.id] ?? 0, workflow.version)
+            guard let change else { return }
+            if let winner = change.winner {
+                do {
+                    let record = winner.record
+                    let workflow = try DefinitionLoader.load(Data(record.document.utf8), source: change.version, namespace: names.namespace)
+                    guard workflow.id == record.workflowID, workflow.version == record.version else {
+                        throw Wire.DecodeError("the record says \(change.version) but the document is \(workflow.id)@\(workflow.version)")
+                    }
+                    if k.workflows[change.version] != workflow { k.added += 1 }
+                    k.workflows[change.version] = workflow
+                } catch {
+                    // The version's winner does not load: the version cannot run (a later registration does not replace it).
+                    k.workflows[change.version] = nil
+                    logger.error(
+                        "the registered definition \(change.version) does not load; instances of it cannot run",
+                        metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
+                }
+            } else {
+                k.workflows[change.version] = nil
             }
-        } catch {
-            logger.error("ignoring a bad definition record", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
+            if let at = change.version.lastIndex(of: "@") {
+                let id = String(change.version[..<at])
+                k.latest[id] = k.log.latest(id).map(\.record.version)
+            }
         }
     }
 

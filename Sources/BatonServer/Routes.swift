@@ -358,12 +358,12 @@ extension BatonService {
             return JSONBody(DeadLetterJSON(entry))
         }
         v1.post("deadletters/{id}/republish") { request, context -> Response in
-            _ = try context.requireOperator()
+            let p = try context.requireOperator()
             let id = try pathID(context, "id", what: "dead letter id")
             struct Body: Decodable { var value: JSON? }
             let data = try await request.bodyData(context: context)
             let body: Body = data.isEmpty ? Body(value: nil) : try Request.decode(Body.self, from: data)
-            let report = try await republish(id, value: body.value)
+            let report = try await republish(id, value: body.value, by: p)
             return try JSONBody(["topic": .string(report.topicPartition.topic), "partition": .number(Double(report.topicPartition.partition)), "offset": .number(Double(report.offset))] as [String: JSON], status: .accepted)
                 .response(from: request, context: context)
         }
@@ -395,23 +395,6 @@ extension BatonService {
                 })
         }
         return JSONBody(body)
-    }
-
-    /// Sends a dead letter's record again to where it came from (or `value` in its place), with its key and
-    /// own headers. Only records from this namespace's topics go back.
-    func republish(_ id: String, value: JSON?) async throws -> DeliveryReport {
-        guard let entry = model.deadLetter(id) else { throw Problem.notFound("no dead letter '\(id)' among the latest kept") }
-        guard let topic = entry.sourceTopic, let partition = entry.sourcePartition else {
-            throw Problem.conflict("dead letter '\(id)' does not say where it came from")
-        }
-        let prefix = model.names.namespace.isEmpty ? "" : model.names.namespace + "."
-        guard topic.hasPrefix(prefix), topic != model.names.deadletter else { throw Problem.conflict("dead letter '\(id)' came from \(topic), not an engine topic of this namespace") }
-        let bytes: Data?
-        if let value { bytes = value.encoded() } else {
-            guard entry.isWhole else { throw Problem.conflict("dead letter '\(id)' kept only part of its value (\(entry.originalSize) bytes); send a 'value' to publish instead") }
-            bytes = entry.value
-        }
-        return try await client.produce(ProducerRecord(topic: topic, partition: partition, key: entry.key, value: bytes, headers: entry.headers))
     }
 
     static func version(_ context: ServerContext) throws -> Int {

@@ -288,7 +288,10 @@ public struct BatonService: Sendable {
 
     public enum RegisterOutcome: String, Codable, Sendable { case registered, unchanged }
 
-    /// Registers a definition (JSON or YAML text); the same id and version with another content is a 409.
+    /// Registers a definition (JSON or YAML text), first-wins: the same id and version with another content
+    /// is a 409 naming what is registered (its document and `registered_at`), also when it came first by a
+    /// moment in a concurrent registration (`BatonClient.registration` reads its own record back and decides
+    /// by the rule every reader applies).
     func register(_ document: Data) async throws -> (Workflow, RegisterOutcome) {
         let workflow: Workflow
         do {
@@ -297,17 +300,30 @@ public struct BatonService: Sendable {
             throw Problem(.unprocessableContent, "invalid-definition", "\(error)")
         }
         let text = String(decoding: document, as: UTF8.self)
+        func conflict(_ registered: DefinitionRecord) -> Problem {
+            Problem.conflict(
+                "\(workflow.id) version \(workflow.version) is registered already with another content; give the changed definition a new version",
+                extra: [
+                    "registered": .object([
+                        "workflow_id": .string(registered.workflowID), "version": .number(Double(registered.version)),
+                        "registered_at": .number(Double(registered.registeredAt)), "document": .string(registered.document),
+                    ])
+                ])
+        }
         if let (record, _) = model.definition(workflow.id, version: workflow.version) {
             if record.document == text { return (workflow, .unchanged) }
-            throw Problem.conflict(
-                "\(workflow.id) version \(workflow.version) is registered already with another content; give the changed definition a new version")
+            throw conflict(record)
         }
+        let registration: Registration
         do {
-            try await client.register(document: document, source: "body")
-        } catch let error as ClientError {
-            throw Problem.conflict(error.description)
+            registration = try await client.registration(document: document, source: "body")
+        } catch let error as DefinitionConflict {
+            throw conflict(error.registered)
+        } catch let error as DefinitionErrors {
+            throw Problem(.unprocessableContent, "invalid-definition", error.description)
         }
-        _ = await model.wait(timeout: applyTimeout) { $0.definition(workflow.id, version: workflow.version) != nil ? true : nil }
-        return (workflow, .registered)
+        // Answered once the read model shows the version's winner, so that a start right after finds it.
+        _ = await model.wait(timeout: applyTimeout) { $0.definition(workflow.id, version: workflow.version)?.record == registration.record ? true : nil }
+        return (workflow, registration.outcome == .registered ? .registered : .unchanged)
     }
 }

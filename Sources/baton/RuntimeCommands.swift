@@ -204,10 +204,18 @@ struct Definitions: AsyncParsableCommand {
                     let data: Data
                     do { data = try Data(contentsOf: URL(fileURLWithPath: file)) } catch { throw CLIFailure("\(file): cannot read: \(error.localizedDescription)") }
                     do {
-                        let workflow = try await client.register(document: data, source: file)
-                        print("\(file): registered \(workflow.id) v\(workflow.version)")
+                        let registration = try await client.registration(document: data, source: file)
+                        let workflow = registration.workflow
+                        switch registration.outcome {
+                        case .registered: print("\(file): registered \(workflow.id) v\(workflow.version)")
+                        case .unchanged: print("\(file): \(workflow.id) v\(workflow.version) is registered already with the same content; unchanged")
+                        }
                     } catch let errors as DefinitionErrors {
                         throw CLIFailure(errors.description)
+                    } catch let conflict as DefinitionConflict {
+                        // Exit status 3: the version is taken by another text (shown), as for a conflicting start.
+                        FileHandle.standardError.write(Data("Error: \(file): conflict: \(conflict.description); registered:\n\(conflict.registered.document)\n".utf8))
+                        throw ExitCode(3)
                     }
                 }
             }

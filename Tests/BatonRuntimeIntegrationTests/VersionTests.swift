@@ -36,7 +36,7 @@ struct VersionTests {
               - { id: release, type: svc, depends_on: [review] }
             """)
         // A registered version is immutable: the same version with other content is refused.
-        await #expect(throws: ClientError.self) {
+        await #expect(throws: DefinitionConflict.self) {
             try await engine.client.register(document: Data("workflow_id: doc\nversion: 2\nsteps: [{ id: x, type: svc }]".utf8))
         }
         let new = try await engine.start("doc", id: "new")
