@@ -72,7 +72,8 @@ let package = Package(
             swiftSettings: strict
         ),
         // The wire protocol: what every record on every engine topic looks like. Pure.
-        .target(name: "BatonWire", dependencies: ["BatonCore"], swiftSettings: strict),
+        // Signatures of authority records (Ed25519) and result tokens (HMAC) through swift-crypto.
+        .target(name: "BatonWire", dependencies: ["BatonCore", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         // The saga coordinator: events in, commands, state and effects out, in Kafka transactions.
         .target(
             name: "BatonCoordinator",
@@ -214,6 +215,7 @@ let package = Package(
             dependencies: [
                 "BatonCore", "BatonWire",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
         ),

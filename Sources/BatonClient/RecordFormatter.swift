@@ -228,7 +228,7 @@ public struct RecordFormatter: Sendable {
         case .eventReceived(let step, let attempt, let mailbox, let record):
             return unit(step, nil, attempt) + [.init("record", .string(record.id)), .init("mailbox", .string(mailbox)), short("value", record.value)]
         case .signal(let name, let data, let by, let request):
-            return [.init("name", .string(name)), short("data", data), .init("by", .string(by)), .init("request_id", .string(request))]
+            return [.init("name", .string(name)), short("data", data)] + (by.map { [.init("by", .string($0))] } ?? []) + [.init("request_id", .string(request))]
         }
     }
 

@@ -201,7 +201,7 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     case eventReceived(step: String, attempt: Int, mailbox: String, event: EventRecord)
     /// Named data for the instance: kept for conditions and templates (`$.signals.<name>`), and completing a
     /// `signal` step waiting for it. The request id makes a signal sent twice count once.
-    case signal(name: String, data: JSON, by: String, request: String)
+    case signal(name: String, data: JSON, by: String?, request: String)
 
     /// The step the event names, if it names one.
     public var step: String? {

@@ -328,6 +328,8 @@ public struct DecisionMessage: Codable, Sendable, Hashable {
     public var requestID: String?
     /// Decide although another person claimed the task (an admin's decision).
     public var override: Bool?
+    /// The signature that proves who decides (see `AuthorityProof`); a decision without a valid one is refused.
+    public var auth: AuthorityProof?
 
     public init(
         instanceID: String, taskID: String?, step: String, attempt: Int, approved: Bool, by: String, comment: String?, data: JSON? = nil,
@@ -346,7 +348,7 @@ public struct DecisionMessage: Codable, Sendable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, approved, by, comment, data, requestID = "request_id", override
+        case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, approved, by, comment, data, requestID = "request_id", override, auth
     }
 }
 
@@ -363,6 +365,8 @@ public struct ClaimMessage: Codable, Sendable, Hashable {
     public var requestID: String?
     /// Take the task from whoever holds it (an admin assigning it).
     public var override: Bool?
+    /// The signature that proves who claims (see `AuthorityProof`).
+    public var auth: AuthorityProof?
 
     public init(
         instanceID: String, taskID: String?, step: String, attempt: Int, claimant: String?, by: String, requestID: String?, override: Bool? = nil
@@ -378,7 +382,7 @@ public struct ClaimMessage: Codable, Sendable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, claimant, by, requestID = "request_id", override
+        case v, kind, instanceID = "instance_id", taskID = "task_id", step, attempt, claimant, by, requestID = "request_id", override, auth
     }
 }
 
@@ -395,6 +399,8 @@ public struct OperatorMessage: Codable, Sendable, Hashable {
     public var by: String
     /// Unique per request: a request delivered twice is applied once.
     public var requestID: String
+    /// The signature that proves which operator acts (see `AuthorityProof`).
+    public var auth: AuthorityProof?
 
     public init(instanceID: String, command: Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String, requestID: String) {
         self.instanceID = instanceID
@@ -406,7 +412,7 @@ public struct OperatorMessage: Codable, Sendable, Hashable {
         self.requestID = requestID
     }
 
-    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", command, step, output, reason, by, requestID = "request_id" }
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", command, step, output, reason, by, requestID = "request_id", auth }
 }
 
 /// A durable timer that came due, sent by the coordinator to the instance's events partition and applied
@@ -436,12 +442,15 @@ public struct SignalMessage: Codable, Sendable, Hashable {
     public var name: String
     /// Null or absent: `true`.
     public var data: JSON?
-    public var by: String
+    /// The person who sends it; absent for a service's signal. A signal that names a person must be signed.
+    public var by: String?
     /// Unique per request: a signal sent twice with the same one counts once.
     public var requestID: String
     public var sentAt: Int64?
+    /// The signature that proves who sends it, when it names a person (see `AuthorityProof`).
+    public var auth: AuthorityProof?
 
-    public init(instanceID: String, name: String, data: JSON?, by: String, requestID: String, sentAt: Int64?) {
+    public init(instanceID: String, name: String, data: JSON?, by: String?, requestID: String, sentAt: Int64?) {
         self.instanceID = instanceID
         self.name = name
         self.data = data
@@ -450,7 +459,7 @@ public struct SignalMessage: Codable, Sendable, Hashable {
         self.sentAt = sentAt
     }
 
-    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", name, data, by, requestID = "request_id", sentAt = "sent_at" }
+    enum CodingKeys: String, CodingKey { case v, kind, instanceID = "instance_id", name, data, by, requestID = "request_id", sentAt = "sent_at", auth }
 }
 
 /// A record from a business topic for a mailbox (`event.published`, from `baton triggers`), or one given back by
@@ -511,6 +520,27 @@ public struct MailboxSnapshot: Codable, Sendable, Hashable {
     public init(mailbox: Mailbox) { self.mailbox = mailbox }
 }
 
+/// An events-topic record decoded, with what it carries to prove who sent it.
+public struct DecodedEvent: Sendable {
+    public var message: EventMessage
+    public var credentials: Credentials
+
+    public init(_ message: EventMessage, _ credentials: Credentials = .none) {
+        self.message = message
+        self.credentials = credentials
+    }
+}
+
+/// What a record carries to prove who sent it.
+public enum Credentials: Sendable {
+    /// Nothing: a start, a timer, a mailbox's record, a service's signal.
+    case none
+    /// A result or heartbeat: the token of its command, echoed (nil: none was sent).
+    case token(String?)
+    /// A decision, claim, operator action or a person's signal: checked with `TrustedKeys.verify`.
+    case authority(any AuthorityRecord)
+}
+
 /// What arrives on the events topic, decoded.
 public enum EventMessage: Sendable, Hashable {
     case start(StartMessage)
@@ -526,45 +556,52 @@ public enum EventMessage: Sendable, Hashable {
         }
     }
 
-    /// Decodes an events-topic record, or says exactly what is wrong with it. Starts, results and timers are
-    /// read by hand in one pass when they are well formed; everything else, and anything they refuse, is read
-    /// with `JSONDecoder`, which accepts it or gives the reason.
-    public static func decode(_ data: Data) throws(Wire.DecodeError) -> EventMessage {
+    /// Decodes an events-topic record, or says exactly what is wrong with it (`decodeRecord`, without what
+    /// proves its sender).
+    public static func decode(_ data: Data) throws(Wire.DecodeError) -> EventMessage { try decodeRecord(data).message }
+
+    /// Decodes an events-topic record with what it carries to prove who sent it, or says exactly what is wrong
+    /// with it. Starts, results and timers are read by hand in one pass when they are well formed; everything
+    /// else, and anything they refuse, is read with `JSONDecoder`, which accepts it or gives the reason.
+    public static func decodeRecord(_ data: Data) throws(Wire.DecodeError) -> DecodedEvent {
         if data.count <= Wire.maxRecordBytes, let (kind, start, result, timer) = fastDecode(data) {
-            if let start { return try validated(start) }
-            if let result { return try validated(result, kind: kind, size: data.count) }
-            if let timer { return timerEvent(timer) }
+            if let start { return DecodedEvent(try validated(start)) }
+            if let result { return DecodedEvent(try validated(result, kind: kind, size: data.count), .token(result.token)) }
+            if let timer { return DecodedEvent(timerEvent(timer)) }
         }
         let kind = try Wire.kind(of: data)
         switch kind {
         case .start:
-            return try validated(Wire.decode(StartMessage.self, from: data))
+            return DecodedEvent(try validated(Wire.decode(StartMessage.self, from: data)))
         case .stepCompleted, .stepFailed, .compensationCompleted, .compensationFailed:
-            return try validated(Wire.decode(ResultMessage.self, from: data), kind: kind, size: data.count)
+            let m = try Wire.decode(ResultMessage.self, from: data)
+            return DecodedEvent(try validated(m, kind: kind, size: data.count), .token(m.token))
         case .taskDecided:
             let m = try Wire.decode(DecisionMessage.self, from: data)
             try checkAttempt(m.attempt)
             if let data = m.data, data.encodedSize > Wire.maxResultBytes {
                 throw Wire.DecodeError("field 'data' is \(data.encodedSize) bytes, more than the limit of \(Wire.maxResultBytes)")
             }
-            return .event(
+            return DecodedEvent(.event(
                 instanceID: m.instanceID,
                 .taskDecided(
                     step: m.step, attempt: m.attempt, approved: m.approved, by: m.by, comment: m.comment, data: m.data, request: m.requestID,
-                    override: m.override ?? false))
+                    override: m.override ?? false)), .authority(m))
         case .taskClaimed:
             let m = try Wire.decode(ClaimMessage.self, from: data)
             try checkAttempt(m.attempt)
-            return .event(
-                instanceID: m.instanceID,
-                .taskClaimed(step: m.step, attempt: m.attempt, claimant: m.claimant, by: m.by, request: m.requestID, override: m.override ?? false))
+            return DecodedEvent(
+                .event(
+                    instanceID: m.instanceID,
+                    .taskClaimed(step: m.step, attempt: m.attempt, claimant: m.claimant, by: m.by, request: m.requestID, override: m.override ?? false)),
+                .authority(m))
         case .stepHeartbeat:
             let m = try Wire.decode(HeartbeatMessage.self, from: data)
             try checkAttempt(m.attempt)
             if let details = m.details, details.encodedSize > Wire.maxProgressBytes {
                 throw Wire.DecodeError("field 'details' is \(details.encodedSize) bytes, more than the limit of \(Wire.maxProgressBytes)")
             }
-            return .event(instanceID: m.instanceID, .heartbeat(step: m.step, item: m.item, attempt: m.attempt, details: m.details))
+            return DecodedEvent(.event(instanceID: m.instanceID, .heartbeat(step: m.step, item: m.item, attempt: m.attempt, details: m.details)), .token(m.token))
         case .operatorCommand:
             let m = try Wire.decode(OperatorMessage.self, from: data)
             let event: SagaEvent
@@ -576,9 +613,9 @@ public enum EventMessage: Sendable, Hashable {
                 guard let step = m.step else { throw Wire.DecodeError("skip needs a step") }
                 event = .skip(step: step, output: m.output, by: m.by, request: m.requestID)
             }
-            return .event(instanceID: m.instanceID, event)
+            return DecodedEvent(.event(instanceID: m.instanceID, event), .authority(m))
         case .timerFired:
-            return timerEvent(try Wire.decode(TimerMessage.self, from: data))
+            return DecodedEvent(timerEvent(try Wire.decode(TimerMessage.self, from: data)))
         case .signal:
             let m = try Wire.decode(SignalMessage.self, from: data)
             guard !m.name.isEmpty else { throw Wire.DecodeError("field 'name' must not be empty") }
@@ -587,20 +624,22 @@ public enum EventMessage: Sendable, Hashable {
             if payload.encodedSize > Wire.maxResultBytes {
                 throw Wire.DecodeError("field 'data' is \(payload.encodedSize) bytes, more than the limit of \(Wire.maxResultBytes)")
             }
-            return .event(instanceID: m.instanceID, .signal(name: m.name, data: payload, by: m.by, request: m.requestID))
+            // A service's signal names nobody and needs no signature; one that names a person (or is signed) must verify.
+            let event = EventMessage.event(instanceID: m.instanceID, .signal(name: m.name, data: payload, by: m.by, request: m.requestID))
+            return DecodedEvent(event, m.by == nil && m.auth == nil ? .none : .authority(m))
         case .eventPublished, .eventReturned:
             let m = try Wire.decode(MailboxRecordMessage.self, from: data)
             try checkMailbox(m.mailbox)
-            return .mailbox(key: m.mailbox, kind == .eventPublished ? .publish(m.event) : .returned(m.event))
+            return DecodedEvent(.mailbox(key: m.mailbox, kind == .eventPublished ? .publish(m.event) : .returned(m.event)))
         case .eventSubscribed, .eventUnsubscribed:
             let m = try Wire.decode(SubscriptionMessage.self, from: data)
             try checkMailbox(m.subscription.mailbox)
             try checkAttempt(m.subscription.attempt)
-            return .mailbox(key: m.subscription.mailbox, kind == .eventSubscribed ? .subscribe(m.subscription) : .unsubscribe(m.subscription))
+            return DecodedEvent(.mailbox(key: m.subscription.mailbox, kind == .eventSubscribed ? .subscribe(m.subscription) : .unsubscribe(m.subscription)))
         case .eventReceived:
             let m = try Wire.decode(EventReceivedMessage.self, from: data)
             try checkAttempt(m.attempt)
-            return .event(instanceID: m.instanceID, .eventReceived(step: m.step, attempt: m.attempt, mailbox: m.mailbox, event: m.event))
+            return DecodedEvent(.event(instanceID: m.instanceID, .eventReceived(step: m.step, attempt: m.attempt, mailbox: m.mailbox, event: m.event)))
         default:
             throw Wire.DecodeError("a '\(kind.rawValue)' record does not belong on the events topic")
         }
