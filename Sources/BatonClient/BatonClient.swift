@@ -16,10 +16,15 @@ public final class BatonClient: Sendable {
     let admin: KafkaAdmin
     let logger: Logger
     let partitionCounts = Mutex<[String: Int]>([:])
+    /// Signs decisions, operator actions and a person's signals: an operator's own key (it acts as that
+    /// operator), or a server's key (it acts as whoever the caller names). Without one, such records cannot be
+    /// sent from here: they go through `baton serve`, which signs them for the person who signed in.
+    public let signer: AuthoritySigner?
 
-    public init(client: KafkaClientConfiguration, names: TopicNames, logger: Logger) throws {
+    public init(client: KafkaClientConfiguration, names: TopicNames, signer: AuthoritySigner? = nil, logger: Logger) throws {
         self.client = client
         self.names = names
+        self.signer = signer
         self.logger = logger
         var producerConfiguration = KafkaProducerConfiguration(client: client)
         producerConfiguration.linger = .milliseconds(1)
@@ -28,6 +33,20 @@ public final class BatonClient: Sendable {
     }
 
     public func close() async { await producer.close() }
+
+    /// A record that acts for a person, made for the signer's identity (`principal`, or the one its key is
+    /// bound to) and signed.
+    func signed<R: AuthorityRecord>(as principal: Principal?, _ make: (String) -> R) throws -> R {
+        guard let signer else {
+            throw ClientError(
+                "decisions, operator actions and a person's signals are signed: send them through the server (--server, BATON_SERVER), or give an operator's own key (BATON_SIGNING_KEY, `baton keys add-operator`)")
+        }
+        let identity: Principal
+        do { identity = try signer.identity(for: principal) } catch { throw ClientError("\(error)") }
+        var record = make(identity.subject)
+        do { try signer.sign(&record, as: identity, now: Self.now()) } catch { throw ClientError("\(error)") }
+        return record
+    }
 
     /// A topic's partition count, asked of the brokers once: the engine's topics keep theirs.
     func partitionCount(_ topic: String) async throws -> Int {
@@ -205,10 +224,11 @@ public final class BatonClient: Sendable {
     /// is: `operateAndWait` checks it first and waits for the outcome.
     @discardableResult
     public func operate(
-        instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String
+        instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, as principal: Principal? = nil
     ) async throws -> String {
-        let message = OperatorMessage(
-            instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
+        let message = try signed(as: principal) { by in
+            OperatorMessage(instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
+        }
         try await sendEvent(instanceID: instanceID, kind: .operatorCommand, value: Wire.encode(message))
         return message.requestID
     }
@@ -218,28 +238,36 @@ public final class BatonClient: Sendable {
     /// instance or step, an instance that is not suspended, one that has finished. Otherwise sends it and
     /// waits until the instance's state shows it applied, and returns that state.
     public func operateAndWait(
-        instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, by: String,
+        instanceID: String, _ command: OperatorMessage.Command, step: String? = nil, output: JSON? = nil, reason: String? = nil, as principal: Principal? = nil,
         timeout: Duration = .seconds(30)
     ) async throws -> InstanceState {
-        let message = OperatorMessage(
-            instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
+        let message = try signed(as: principal) { by in
+            OperatorMessage(instanceID: instanceID, command: command, step: step, output: output, reason: reason, by: by, requestID: UUID().uuidString.lowercased())
+        }
         return try await sendCheckedAndWait(
             instanceID: instanceID, kind: .operatorCommand, value: Wire.encode(message), requestID: message.requestID, what: command.rawValue, timeout: timeout)
     }
 
+    /// A signal: a service's (no signer and no principal: it names nobody), or a person's, signed.
+    func signalMessage(instanceID: String, name: String, data: JSON?, as principal: Principal?) throws -> SignalMessage {
+        let make = { (by: String?) in SignalMessage(instanceID: instanceID, name: name, data: data, by: by, requestID: UUID().uuidString.lowercased(), sentAt: Self.now()) }
+        if principal == nil, signer == nil { return make(nil) }
+        return try signed(as: principal) { make($0) }
+    }
+
     /// Sends a signal (named data) to an instance; returns the request id. Sent as it is: `signalAndWait`
-    /// checks it first and waits until it is applied.
+    /// checks it first and waits until it is applied. With a signer (or `principal`), it is the person's, signed.
     @discardableResult
-    public func signal(instanceID: String, name: String, data: JSON? = nil, by: String) async throws -> String {
-        let message = SignalMessage(instanceID: instanceID, name: name, data: data, by: by, requestID: UUID().uuidString.lowercased(), sentAt: Self.now())
+    public func signal(instanceID: String, name: String, data: JSON? = nil, as principal: Principal? = nil) async throws -> String {
+        let message = try signalMessage(instanceID: instanceID, name: name, data: data, as: principal)
         try await sendEvent(instanceID: instanceID, kind: .signal, value: Wire.encode(message))
         return message.requestID
     }
 
     /// Checks a signal against the instance as the coordinator will (an unknown name, a finished instance are
     /// refused with the reason), sends it, and waits until the instance's state shows it applied.
-    public func signalAndWait(instanceID: String, name: String, data: JSON? = nil, by: String, timeout: Duration = .seconds(30)) async throws -> InstanceState {
-        let message = SignalMessage(instanceID: instanceID, name: name, data: data, by: by, requestID: UUID().uuidString.lowercased(), sentAt: Self.now())
+    public func signalAndWait(instanceID: String, name: String, data: JSON? = nil, as principal: Principal? = nil, timeout: Duration = .seconds(30)) async throws -> InstanceState {
+        let message = try signalMessage(instanceID: instanceID, name: name, data: data, as: principal)
         return try await sendCheckedAndWait(
             instanceID: instanceID, kind: .signal, value: Wire.encode(message), requestID: message.requestID, what: "signal '\(name)'", timeout: timeout)
     }
@@ -319,17 +347,19 @@ public final class BatonClient: Sendable {
     }
 
     /// Approves or rejects an open task. Only a decision on the task's current attempt counts.
-    public func decide(taskID: String, approve: Bool, by: String, comment: String?) async throws {
-        _ = try await sendDecision(taskID: taskID, approve: approve, by: by, comment: comment)
+    public func decide(taskID: String, approve: Bool, as principal: Principal? = nil, comment: String?) async throws {
+        _ = try await sendDecision(taskID: taskID, approve: approve, as: principal, comment: comment)
     }
 
     /// Sends the decision on an open task; returns where the task's partition of the tasks topic ended
     /// before it, so that its closing record comes after.
-    func sendDecision(taskID: String, approve: Bool, by: String, comment: String?) async throws -> TopicPartitionOffset {
+    func sendDecision(taskID: String, approve: Bool, as principal: Principal?, comment: String?) async throws -> TopicPartitionOffset {
         let (records, ends) = try await readTasks()
         guard let record = records.first(where: { $0.taskID == taskID }) else { throw ClientError("no task '\(taskID)'") }
         guard record.status == .open, let task = record.task else { throw ClientError("task '\(taskID)' is \(record.status.rawValue), not open") }
-        let message = DecisionMessage(instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: approve, by: by, comment: comment)
+        let message = try signed(as: principal) { by in
+            DecisionMessage(instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: approve, by: by, comment: comment)
+        }
         try await producer.send(
             ProducerRecord(topic: names.events, partition: record.partition, key: Data(task.instanceID.utf8), value: Wire.encode(message), headers: headers(.taskDecided)))
         let partition = TopicPartition(names.tasks, KafkaPartitioner.partition(forKey: taskID, partitionCount: try await partitionCount(names.tasks)))
@@ -338,8 +368,8 @@ public final class BatonClient: Sendable {
 
     /// `decide`, then waits until a coordinator has closed the task, and returns its closing record: its
     /// status is the decision, or how the task was closed first (for example `timed_out`).
-    public func decideAndWait(taskID: String, approve: Bool, by: String, comment: String?, timeout: Duration = .seconds(30)) async throws -> TaskRecord {
-        let end = try await sendDecision(taskID: taskID, approve: approve, by: by, comment: comment)
+    public func decideAndWait(taskID: String, approve: Bool, as principal: Principal? = nil, comment: String?, timeout: Duration = .seconds(30)) async throws -> TaskRecord {
+        let end = try await sendDecision(taskID: taskID, approve: approve, as: principal, comment: comment)
         var closed: TaskRecord?
         try await follow(from: end, timeout: timeout) { m in
             guard m.keyString == taskID, let value = m.value, let record = try? Wire.decode(TaskRecord.self, from: value), record.status != .open else {

@@ -45,10 +45,13 @@ public struct CoordinatorConfiguration: Sendable {
     /// The tracer of the spans of events and commands, whose context travels in the records' headers; nil
     /// (the default): no spans, and no trace context kept in instances.
     public var tracer: (any Tracer)?
+    /// Who may send what: the keys of authority records and the secret of result tokens.
+    public var security: CoordinatorSecurity
 
-    public init(client: KafkaClientConfiguration, names: TopicNames) {
+    public init(client: KafkaClientConfiguration, names: TopicNames, security: CoordinatorSecurity) {
         self.client = client
         self.names = names
+        self.security = security
     }
 }
 

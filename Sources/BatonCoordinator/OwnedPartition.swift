@@ -475,11 +475,12 @@ final class OwnedPartition {
                 deadLetter(m, .unreadable, "a record without a value")
                 continue
             }
-            let decoded: EventMessage
-            do { decoded = try EventMessage.decode(value) } catch {
+            let record: DecodedEvent
+            do { record = try EventMessage.decodeRecord(value) } catch {
                 deadLetter(m, .unreadable, error.reason)
                 continue
             }
+            let decoded = record.message
             let id = decoded.instanceID
             /// A record delivered to an instance that cannot take it goes back to its mailbox (for another attempt).
             func giveBack(_ event: SagaEvent, _ why: String) -> Bool {
@@ -564,6 +565,13 @@ final class OwnedPartition {
                 }
                 if let step = event.step, workflow.index[step] == nil {
                     deadLetter(m, .unknownStep, "instance '\(id)': no step '\(step)' in \(workflow.id) v\(workflow.version)")
+                    continue
+                }
+                // Who sent it, and may they: a signed person with the right role, a worker with its command's token.
+                if let refusal = configuration.security.admit(
+                    record.credentials, event, instanceID: id, state: state, workflow: workflow, appendedAt: m.timestamp ?? now)
+                {
+                    deadLetter(m, DeadLetterReason(refusal.code), "refused: \(refusal)")
                     continue
                 }
                 let span = startSpan(m, event.spanName(workflow), instance: id, stored: state.trace)
@@ -830,7 +838,7 @@ final class OwnedPartition {
         for effect in effects {
             switch effect {
             case .dispatch(let command), .compensate(let command):
-                let message = CommandMessage(command, replyTo: ReplyTo(topic: names.events, partition: partition))
+                let message = CommandMessage(command, replyTo: ReplyTo(topic: names.events, partition: partition), token: configuration.security.token(for: command))
                 out.append(
                     OutgoingRecord(
                         record: ProducerRecord(topic: names.commands(command.pool), key: key, value: Wire.encode(message), headers: Wire.headers(message.kind)),

@@ -1,4 +1,5 @@
 import BatonKafka
+import BatonWire
 import CoreMetrics
 import Foundation
 import Metrics
@@ -133,6 +134,26 @@ public enum DeadLetterReason: String, Sendable, CaseIterable {
     case conflict
     case wrongPartition = "wrong_partition"
     case notACommand = "not_a_command"
+    /// An authority record without a signature.
+    case unsigned
+    /// Signed by a key the coordinators do not trust, or the signature does not verify.
+    case badSignature = "bad_signature"
+    /// A signed record appended after it expired: sent again.
+    case expired
+    /// Signed, but its principal may not do what it asks (the task's role, operator, admin; the key's limits).
+    case forbidden
+    /// A result or heartbeat without its command's token, or with another.
+    case badToken = "bad_token"
+
+    public init(_ code: AuthorityRefusal.Code) {
+        switch code {
+        case .unsigned: self = .unsigned
+        case .badSignature: self = .badSignature
+        case .expired: self = .expired
+        case .notAllowed, .forbidden: self = .forbidden
+        case .badToken: self = .badToken
+        }
+    }
 }
 
 public final class DeadLetterMetrics: Sendable {

@@ -12,15 +12,26 @@ public struct BatonService: Sendable {
     public let model: ReadModel
     public let client: BatonClient
     public let auth: Authenticator
+    /// Signs every decision, claim, operator action and signal with the principal that authenticated: the
+    /// coordinators apply no such record without a signature they trust.
+    public let signer: AuthoritySigner
     public let logger: Logger
     /// How long a write waits to see its effect before it answers 202 (sent, not yet applied).
     public var applyTimeout: Duration = .seconds(10)
 
-    public init(model: ReadModel, client: BatonClient, auth: Authenticator, logger: Logger) {
+    public init(model: ReadModel, client: BatonClient, auth: Authenticator, signer: AuthoritySigner, logger: Logger) {
         self.model = model
         self.client = client
         self.auth = auth
+        self.signer = signer
         self.logger = logger
+    }
+
+    /// `record` signed as `principal`.
+    func signed<R: AuthorityRecord>(_ record: R, by principal: Principal) throws -> R {
+        var record = record
+        do { try signer.sign(&record, as: principal, now: Self.now()) } catch { throw Problem(.internalServerError, "signing", "\(error)") }
+        return record
     }
 
     static func newRequestID() -> String { UUID().uuidString.lowercased() }
@@ -104,9 +115,10 @@ public struct BatonService: Sendable {
         guard let workflow else {
             throw Problem(.unprocessableContent, "unknown-workflow", "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not registered")
         }
-        let message = OperatorMessage(
-            instanceID: instanceID, command: request.action, step: request.step, output: request.output, reason: request.reason, by: principal.subject,
-            requestID: Self.newRequestID())
+        let message = try signed(
+            OperatorMessage(
+                instanceID: instanceID, command: request.action, step: request.step, output: request.output, reason: request.reason, by: principal.subject,
+                requestID: Self.newRequestID()), by: principal)
         guard case .event(_, let event) = try Self.refuseWhatCoordinatorsRefuse(message) else { throw Problem.badRequest("not an instance action") }
         if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
             return (.refused, "\(request.action.rawValue) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
@@ -132,7 +144,8 @@ public struct BatonService: Sendable {
         if let data = request.data, data.encoded().count > Wire.maxResultBytes {
             throw Problem(.contentTooLarge, "too-large", "field 'data' is more than \(Wire.maxResultBytes) bytes")
         }
-        let message = SignalMessage(instanceID: instanceID, name: name, data: request.data, by: principal.subject, requestID: Self.newRequestID(), sentAt: Self.now())
+        let message = try signed(
+            SignalMessage(instanceID: instanceID, name: name, data: request.data, by: principal.subject, requestID: Self.newRequestID(), sentAt: Self.now()), by: principal)
         guard case .event(_, let event) = try Self.refuseWhatCoordinatorsRefuse(message) else { throw Problem.badRequest("not an instance signal") }
         if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
             return (.refused, "signal '\(name)' refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
@@ -180,9 +193,10 @@ public struct BatonService: Sendable {
         }
         if let comment = request.comment, comment.utf8.count > 4096 { throw Problem.badRequest("field 'comment' is longer than 4096 bytes") }
         let requestID = Self.newRequestID()
-        let message = DecisionMessage(
-            instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: request.approved, by: principal.subject,
-            comment: request.comment, data: request.data, requestID: requestID, override: principal.isAdmin ? true : nil)
+        let message = try signed(
+            DecisionMessage(
+                instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: request.approved, by: principal.subject,
+                comment: request.comment, data: request.data, requestID: requestID, override: principal.isAdmin ? true : nil), by: principal)
         if let data = request.data, data.encoded().count > Wire.maxResultBytes {
             throw Problem(.contentTooLarge, "too-large", "field 'data' is more than \(Wire.maxResultBytes) bytes")
         }
@@ -204,9 +218,10 @@ public struct BatonService: Sendable {
             if !principal.isAdmin { throw Problem.conflict("task '\(taskID)' is claimed by \(holder)", extra: ["task": taskJSON(task)]) }
         }
         let requestID = Self.newRequestID()
-        let message = ClaimMessage(
-            instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, claimant: claimant, by: principal.subject,
-            requestID: requestID, override: principal.isAdmin ? true : nil)
+        let message = try signed(
+            ClaimMessage(
+                instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, claimant: claimant, by: principal.subject,
+                requestID: requestID, override: principal.isAdmin ? true : nil), by: principal)
         try await client.sendEvent(message, kind: .taskClaimed, instanceID: task.instanceID, partition: partition)
         return try await settle(taskID, request: requestID, what: claimant == nil ? "unclaim" : "claim")
     }

@@ -13,7 +13,7 @@ struct Baton: AsyncParsableCommand {
             Validate.self, Graph.self, Definitions.self, Start.self, Status.self, Tasks.self, Instances.self, SignalCommand.self,
             CoordinatorCommand.self, WorkersCommand.self, Serve.self, AuthCommand.self, Demo.self, Bench.self, Topics.self, KafkaCheck.self, Tail.self, Watch.self,
             Conformance.self, ConformanceWorkerCommand.self,
-            TriggersCommand.self, TriggerBench.self,
+            TriggersCommand.self, TriggerBench.self, KeysCommand.self,
         ])
 }
 

@@ -72,6 +72,7 @@ struct Bench: AsyncParsableCommand {
         let watcher = try await InstanceWatcher(client: clientConfiguration, names: names, logger: logger, light: true)
 
         let children = ChildProcesses()
+        try children.ensureKeys()
         let common = ["--namespace", namespace] + connection.childArguments + (metrics ? ["--metrics-port", "0"] : []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? [])
         var coordinatorProcesses: [Process] = []
         for i in 0..<coordinators { coordinatorProcesses.append(try children.spawn("coordinator-\(i)", ["coordinator"] + common)) }

@@ -1,3 +1,4 @@
+import BatonRuntime
 import Foundation
 
 /// Baton services run as child processes of this one (the same binary), as they are deployed.
@@ -67,4 +68,16 @@ final class ChildProcesses: @unchecked Sendable {
     }
 
     deinit { stopAll() }
+}
+
+extension ChildProcesses {
+    /// The keys of the coordinators this command starts: the ones the environment names, else a folder of this
+    /// run's own (in the log folder), given to every child through `BATON_KEYS_DIR`.
+    func ensureKeys() throws {
+        let settings = KeySettings.fromEnvironment()
+        if settings.trustedKeys != nil, settings.resultSecret != nil { return }
+        let dir = logDirectory.appendingPathComponent("keys")
+        try KeyDirectory.initialize(dir)
+        setenv(KeySettings.directoryVariable, dir.path, 1)
+    }
 }

@@ -5,6 +5,7 @@ import BatonCoordinator
 import BatonExamples
 import BatonKafka
 import BatonReadModel
+import BatonRuntime
 import NIOHTTP1
 import BatonWire
 import BatonWorker
@@ -18,8 +19,8 @@ extension ConnectionOptions {
     var names: TopicNames { TopicNames(namespace: resolvedNamespace) }
     /// Runs `body` with a client and closes it whatever happens; a client's refusal (`ClientError`) becomes
     /// the command's one-line error.
-    func withClient<T>(_ body: (BatonClient) async throws -> T) async throws -> T {
-        let client = try BatonClient(client: clientConfiguration, names: names, logger: makeLogger("baton.client"))
+    func withClient<T>(signer: AuthoritySigner? = nil, _ body: (BatonClient) async throws -> T) async throws -> T {
+        let client = try BatonClient(client: clientConfiguration, names: names, signer: signer, logger: makeLogger("baton.client"))
         do {
             let result = try await body(client)
             await client.close()
@@ -46,6 +47,10 @@ struct CoordinatorCommand: AsyncParsableCommand {
     var retention: String = "7d"
     @Option(help: ArgumentHelp("The largest record the brokers take, in bytes (Kafka's max.message.bytes, less a margin).", valueName: "bytes"))
     var maxRecordBytes = 990_000
+    @Flag(help: "For one release while a namespace moves to signed records: apply decisions, claims, operator actions and signals without a signature (docs/operations.md).")
+    var acceptUnsigned = false
+    @Flag(help: "For one release while workers move to result tokens: apply results and heartbeats without a token (docs/operations.md).")
+    var acceptMissingTokens = false
     @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
@@ -55,7 +60,13 @@ struct CoordinatorCommand: AsyncParsableCommand {
             throw CLIFailure("--retention: '\(self.retention)' is not a duration such as 7d, 12h or 30m")
         }
         guard maxRecordBytes >= 64 << 10 else { throw CLIFailure("--max-record-bytes: \(maxRecordBytes) is too small (at least 65536)") }
-        var configuration = CoordinatorConfiguration(client: try connection.clientConfiguration, names: connection.names)
+        var security: CoordinatorSecurity
+        do { security = try KeySettings.fromEnvironment().loadSecurity() } catch { throw CLIFailure("\(error)") }
+        security.acceptUnsigned = acceptUnsigned
+        security.acceptMissingTokens = acceptMissingTokens
+        logger.info(
+            "keys", metadata: ["trusted": "\(security.trustedKeys.ids.joined(separator: ", "))", "accept-unsigned": "\(acceptUnsigned)", "accept-missing-tokens": "\(acceptMissingTokens)"])
+        var configuration = CoordinatorConfiguration(client: try connection.clientConfiguration, names: connection.names, security: security)
         configuration.retention = retention
         configuration.maxRecordBytes = maxRecordBytes
         configuration.gapRereads = connection.resolvedGapRereads
@@ -370,22 +381,33 @@ struct Instances: AsyncParsableCommand {
     /// What every operator command shares.
     struct Target: ParsableArguments {
         @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var server: ServerOptions
         @Argument(help: "The instance id.") var id: String
-        @Option(help: "Who (recorded with the command).") var by: String = ProcessInfo.processInfo.environment["USER"] ?? "cli"
         @Option(help: "Seconds to wait for a coordinator to apply it; 0 sends it unchecked and does not wait.") var wait = 30
 
+        /// Through the server when one is named (it checks the caller's role and signs the action for them);
+        /// else signed with the operator's own key (BATON_SIGNING_KEY): the coordinators apply no unsigned action.
         /// Checks the command against the instance (as the coordinator will), sends it, and waits until it is
         /// applied: a refusal or a command no coordinator applied is an error, with the reason.
         func send(_ command: OperatorMessage.Command, step: String? = nil, output: String? = nil, reason: String? = nil) async throws {
             let out: JSON?
             do { out = try output.map { try JSON.parse(Data($0.utf8)) } } catch { throw CLIFailure("--output is not valid JSON: \(error)") }
-            try await connection.withClient { client in
+            if let api = try server.api() {
+                var body: [String: JSON] = ["action": .string(command.rawValue)]
+                if let step { body["step"] = .string(step) }
+                if let out { body["output"] = out }
+                if let reason { body["reason"] = .string(reason) }
+                let (status, answer) = try await api.call(.POST, "/v1/instances/\(APIClient.escape(id))/actions", body: .object(body))
+                print(status == 202 ? "sent \(command.rawValue) to \(id): \(answer["detail"]?.stringValue ?? "not applied yet")" : "\(command.rawValue) applied to \(id): now \(answer["instance"]?["status"]?.stringValue ?? "?")")
+                return
+            }
+            let signer = try operatorSigner()
+            try await connection.withClient(signer: signer) { client in
                 if wait > 0 {
-                    let state = try await client.operateAndWait(
-                        instanceID: id, command, step: step, output: out, reason: reason, by: by, timeout: .seconds(wait))
+                    let state = try await client.operateAndWait(instanceID: id, command, step: step, output: out, reason: reason, timeout: .seconds(wait))
                     print("\(command.rawValue) applied to \(id): now \(state.status.rawValue)")
                 } else {
-                    let request = try await client.operate(instanceID: id, command, step: step, output: out, reason: reason, by: by)
+                    let request = try await client.operate(instanceID: id, command, step: step, output: out, reason: reason)
                     print("sent \(command.rawValue) to \(id) (request \(request))")
                 }
             }

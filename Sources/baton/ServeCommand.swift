@@ -3,6 +3,8 @@ import AsyncHTTPClient
 import BatonClient
 import BatonCore
 import BatonReadModel
+import BatonRuntime
+import BatonWire
 import BatonServer
 import Foundation
 import Logging
@@ -67,7 +69,10 @@ struct Serve: AsyncParsableCommand {
         settings.gapRereads = connection.resolvedGapRereads
         let model = ReadModel(client: clientConfiguration, names: connection.names, settings: settings, logger: logger)
         let client = try BatonClient(client: clientConfiguration, names: connection.names, logger: logger)
-        let service = BatonService(model: model, client: client, auth: authenticator, logger: logger)
+        let signer: AuthoritySigner
+        do { signer = try KeySettings.fromEnvironment().loadSigner() } catch { throw CLIFailure("\(error) (the server signs decisions and operator actions with it)") }
+        if let bound = signer.boundTo { throw CLIFailure("the signing key '\(signer.keyID)' is \(bound.subject)'s own; the server needs a server key (`baton keys init`)") }
+        let service = BatonService(model: model, client: client, auth: authenticator, signer: signer, logger: logger)
         var limits = EdgeLimits()
         for (name, seconds) in [("--idle-timeout", idleTimeout), ("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout)] where !(seconds > 0 && seconds <= 86_400) {
             throw CLIFailure("\(name): give seconds from more than 0 up to 86400; got \(seconds)")

@@ -50,6 +50,7 @@ struct TriggerBench: AsyncParsableCommand {
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: clientConfiguration), logger: logger)
 
         let children = ChildProcesses()
+        try children.ensureKeys()
         let common = ["--namespace", namespace] + connection.childArguments
         let coordinator = try children.spawn("coordinator", ["coordinator"] + common)
         let workers = try children.spawn("workers", ["example-workers", "--pool", "service_call", "--concurrency", "256"] + common)
