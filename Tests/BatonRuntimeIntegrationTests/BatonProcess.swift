@@ -1,4 +1,5 @@
 import BatonKafka
+import BatonRuntime
 import BatonTestSupport
 import Foundation
 import Testing
@@ -29,7 +30,9 @@ final class BatonProcess: @unchecked Sendable {
         process.arguments = arguments + ["--namespace", namespace, "--brokers", brokers.bootstrapServers] + level
         process.standardOutput = handle
         process.standardError = handle
-        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
+        // Every process gets the tests' keys (a coordinator needs them; a test may give others).
+        let keys = [KeySettings.directoryVariable: TestKeys.directory.path]
+        process.environment = ProcessInfo.processInfo.environment.merging(keys) { _, new in new }.merging(environment) { _, new in new }
         try process.run()
     }
 

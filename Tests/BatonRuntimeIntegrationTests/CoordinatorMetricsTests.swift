@@ -63,7 +63,7 @@ struct CoordinatorMetricsTests {
             #expect(timings.values.allSatisfy { $0 >= 0 })
 
             // An operator cancels it: it ends cancelled (what it did was undone already), and leaves the suspended.
-            _ = try await engine.client.operateAndWait(instanceID: "hang-1", .cancel, reason: "the customer gave up", by: "ops")
+            _ = try await engine.client.operateAndWait(instanceID: "hang-1", .cancel, reason: "the customer gave up", as: .person("ops", "operator"))
             try await waitUntil("the cancellation to be counted", timeout: .seconds(10)) {
                 counter("baton_instances_finished_total", [("workflow", "counted"), ("outcome", "cancelled")]) == 1
             }

@@ -2,6 +2,7 @@ import BatonClient
 import BatonCore
 import BatonCoordinator
 import BatonKafka
+import BatonRuntime
 import BatonTestSupport
 import BatonTopics
 import BatonWire
@@ -32,12 +33,12 @@ final class Engine: Sendable {
         for i in specs.indices where specs[i].isKeyed { specs[i].partitions = partitions }
         let applier = TopicApplier(admin: try KafkaAdmin(configuration: kafka, logger: TestKafka.logger), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger)
         _ = try await applier.apply(specs)
-        client = try BatonClient(client: kafka, names: names, logger: TestKafka.logger)
+        client = try BatonClient(client: kafka, names: names, signer: TestKeys.serverSigner, logger: TestKafka.logger)
         watcher = try await InstanceWatcher(client: kafka, names: names, logger: TestKafka.logger)
     }
 
     var coordinatorConfiguration: CoordinatorConfiguration {
-        var c = CoordinatorConfiguration(client: kafka, names: names)
+        var c = CoordinatorConfiguration(client: kafka, names: names, security: TestKeys.security)
         c.sessionTimeout = .seconds(6)
         c.maxPollInterval = .seconds(6)
         c.idleWait = .milliseconds(20)
@@ -81,7 +82,8 @@ final class Engine: Sendable {
 
     /// Runs one `baton` command (as an operator would) against this namespace; its exit status and output.
     func baton(_ arguments: [String]) async throws -> (status: Int32, output: String) {
-        let process = try BatonProcess(arguments + ["--log-level", "error"], namespace: names.namespace, brokers: kafka.brokers)
+        let process = try BatonProcess(
+            arguments + ["--log-level", "error"], namespace: names.namespace, brokers: kafka.brokers, environment: ["BATON_SIGNING_KEY": TestKeys.operatorKey])
         return (await process.exitStatus(), process.output)
     }
 
@@ -156,3 +158,36 @@ final class Gate: Sendable {
 }
 
 func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+/// The keys of every test of this process: the folder `scripts/test` made (`BATON_KEYS_DIR`), else one made here
+/// once. In-process coordinators, servers and clients use it, and `BatonProcess` gives it to every process.
+enum TestKeys {
+    static let directory: URL = {
+        if let dir = ProcessInfo.processInfo.environment[KeySettings.directoryVariable], !dir.isEmpty { return URL(fileURLWithPath: dir) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("baton-test-keys-\(ProcessInfo.processInfo.processIdentifier)")
+        // A test process that cannot write its temporary folder cannot run any engine test: stop here, with the reason.
+        do {
+            try KeyDirectory.initialize(dir)
+            if !FileManager.default.fileExists(atPath: dir.appendingPathComponent(operatorKeyFile).path) {
+                _ = try KeyDirectory.addOperatorKey(dir, principal: .person("ops", Principal.operatorRole))
+            }
+        } catch { fatalError("cannot make the tests' keys in \(dir.path): \(error)") }
+        return dir
+    }()
+    /// The operator `ops`'s own key, with which `baton instances ...` signs from the command line.
+    static let operatorKeyFile = "operator-ops.key"
+    static var operatorKey: String { directory.appendingPathComponent(operatorKeyFile).path }
+    static var settings: KeySettings { KeySettings.fromEnvironment([KeySettings.directoryVariable: directory.path]) }
+    static let security: CoordinatorSecurity = load { try settings.loadSecurity() }
+    /// The server's key: it signs for whoever a test names (`Principal.person`).
+    static let serverSigner: AuthoritySigner = load { try settings.loadSigner() }
+
+    static func load<T>(_ body: () throws -> T) -> T {
+        do { return try body() } catch { fatalError("the tests' keys in \(directory.path) do not load: \(error)") }
+    }
+}
+
+extension Principal {
+    /// Someone with these roles, for a test's decision or action.
+    static func person(_ name: String, _ roles: String...) -> Principal { Principal(subject: name, roles: Set(roles)) }
+}

@@ -137,7 +137,7 @@ struct EventWaitTests {
         let slow = try await engine.start("ship", input: [:], id: "slow-1")
         _ = try await engine.wait(fast, for: [.running])
         // Through the client library, and through the command line.
-        let signalled = try await engine.client.signalAndWait(instanceID: fast, name: "expedite", data: ["why": "vip"], by: "ann")
+        let signalled = try await engine.client.signalAndWait(instanceID: fast, name: "expedite", data: ["why": "vip"], as: .person("ann", "operator"))
         #expect(signalled.signals == ["expedite": ["why": "vip"]])
         let refused = try await engine.baton(["signal", slow, "expedit"])
         #expect(refused.status != 0)

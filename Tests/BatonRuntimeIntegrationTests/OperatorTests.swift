@@ -58,7 +58,8 @@ struct OperatorTests {
         #expect(unknown.output.contains("no instance 'no-such-instance'"), "\(unknown.output)")
 
         gatewayFixed.store(true, ordering: .releasing)
-        let retried = try await engine.baton(["instances", "retry", id, "--by", "ops"])
+        // Signed with the operator's own key (`engine.baton` gives BATON_SIGNING_KEY): no --by to assert.
+        let retried = try await engine.baton(["instances", "retry", id])
         #expect(retried.status == 0, "\(retried.output)")
         #expect(retried.output.contains("retry applied to \(id): now running"), "\(retried.output)")
         let state = try await engine.wait(id, for: [.completed, .failed])
@@ -69,7 +70,7 @@ struct OperatorTests {
         #expect(shipped.all == [["payment": "pay-3"]])
 
         // A finished instance takes no more commands.
-        let again = await #expect(throws: ClientError.self) { try await engine.client.operateAndWait(instanceID: id, .retry, by: "ops") }
+        let again = await #expect(throws: ClientError.self) { try await engine.client.operateAndWait(instanceID: id, .retry, as: .person("ops", "operator")) }
         #expect(again?.description.contains("not applicable: the instance is completed") == true)
         await engine.shutdown()
     }
@@ -96,12 +97,12 @@ struct OperatorTests {
         #expect(Set(try await engine.client.instances(statuses: [.suspended], workflowID: "manual").map(\.instanceID)) == [toSkip, toCancel])
         #expect(try await engine.client.instances(statuses: [.running, .completed]).isEmpty)
 
-        let skipped = try await engine.client.operateAndWait(instanceID: toSkip, .skip, step: "charge", output: ["payment_id": "paid-by-phone"], by: "ops")
+        let skipped = try await engine.client.operateAndWait(instanceID: toSkip, .skip, step: "charge", output: ["payment_id": "paid-by-phone"], as: .person("ops", "operator"))
         #expect(skipped.steps[0].status == .skipped)
         #expect(try await engine.wait(toSkip, for: [.completed, .failed]).status == .completed)
         #expect(shipped.all == [["payment": "paid-by-phone"]])
 
-        let cancelled = try await engine.client.operateAndWait(instanceID: toCancel, .cancel, reason: "customer left", by: "ops")
+        let cancelled = try await engine.client.operateAndWait(instanceID: toCancel, .cancel, reason: "customer left", as: .person("ops", "operator"))
         #expect(cancelled.status == .cancelled)
         #expect(cancelled.reason?.contains("customer left") == true)
         await engine.shutdown()

@@ -201,7 +201,7 @@ struct RuntimeTests {
         #expect(notifications.contains { $0.keyString == id })
         // Decided through the client library, which waits until a coordinator has closed the task. (People
         // decide through `baton serve`, which checks their role: ServerTests.)
-        let approved = try await engine.client.decideAndWait(taskID: task.taskID, approve: true, by: "alice", comment: "ok")
+        let approved = try await engine.client.decideAndWait(taskID: task.taskID, approve: true, as: .person("alice", "credit_manager"), comment: "ok")
         #expect(approved.status == .approved)
         let closed = try await engine.client.tasks().first { $0.taskID == task.taskID }
         #expect(closed?.status == .approved)
@@ -252,7 +252,7 @@ struct RuntimeTests {
             try await engine.client.tasks().first { $0.taskID == second.taskID }?.status == .timedOut
         }
         // A decision that comes too late changes nothing.
-        let late = await #expect(throws: ClientError.self) { try await engine.client.decide(taskID: second.taskID, approve: true, by: "bob", comment: nil) }
+        let late = await #expect(throws: ClientError.self) { try await engine.client.decide(taskID: second.taskID, approve: true, as: .person("bob", "credit_manager"), comment: nil) }
         #expect(late?.description.contains("not open") == true)
         await engine.shutdown()
     }

@@ -24,8 +24,9 @@ final class Served: Sendable {
     let model: ReadModel
     let operatorToken: String
     let starterToken: String
-    /// Session tokens (as the console's cookie holds) of carol (credit_manager), dave (clerk), root (admin).
-    let carol: String, dave: String, root: String
+    /// Session tokens (as the console's cookie holds) of carol (credit_manager), dave (clerk), root (admin),
+    /// hana (head_of_credit, who gets escalated tasks).
+    let carol: String, dave: String, root: String, hana: String
 
     init(engine: Engine, limits: EdgeLimits = EdgeLimits()) async throws {
         self.engine = engine
@@ -43,8 +44,9 @@ final class Served: Sendable {
         carol = try await auth.session(for: Principal(subject: "carol", roles: ["credit_manager"]))
         dave = try await auth.session(for: Principal(subject: "dave", roles: ["clerk"]))
         root = try await auth.session(for: Principal(subject: "root", roles: ["admin"]))
+        hana = try await auth.session(for: Principal(subject: "hana", roles: ["head_of_credit"]))
         model = ReadModel(client: engine.kafka, names: engine.names, logger: TestKafka.logger)
-        let service = BatonService(model: model, client: engine.client, auth: auth, logger: TestKafka.logger)
+        let service = BatonService(model: model, client: engine.client, auth: auth, signer: TestKeys.serverSigner, logger: TestKafka.logger)
         let (ports, port) = AsyncStream.makeStream(of: Int.self)
         let server = BatonServer(service: service, host: "127.0.0.1", port: 0, limits: limits) { p in
             port.yield(p)

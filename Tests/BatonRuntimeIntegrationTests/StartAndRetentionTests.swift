@@ -171,7 +171,7 @@ struct StartAndRetentionTests {
         _ = try await engine.client.startAndWait(workflowID: "brief", input: ["n": 1], instanceID: "b-1", timeout: .seconds(60))
         try await waitUntil("the task to open") { try await engine.client.tasks().contains { $0.status == .open } }
         let task = try #require(try await engine.client.tasks().first { $0.status == .open })
-        _ = try await engine.client.decideAndWait(taskID: task.taskID, approve: true, by: "clerk", comment: nil)
+        _ = try await engine.client.decideAndWait(taskID: task.taskID, approve: true, as: .person("clara", "clerk"), comment: nil)
         let done = try await engine.wait("b-1", for: [.completed])
         #expect(done.steps[0].output == ["kept": "for a while"])
         #expect(done.timers.map(\.key.kind) == [.retention])
@@ -211,7 +211,7 @@ struct UntakeablePartitionTests {
         _ = try await TopicApplier(admin: try TestKafka.admin(), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger).apply(specs)
         let client = try BatonClient(client: TestKafka.client, names: names, logger: TestKafka.logger)
         _ = try await client.register(document: Data("workflow_id: w\nsteps: [{ id: a, type: svc }]".utf8))
-        var configuration = CoordinatorConfiguration(client: TestKafka.client, names: names)
+        var configuration = CoordinatorConfiguration(client: TestKafka.client, names: names, security: TestKeys.security)
         configuration.sessionTimeout = .seconds(6)
         configuration.maxPollInterval = .seconds(6)
         configuration.alertAfterFailures = 3

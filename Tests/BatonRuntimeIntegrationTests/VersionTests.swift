@@ -42,7 +42,7 @@ struct VersionTests {
         let new = try await engine.start("doc", id: "new")
         try await engine.wait(new, for: [.waiting])
         for task in try await engine.client.tasks() where task.status == .open {
-            try await engine.client.decide(taskID: task.taskID, approve: true, by: "ed", comment: nil)
+            try await engine.client.decide(taskID: task.taskID, approve: true, as: .person("ed", "editor"), comment: nil)
         }
         #expect(try await engine.wait(old, for: [.completed, .failed]).version == 1)
         #expect(try await engine.wait(new, for: [.completed, .failed]).version == 2)
