@@ -84,8 +84,12 @@ class Baton:
         self.logs.mkdir()
         self.namespace = "bt" + secrets.token_hex(4)
         self.brokers = os.environ.get("BATON_BROKERS") or "127.0.0.1:9092"
-        self.env = dict(os.environ, BATON_NAMESPACE=self.namespace, BATON_BROKERS=self.brokers)
-        self.env.pop("BATON_AUTH_FILE", None)
+        # The keys that sign authority records (the server's signing key, the coordinators' trusted keys and
+        # result secret), made by `baton keys init` below: this run's own.
+        self.keys = workdir / "keys"
+        self.env = dict(os.environ, BATON_NAMESPACE=self.namespace, BATON_BROKERS=self.brokers, BATON_KEYS_DIR=str(self.keys))
+        for variable in ("BATON_AUTH_FILE", "BATON_SIGNING_KEY", "BATON_TRUSTED_KEYS", "BATON_RESULT_SECRET"):
+            self.env.pop(variable, None)
         self.auth_file = workdir / "auth.yaml"
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.bin = self._stable_copy_of_binary()
@@ -201,6 +205,7 @@ def baton(request: pytest.FixtureRequest):
         raise
     try:
         system.run("topics", "apply")
+        system.run("keys", "init", str(system.keys))
         system.run("auth", "add-user", "carol", "--roles", "credit_manager", "--password", "carolpass1", "--file", str(system.auth_file))
         system.run("auth", "add-user", "dave", "--roles", "clerk", "--password", "davepass11", "--file", str(system.auth_file))
         system.operator_token = system.run("auth", "add-token", "ops", "--roles", "operator", "--file", str(system.auth_file)).strip().splitlines()[-1]

@@ -165,6 +165,18 @@ def baton_bin() -> Path:
     return BATON_BIN
 
 
+@pytest.fixture(scope="session", autouse=True)
+def baton_keys(tmp_path_factory) -> Optional[Path]:
+    """The keys the coordinators need (trusted keys, result secret): scripts/test's BATON_KEYS_DIR, else a folder
+    of this session's own made by `baton keys init` and given to every process through the environment."""
+    if os.environ.get("BATON_KEYS_DIR") or not os.access(BATON_BIN, os.X_OK):
+        return None
+    keys = tmp_path_factory.mktemp("baton-keys") / "keys"
+    subprocess.run([str(BATON_BIN), "keys", "init", str(keys)], check=True, capture_output=True, text=True, timeout=60)
+    os.environ["BATON_KEYS_DIR"] = str(keys)
+    return keys
+
+
 class Engine:
     """The real engine in a namespace: topics applied, order fulfillment registered, a coordinator running."""
 
