@@ -336,6 +336,9 @@ public struct BatonService: Sendable {
             throw conflict(error.registered)
         } catch let error as DefinitionErrors {
             throw Problem(.unprocessableContent, "invalid-definition", error.description)
+        } catch let error as ClientError {
+            // Written, or not, but not read back in time (the broker is slow or away): nothing is known yet.
+            throw Problem(.serviceUnavailable, "unavailable", "\(error.description); try again: the same text is answered 200 once it is registered")
         }
         // Answered once the read model shows the version's winner, so that a start right after finds it.
         _ = await model.wait(timeout: applyTimeout) { $0.definition(workflow.id, version: workflow.version)?.record == registration.record ? true : nil }
