@@ -144,6 +144,8 @@ public enum DeadLetterReason: String, Sendable, CaseIterable {
     case forbidden
     /// A result or heartbeat without its command's token, or with another.
     case badToken = "bad_token"
+    /// A signed request the instance applied already, sent again.
+    case replayed
 
     public init(_ code: AuthorityRefusal.Code) {
         switch code {
@@ -152,6 +154,7 @@ public enum DeadLetterReason: String, Sendable, CaseIterable {
         case .expired: self = .expired
         case .notAllowed, .forbidden: self = .forbidden
         case .badToken: self = .badToken
+        case .replayed: self = .replayed
         }
     }
 }

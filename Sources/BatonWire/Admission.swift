@@ -31,12 +31,35 @@ public struct CoordinatorSecurity: Sendable {
         case .token(let token):
             return checkToken(token, event, instanceID: instanceID)
         case .authority(let record):
+            // What the release before wrote: applied once, a resent one ignored, as then.
             if record.auth == nil, acceptUnsigned { return nil }
             switch trustedKeys.verify(record, appendedAt: appendedAt) {
             case .failure(let refusal): return refusal
-            case .success(let principal): return authorize(principal, event, state: state, workflow: workflow)
+            case .success(let principal): return authorize(principal, event, state: state, workflow: workflow) ?? replayed(event, state: state, workflow: workflow)
             }
         }
+    }
+
+    /// A request the instance applied already, sent again: a signed record captured and written anew (a
+    /// client's own retry sends nothing twice: the server and the command line wait for the first). Another
+    /// person's claim that lost a race is not this: its request was never applied (the saga ignores it). A
+    /// decision closes its task, whose history then leaves the state: one sent again finds the task closed and
+    /// changes nothing (ignored, as a race's loser is, which it cannot be told from).
+    func replayed(_ event: SagaEvent, state: InstanceState, workflow: Workflow) -> AuthorityRefusal? {
+        let request: String?
+        var applied = false
+        switch event {
+        case .taskDecided(let step, _, _, _, _, _, let r, _), .taskClaimed(let step, _, _, _, let r, _):
+            request = r
+            if let r, let s = workflow.index[step] {
+                applied = state.steps[s].units.contains { $0.task?.history.contains { $0.request == r } == true }
+            }
+        default:
+            request = event.request
+            applied = request.map(state.requests.contains) ?? false
+        }
+        guard applied, let request else { return nil }
+        return AuthorityRefusal(.replayed, "request \(request) was applied already: a record sent again")
     }
 
     func checkToken(_ token: String?, _ event: SagaEvent, instanceID: String) -> AuthorityRefusal? {

@@ -69,6 +69,8 @@ public struct AuthorityRefusal: Error, Sendable, Hashable, CustomStringConvertib
         case forbidden
         /// A result or heartbeat without its command's token, or with another.
         case badToken = "bad-token"
+        /// A request the instance applied already, sent again.
+        case replayed
     }
 
     public var code: Code

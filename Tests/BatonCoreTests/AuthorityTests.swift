@@ -186,6 +186,30 @@ import Testing
         #expect(try admit(byHead, headsEvent, state: escalated, workflow: workflow) == nil)
     }
 
+    @Test func aSignedRequestTheInstanceAppliedAlreadyIsRefusedAsReplayed() throws {
+        let (workflow, state) = try waitingLoan()
+        // A claim, applied, then written again: the open task's history names its request.
+        var claim = ClaimMessage(instanceID: "loan-1", taskID: "loan-1/approve/1", step: "approve", attempt: 1, claimant: "carol", by: "carol", requestID: "r-claim")
+        try server.sign(&claim, as: carol, now: Self.now)
+        let claimEvent = SagaEvent.taskClaimed(step: "approve", attempt: 1, claimant: "carol", by: "carol", request: "r-claim")
+        #expect(try admit(claim, claimEvent, state: state, workflow: workflow) == nil)
+        let claimed = Saga.apply(workflow, to: state, event: claimEvent, now: 2).state
+        #expect(try admit(claim, claimEvent, state: claimed, workflow: workflow)?.code == .replayed)
+        // Another person's claim that lost the race is no replay: its request was never applied (the saga ignores it).
+        var late = ClaimMessage(instanceID: "loan-1", taskID: "loan-1/approve/1", step: "approve", attempt: 1, claimant: "carla", by: "carla", requestID: "r-late")
+        let carla = Principal(subject: "carla", roles: ["credit_manager"])
+        try server.sign(&late, as: carla, now: Self.now)
+        let lateEvent = SagaEvent.taskClaimed(step: "approve", attempt: 1, claimant: "carla", by: "carla", request: "r-late")
+        #expect(try admit(late, lateEvent, state: claimed, workflow: workflow) == nil)
+        // An operator's request, applied, then sent again.
+        var cancel = OperatorMessage(instanceID: "loan-1", command: .cancel, reason: "no", by: "alice", requestID: "r-op")
+        try alice.sign(&cancel, as: try alice.identity(for: nil), now: Self.now)
+        let cancelEvent = SagaEvent.cancel(reason: "no", by: "alice", request: "r-op")
+        let cancelled = Saga.apply(workflow, to: state, event: cancelEvent, now: 3).state
+        #expect(cancelled.requests.contains("r-op"))
+        #expect(try admit(cancel, cancelEvent, state: cancelled, workflow: workflow)?.code == .replayed)
+    }
+
     @Test func operatorActionsAndSignalsNeedAnOperatorOrAdmin() throws {
         let (workflow, state) = try waitingLoan()
         var byCarol = OperatorMessage(instanceID: "loan-1", command: .cancel, reason: "no", by: "carol", requestID: "r-9")
