@@ -13,7 +13,7 @@ import Testing
 @Suite("Definitions: a version is first-wins, also under concurrent registrations", .serialized, .timeLimit(.minutes(3)))
 struct RegistrationTests {
     @Test func ofFourConcurrentRegistrationsOfOneVersionOneWinsTheOthersAreToldWhichAndInstancesRunIt() async throws {
-        try await withBareServer { s in
+        try await withServer(loanWorkers: false) { s in
             let texts = (1...4).map { i in "workflow_id: race\nversion: 1\nsteps: [{ id: s\(i), type: racer }]\n" }
             let ran = Mutex<[String]>([])
             _ = s.engine.startWorker("racer") { ctx in

@@ -10,28 +10,6 @@ import Foundation
 import Synchronization
 import Testing
 
-/// Runs `body` with an engine (a coordinator, no workers: each test starts the ones it needs) and a server.
-func withBareServer(_ body: (Served) async throws -> Void) async throws {
-    let engine = try await Engine()
-    engine.startCoordinator()
-    let served: Served
-    do {
-        served = try await Served(engine: engine)
-    } catch {
-        await engine.shutdown()
-        throw error
-    }
-    do {
-        try await body(served)
-    } catch {
-        await served.stop()
-        await engine.shutdown()
-        throw error
-    }
-    await served.stop()
-    await engine.shutdown()
-}
-
 extension Served {
     /// Writes a record to an instance's events partition (as a worker or a plain producer would).
     func produceEvent(_ instanceID: String, _ value: String, topic: String? = nil) async throws {
@@ -67,7 +45,7 @@ extension Served {
 @Suite("Republish republishes: no authority records or commands in place of a dead letter", .serialized, .timeLimit(.minutes(4)))
 struct RepublishTests {
     @Test func anOperatorCannotDecideATaskAsSomeoneElseByRepublishingADecision() async throws {
-        try await withBareServer { s in
+        try await withServer(loanWorkers: false) { s in
             let events = s.engine.names.events
             let registered = try await s.call(
                 .POST, "/v1/definitions", token: s.operatorToken, body: "workflow_id: approval\nsteps: [{ id: review, type: human_task, assignee: role:credit_manager }]",
@@ -100,7 +78,7 @@ struct RepublishTests {
     }
 
     @Test func aCommandIsNeverReplacedNeitherItsAmountNorItsReplyTo() async throws {
-        try await withBareServer { s in
+        try await withServer(loanWorkers: false) { s in
             let ran = Mutex<[JSON]>([])
             _ = s.engine.startWorker("disburse") { ctx in
                 ran.withLock { $0.append(ctx.input) }
@@ -130,7 +108,7 @@ struct RepublishTests {
     }
 
     @Test func anOperatorFixesAMalformedResultAndTheFixIsWrittenWhereItBelongsAuditedAndApplied() async throws {
-        try await withBareServer { s in
+        try await withServer(loanWorkers: false) { s in
             let events = s.engine.names.events
             _ = try await s.engine.register("workflow_id: fix\nsteps: [{ id: a, type: manualfix }, { id: b, type: manualfix, depends_on: [a] }]")
             let commands = s.engine.names.commands("manualfix")

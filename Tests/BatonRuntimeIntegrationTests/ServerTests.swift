@@ -92,11 +92,13 @@ final class Served: Sendable {
 
 enum NIOHTTP1Method: String { case GET, POST }
 
-/// Runs `body` with an engine (coordinator and the loan workflow's workers in this process) and a server.
-func withServer(limits: EdgeLimits = EdgeLimits(), _ body: (Served) async throws -> Void) async throws {
+/// Runs `body` with an engine (a coordinator and, unless `loanWorkers` is false, the loan workflow's workers in
+/// this process: else each test starts the ones it needs) and a server.
+func withServer(limits: EdgeLimits = EdgeLimits(), loanWorkers: Bool = true, _ body: (Served) async throws -> Void) async throws {
     let engine = try await Engine()
     engine.startCoordinator()
-    for pool in ["kyc.verify", "bureau.score", "core_banking.open_loan_account", "core_banking.close_loan_account", "payments.disburse", "payments.claw_back", "notification"] {
+    let pools = ["kyc.verify", "bureau.score", "core_banking.open_loan_account", "core_banking.close_loan_account", "payments.disburse", "payments.claw_back", "notification"]
+    for pool in loanWorkers ? pools : [] {
         engine.startWorker(pool) { ctx in ["ok": true, "score": 700, "account_id": "acc-1", "transfer_id": "trf-1", "step": .string(ctx.step)] }
     }
     let served: Served
