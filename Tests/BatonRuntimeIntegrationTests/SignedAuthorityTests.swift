@@ -160,7 +160,7 @@ struct SignedAuthorityTests {
                   - id: approve
                     type: human_task
                     assignee: role:credit_manager
-                    timeout: 1s
+                    timeout: 5s
                     on_timeout: { action: escalate, escalate_to: role:head_of_credit, then: reject }
                 """
             for document in [definition, loanDocument] {
@@ -179,6 +179,7 @@ struct SignedAuthorityTests {
             // After an escalation: the new role decides, the old one no longer.
             let started = try await s.call(.POST, "/v1/instances", token: s.operatorToken, body: #"{"workflow_id":"quick_loan","instance_id":"q-esc","input":{}}"#)
             #expect(started.status < 300, "\(started.text)")
+            // The escalated task has 5 s too (the step's timeout): the decisions below come well within it.
             let escalated = "q-esc/approve/2"
             try await waitUntil("the escalated task", timeout: .seconds(60)) { s.model.task(escalated)?.status == .open }
             #expect(s.model.task(escalated)?.assignee == "role:head_of_credit")
