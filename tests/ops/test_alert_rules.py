@@ -43,6 +43,7 @@ PLANNED_METRICS = {
     "baton_tasks_total",
     "baton_alerts_total",
     "baton_dead_letters_total",
+    "baton_deadletters_republished_total",
     "baton_coordinator_events_total",
     "baton_coordinator_batch_events",
     "baton_coordinator_transaction_seconds",
