@@ -121,6 +121,7 @@ public struct AuthoritySigner: Sendable {
     /// Reads a key file; the error names the file and what is wrong.
     public static func load(path: String) throws -> AuthoritySigner {
         let file = try KeyFiles.read(File.self, path: path, what: "signing key")
+        // CryptoKit's error says only "incorrect size": the one thrown here names the file and the field.
         guard let raw = Data(base64Encoded: file.privateKey), let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw) else {
             throw KeyFiles.Error(path: path, reason: "'private_key' is not the base64 of a 32-byte Ed25519 private key")
         }
@@ -258,6 +259,7 @@ public struct TrustedKeys: Sendable {
         for (i, e) in entries.enumerated() {
             guard !e.id.isEmpty else { throw AuthorityRefusal(.badSignature, "keys[\(i)]: 'id' is empty") }
             guard keys[e.id] == nil else { throw AuthorityRefusal(.badSignature, "keys[\(i)]: the id '\(e.id)' is listed twice") }
+            // As for the private key: the error thrown here names the entry and the field.
             guard let raw = Data(base64Encoded: e.publicKey), let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw) else {
                 throw AuthorityRefusal(.badSignature, "keys[\(i)] ('\(e.id)'): 'public_key' is not the base64 of a 32-byte Ed25519 public key")
             }
