@@ -15,11 +15,15 @@ import Testing
 struct SignedAuthorityTests {
     static let loan = try! String(contentsOf: repositoryRoot.appendingPathComponent("examples/loan-processing.yaml"), encoding: .utf8)  // in the repository
 
-    /// The dead letters of the engine so far: the reason of each, by the kind of the record refused.
+    /// The dead letters of the engine so far: the reason of each, by the kind of the record refused. One per
+    /// refused record (its origin): Tansu also serves the letters of a transaction that was aborted and tried again.
     func deadLetters(_ engine: Engine) async throws -> [(kind: String, reason: String)] {
-        try await engine.records(engine.names.deadletter).map { m in
+        var seen = Set<String>()
+        return try await engine.records(engine.names.deadletter).compactMap { m in
+            func header(_ name: String) -> String { m.header(name).map { String(decoding: $0, as: UTF8.self) } ?? "" }
+            guard seen.insert("\(header(WireHeaders.deadLetterPartition))@\(header(WireHeaders.deadLetterOffset))").inserted else { return nil }
             let kind = (try? Wire.kind(of: m.value ?? Data()))?.rawValue ?? "?"  // a letter whose value is not a record: shown as ?
-            return (kind, m.header(WireHeaders.deadLetterReason).map { String(decoding: $0, as: UTF8.self) } ?? "")
+            return (kind, header(WireHeaders.deadLetterReason))
         }
     }
 
