@@ -1,7 +1,7 @@
 """Fixtures of the API contract test: a whole Baton (coordinator, example workers, `baton serve` with an admin
 token) in a fresh namespace on the broker that scripts/test started (BATON_BROKERS, else 127.0.0.1:9092), the
 loan workflow registered and one loan (loan-7, the instance the document's examples name) waiting for its credit
-manager, so that generated requests meet real definitions, instances and tasks. Built the way tests/browser/conftest.py builds its Baton.
+manager, so that generated requests meet real definitions, instances and tasks.
 
     BATON_BIN         the baton binary (default .build/debug/baton)
     BATON_BROKERS     the Kafka bootstrap servers (default 127.0.0.1:9092)
@@ -10,152 +10,37 @@ manager, so that generated requests meet real definitions, instances and tasks. 
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import shutil
 import signal
-import socket
-import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-DEADLINE = 60.0  # seconds for any one thing to happen; a slow 2-core machine needs a fraction of it
-LOAN = REPO / "examples" / "loan-processing.yaml"
-# The worker pools of the loan workflow: the example workers serve only these.
-LOAN_POOLS = sorted(set(re.findall(r"^\s*(?:-\s+)?type:\s*([\w.]+)", LOAN.read_text(), re.MULTILINE)) - {"human_task"})
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from baton_system import (  # noqa: E402,F401 - the suite's tests import these from here
+    DEADLINE, LOAN, LOAN_POOLS, REPO, BatonSystem, ProgramExited, broker_reachable, tail, wait_until,
+)
+
 
 # Subjects that may not claim or decide tasks: one starts with '~' (kept for the engine's keys), one is over
 # the 200 bytes of an id.
 ODD_SUBJECTS = ["~mallory", "m" * 201]
 
-T = TypeVar("T")
 
-
-class ProgramExited(AssertionError):
-    """A program of the test ended before its time: no use waiting any longer."""
-
-
-def wait_until(what: str, probe: Callable[[], T], timeout: float = DEADLINE, interval: float = 0.2) -> T:
-    """Polls `probe` until it returns something truthy (which is returned); fails after `timeout` seconds
-    saying what it waited for and the last error the probe raised."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except ProgramExited:
-            raise
-        except Exception as error:  # noqa: BLE001 - reported if the deadline passes
-            last_error = error
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
-        time.sleep(interval)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError as error:
-        return f"({error})"
-    return "\n".join(text[-lines:]) or "(empty)"
-
-
-class Baton:
+class Baton(BatonSystem):
     """The programs of one Baton in its own namespace, and the API as an admin."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.logs = workdir / "logs"
-        self.logs.mkdir()
-        self.namespace = "api" + secrets.token_hex(4)
-        self.brokers = os.environ.get("BATON_BROKERS") or "127.0.0.1:9092"
-        # The keys that sign authority records (the server's signing key, the coordinators' trusted keys and
-        # result secret), made by `baton keys init` in the fixture.
-        self.keys = workdir / "keys"
-        self.env = dict(os.environ, BATON_NAMESPACE=self.namespace, BATON_BROKERS=self.brokers, BATON_KEYS_DIR=str(self.keys))
-        self.env.pop("BATON_AUTH_FILE", None)
-        self.auth_file = workdir / "auth.yaml"
-        self.processes: list[tuple[str, subprocess.Popen]] = []
-        self.bin = self._stable_copy_of_binary()
-        self.base_url = ""
+        super().__init__(workdir, "api")
         self.admin_token = ""
         self.odd_tokens: dict[str, str] = {}
-
-    # `swift build` may be rewriting the binary: wait until it exists and stops changing, then run a private
-    # copy of it, so that a rebuild cannot pull it away in the middle of the test.
-    def _stable_copy_of_binary(self) -> Path:
-        source = Path(os.environ.get("BATON_BIN") or REPO / ".build" / "debug" / "baton")
-
-        def stable() -> bool:
-            first = source.stat()
-            time.sleep(1.0)
-            second = source.stat()
-            return first.st_size > 0 and (first.st_size, first.st_mtime_ns) == (second.st_size, second.st_mtime_ns) and os.access(source, os.X_OK)
-
-        wait_until(f"the baton binary at {source} (build it with `swift build`)", stable, timeout=120)
-        copy = self.workdir / "baton"
-        shutil.copy2(source, copy)
-        subprocess.run([str(copy), "--help"], check=True, capture_output=True, timeout=60)
-        return copy
-
-    def run(self, *args: str) -> str:
-        """Runs a short baton command; its standard output, or a failure that shows what it said."""
-        result = subprocess.run(
-            [str(self.bin), *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
-        )
-        if result.returncode != 0:
-            raise AssertionError(f"baton {' '.join(args)} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}")
-        return result.stdout
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the process keeps it
-        process = subprocess.Popen(
-            [str(self.bin), *args], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        self.processes.append((name, process))
-        return process
-
-    def stop(self) -> None:
-        """Terminates every program this test started (SIGTERM, then SIGKILL after 5 s), newest first."""
-        for _, process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for _, process in reversed(self.processes):
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-    def check_alive(self) -> None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                raise ProgramExited(f"baton {name} exited with {process.returncode}; its log ends with:\n{tail(self.logs / f'{name}.log')}")
-
-    def log_tails(self, lines: int = 40) -> str:
-        return "\n\n".join(f"--- {path.name} ({path}) ---\n{tail(path, lines)}" for path in sorted(self.logs.glob("*.log")))
 
     def api(self, method: str, path: str, token: str | None = None, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {token or self.admin_token}", "Accept": "application/json", **kwargs.pop("headers", {})}
         return requests.request(method, self.base_url + path, headers=headers, timeout=DEADLINE + 10, **kwargs)
-
-
-def broker_reachable(brokers: str) -> None:
-    host, _, port = brokers.split(",")[0].strip().rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as error:
-        pytest.fail(f"no Kafka broker at {brokers} ({error}): start one with `deploy/local-broker start`, or set BATON_BROKERS", pytrace=False)
 
 
 @pytest.fixture(scope="session")
