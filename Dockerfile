@@ -6,7 +6,7 @@
 #   docker run --rm baton:dev validate examples/order-fulfillment.yaml
 #   docker run --rm -e BATON_BROKERS=kafka-1:9092 baton:dev check
 #
-# Build stage: the Swift 6.3.1 toolchain image; librdkafka 2.8.0 built from Debian's source package as
+# Build stage: the Swift 6.3.1 toolchain image; librdkafka 2.14.2 built from Debian's source package as
 # scripts/setup does (deploy/image/build-librdkafka); `swift build -c release --product baton` with the Swift
 # standard library and Foundation linked statically, so the runtime stage needs no Swift runtime libraries.
 # Runtime stage: debian:bookworm-slim with only the libraries the binary and librdkafka load

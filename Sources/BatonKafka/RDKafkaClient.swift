@@ -46,6 +46,7 @@ final class RDKafkaClient: @unchecked Sendable {
     private let poller: Poller?
 
     init(kind: Kind, properties: [String: String], brokers: KafkaBrokers, logger: Logger, pollInBackground: Bool) throws {
+        try LibrdkafkaVersion.check()
         self.kind = kind
         self.logger = logger
         self.brokers = brokers
