@@ -219,10 +219,16 @@ public struct StepDefinition: Sendable, Hashable, Codable {
     /// Input template (see `InputTemplate`); nil passes the workflow input as it is.
     public var input: JSON?
     public var retry: RetryPolicy?
+    /// How long an attempt may run: a worker's step from when the worker started it (its start report,
+    /// docs/wire-protocol.md), so that time waiting for a busy worker does not count (see `queueTimeout`); a human
+    /// task, an event wait or a signal step from when it began waiting.
     public var timeout: Millis?
     /// A running attempt that sends no heartbeat for this long counts as failed (its worker is presumed dead),
     /// long before `timeout`. Nil: heartbeats are not required.
     public var heartbeatTimeout: Millis?
+    /// How long an attempt's command may wait for a worker to start it (as Temporal's schedule-to-start); past
+    /// that the attempt counts as failed and is retried. Nil: it waits as long as the workers are busy.
+    public var queueTimeout: Millis?
     public var compensation: Compensation?
     /// The step runs only when this holds; otherwise it is skipped (and counts as done for its dependents).
     public var when: String?
@@ -236,7 +242,7 @@ public struct StepDefinition: Sendable, Hashable, Codable {
     public init(
         id: String, type: String, worker: String? = nil, dependsOn: [String] = [], input: JSON? = nil, retry: RetryPolicy? = nil,
         timeout: Millis? = nil, heartbeatTimeout: Millis? = nil, compensation: Compensation? = nil, when: String? = nil, forEach: ForEach? = nil,
-        humanTask: HumanTaskSpec? = nil, event: EventWait? = nil, signal: String? = nil
+        humanTask: HumanTaskSpec? = nil, event: EventWait? = nil, signal: String? = nil, queueTimeout: Millis? = nil
     ) {
         self.id = id
         self.type = type
@@ -246,6 +252,7 @@ public struct StepDefinition: Sendable, Hashable, Codable {
         self.retry = retry
         self.timeout = timeout
         self.heartbeatTimeout = heartbeatTimeout
+        self.queueTimeout = queueTimeout
         self.compensation = compensation
         self.when = when
         self.forEach = forEach

@@ -135,7 +135,7 @@ struct DefinitionReader {
 
     static let workflowFields = ["workflow_id", "version", "description", "timeout", "on_failure", "retention", "signals", "triggers", "steps"]
     static let stepFields = [
-        "id", "type", "worker", "depends_on", "input", "retry", "timeout", "heartbeat_timeout", "compensation", "when", "for_each",
+        "id", "type", "worker", "depends_on", "input", "retry", "timeout", "heartbeat_timeout", "queue_timeout", "compensation", "when", "for_each",
         "assignee", "title", "on_timeout", "description", "event", "signal",
     ]
     static let triggerFields = ["topic", "when", "instance_id", "input"]
@@ -346,6 +346,10 @@ struct DefinitionReader {
                 fail(join(path, "heartbeat_timeout"), "\(heartbeatTimeout) is not shorter than the step's timeout \(timeout ?? StepDefinition.defaultTimeout): it would never fire first")
             }
         }
+        let queueTimeout = duration(o, "queue_timeout", at: path)
+        if queueTimeout != nil, let type, StepDefinition.builtInTypes.contains(type) {
+            fail(join(path, "queue_timeout"), "a \(type) step has no worker to wait for; its timeout counts from when it starts waiting")
+        }
         var compensation: Compensation?
         if let c = o["compensation"], let co = object(c, at: join(path, "compensation"), fields: Self.compensationFields, what: "a compensation") {
             let cpath = join(path, "compensation")
@@ -443,7 +447,8 @@ struct DefinitionReader {
         guard let id, let type else { return nil }
         return StepDefinition(
             id: id, type: type, worker: worker, dependsOn: dependsOn, input: o["input"], retry: retry, timeout: timeout,
-            heartbeatTimeout: heartbeatTimeout, compensation: compensation, when: when, forEach: forEach, humanTask: human, event: event, signal: signal)
+            heartbeatTimeout: heartbeatTimeout, compensation: compensation, when: when, forEach: forEach, humanTask: human, event: event, signal: signal,
+            queueTimeout: queueTimeout)
     }
 
     mutating func retryPolicy(_ value: JSON, at path: String, defaults: RetryPolicy) -> RetryPolicy? {

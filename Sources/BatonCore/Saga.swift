@@ -184,7 +184,8 @@ struct Machine {
         state.steps[s].units[u].heartbeatAt = nil
     }
 
-    /// A worker says a running attempt is alive: its heartbeat timeout starts again.
+    /// A worker says a running attempt is alive: its heartbeat timeout starts again. The first heartbeat of an
+    /// attempt says that the worker started it.
     mutating func heartbeat(step: String, item: Int?, attempt: Int, details: JSON?) -> IgnoredReason? {
         let (s, u): (Int, Int)
         switch locate(step: step, item: item, attempt: attempt) {
@@ -194,6 +195,11 @@ struct Machine {
         if !steps[s].hasWorker { return .notApplicable("'\(step)' is a \(steps[s].type) step: it has no worker to send heartbeats") }
         guard state.steps[s].units[u].status == .running else {
             return .stale("attempt \(attempt) of '\(step)' is \(state.steps[s].units[u].status.rawValue), not running")
+        }
+        if state.steps[s].units[u].heartbeatAt == nil {
+            // The attempt's first heartbeat is its start report: its run timeout counts from now, replacing
+            // the queue timeout (docs/wire-protocol.md, "Reporting the start").
+            arm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt), at: now + steps[s].effectiveTimeout.value)
         }
         state.steps[s].units[u].heartbeatAt = now
         if let details { state.steps[s].units[u].progress = details }
@@ -451,9 +457,12 @@ struct Machine {
             dispatchUnit(s, u)
         case .stepTimeout:
             guard state.steps[s].units[u].status == .running else { return nil }
+            let queued = steps[s].hasWorker && state.steps[s].units[u].heartbeatAt == nil
             endAttempt(s, u)
             let error: String =
-                if let event = steps[s].event {
+                if queued, let queueTimeout = steps[s].queueTimeout {
+                    "not started within its queue_timeout of \(queueTimeout): no worker took the command"
+                } else if let event = steps[s].event {
                     "no record on \(event.topic) matched within \(steps[s].effectiveTimeout)"
                 } else if let signal = steps[s].signal {
                     "no signal '\(signal)' came within \(steps[s].effectiveTimeout)"
@@ -839,12 +848,13 @@ struct Machine {
                 .dispatch(
                     StepCommand(
                         instanceID: state.instanceID, workflowID: workflow.id, workflowVersion: workflow.version, step: step.id, type: step.type,
-                        pool: step.pool, item: item, attempt: attempt, input: input, deadline: now + timeout,
+                        pool: step.pool, item: item, attempt: attempt, input: input, deadline: step.queueTimeout.map { now + $0.value } ?? StepCommand.noDeadline,
                         idempotencyKey: idempotencyKey(s, item: item, compensation: false), isCompensation: false,
-                        heartbeatTimeout: step.heartbeatTimeout)))
-            arm(TimerKey(kind: .stepTimeout, step: s, item: item, attempt: attempt), at: now + timeout)
-            if let heartbeat = step.heartbeatTimeout {
-                arm(TimerKey(kind: .heartbeat, step: s, item: item, attempt: attempt), at: now + heartbeat.value)
+                        heartbeatTimeout: step.heartbeatTimeout, timeout: step.effectiveTimeout)))
+            // The run timeout and the heartbeat timeout start with the worker's start report (`heartbeat`); until
+            // then only the queue timeout, when the step has one, bounds the wait for a worker.
+            if let queueTimeout = step.queueTimeout {
+                arm(TimerKey(kind: .stepTimeout, step: s, item: item, attempt: attempt), at: now + queueTimeout.value)
             }
         }
     }

@@ -236,13 +236,20 @@ public struct StepCommand: Sendable, Hashable, Codable {
     public var item: Int?
     public var attempt: Int
     public var input: JSON
-    /// When the coordinator stops waiting for this attempt.
+    /// A step's command: until when a worker may start the attempt (the dispatch plus the step's
+    /// `queue_timeout`; `noDeadline` without one). A compensation's: when the coordinator stops waiting for it.
     public var deadline: Timestamp
     /// The same for every attempt of a step (or item), so that a worker's side effects happen once.
     public var idempotencyKey: String
     public var isCompensation: Bool
     /// The worker must send a heartbeat at least this often while it runs the attempt.
     public var heartbeatTimeout: Millis?
+    /// A step's command: how long the attempt may run once its worker started it (nil for a compensation).
+    public var timeout: Millis? = nil
+
+    /// The deadline of a command that may wait for a worker as long as the workers are busy (9999-12-31, the
+    /// latest time that reads as a date everywhere).
+    public static let noDeadline: Timestamp = 253_402_300_799_999
 }
 
 /// A human task: what a person is asked to decide, who may, until when, and what happened to it so far.

@@ -54,7 +54,8 @@ struct SagaTests {
               - { id: D, type: t, depends_on: [A, B, C] }
             """))
         #expect(Set(sim.dispatched.map(\.step)) == ["A", "B", "C"])
-        #expect(sim.dispatched.allSatisfy { $0.deadline == 30 * 60_000 })
+        // The default timeout (30 m) runs from each worker's start; with no queue_timeout they may start any time.
+        #expect(sim.dispatched.allSatisfy { $0.timeout == .minutes(30) && $0.deadline == StepCommand.noDeadline })
         sim.complete("C", at: 5_000)
         sim.complete("A", at: 10_000)
         #expect(!sim.dispatched.contains { $0.step == "D" })
@@ -162,6 +163,7 @@ struct SagaTests {
             workflow_id: w
             steps: [{ id: a, type: t, timeout: 10s, retry: { max_attempts: 2, initial_backoff: 1s, jitter: 0 } }]
             """))
+        sim.start("a", at: 0)
         sim.advance(to: 10_000)
         #expect(sim.state.steps[0].units[0].error == "timed out after 10s")
         sim.advance(to: 11_000)
@@ -169,6 +171,7 @@ struct SagaTests {
         // A late answer from the timed-out attempt is stale; the current attempt's answer counts.
         let stale = sim.send(.stepCompleted(step: "a", item: nil, attempt: 1, output: ["late": true]))
         #expect(stale.outcome == .ignored(.stale("attempt 1 of 'a' was superseded by attempt 2")))
+        sim.start("a", at: 11_000)
         sim.advance(to: 21_000)
         #expect(sim.state.status == .failed)
         #expect(sim.state.reason == "'a' failed after 2 attempts: timed out after 10s")
