@@ -41,6 +41,11 @@ public struct KafkaClientConfiguration: Sendable {
             // Logs go to a queue that our own polling serves, so the log callback never runs on librdkafka's threads.
             "log.queue": "true",
             "socket.timeout.ms": String(max(1000, requestTimeout.milliseconds)),
+            // No client creates a topic by asking for it: librdkafka producers ask the broker to by default, and
+            // a topic made so gets the broker's defaults (partition count, no compaction), which would split
+            // instances from their state. Engine topics come from `baton topics apply` only, command topics from
+            // `CommandTopics` (the admin API). A record for a missing topic fails instead (unknown topic).
+            "allow.auto.create.topics": "false",
         ]
         if let debug { p["debug"] = debug }
         return p

@@ -162,6 +162,7 @@ class Settings:
                 "enable.auto.commit": "false",
                 "enable.auto.offset.store": "false",
                 "auto.offset.reset": "earliest",
+                "allow.auto.create.topics": "false",
                 "fetch.wait.max.ms": str(self.fetch_wait_ms),
             }
         )
