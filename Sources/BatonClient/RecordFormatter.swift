@@ -211,7 +211,7 @@ public struct RecordFormatter: Sendable {
             if let request { f.append(.init("request_id", .string(request))) }
             if override { f.append(.init("override", true)) }
             return f
-        case .timerFired(let timer):
+        case .timerFired(let timer, _):
             return [.init("timer", .string(timer.kind.rawValue))]
                 + (timer.step.map { [.init("step_index", .number(Double($0)))] } ?? [])
                 + (timer.item.map { [.init("item", .number(Double($0)))] } ?? [])

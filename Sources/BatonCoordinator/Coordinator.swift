@@ -325,7 +325,7 @@ extension SagaEvent {
         case .taskDecided(let step, _, _, _, _, _, _, _): "task.decided \(step)"
         case .taskClaimed(let step, _, _, _, _, _): "task.claimed \(step)"
         case .heartbeat(let step, _, _, _): "step.heartbeat \(step)"
-        case .timerFired(let key):
+        case .timerFired(let key, _):
             "timer \(key.kind.rawValue)\(key.step.flatMap { workflow.steps.indices.contains($0) ? " \(workflow.steps[$0].id)" : nil } ?? "")"
         case .cancel: "operator cancel"
         case .resume: "operator resume"

@@ -137,7 +137,7 @@ struct BatchObservations {
                 return false
             }
             attempts.append((workflow.id, step, retried ? .retried : .failed, duration(dispatches, id, step, item, attempt, now: now)))
-        case .timerFired(let key) where key.kind == .stepTimeout || key.kind == .heartbeat:
+        case .timerFired(let key, _) where key.kind == .stepTimeout || key.kind == .heartbeat:
             if let s = key.step, workflow.steps.indices.contains(s) {
                 let step = workflow.steps[s].id
                 attempts.append((workflow.id, step, .timedOut, duration(dispatches, id, step, key.item, key.attempt, now: now)))

@@ -87,7 +87,7 @@ struct Machine {
     /// Applies an event; returns why it was ignored, or nil when it was applied.
     mutating func handle(_ event: SagaEvent) -> IgnoredReason? {
         if state.status.isFinished {
-            if case .timerFired(let key) = event, key.kind == .retention { return purge(key) }
+            if case .timerFired(let key, let dueAt) = event, key.kind == .retention { return purge(key, dueAt: dueAt) }
             return .notApplicable("the instance is \(state.status.rawValue)")
         }
         if let request = event.request {
@@ -114,8 +114,8 @@ struct Machine {
             return heartbeat(step: step, item: item, attempt: attempt, details: details)
         case .eventReceived(let step, let attempt, _, let event):
             return receive(step: step, attempt: attempt, event: event)
-        case .timerFired(let key):
-            return fire(key)
+        case .timerFired(let key, let dueAt):
+            return fire(key, dueAt: dueAt)
         case .cancel, .resume, .retry, .skip, .signal:
             return handleOperator(event)
         }
@@ -210,10 +210,8 @@ struct Machine {
     }
 
     /// The retention of a finished instance ran out: everything stored for it goes.
-    mutating func purge(_ key: TimerKey) -> IgnoredReason? {
-        guard state.timers.contains(where: { $0.key == key }) else {
-            return .stale("timer \(key) is not armed (it fired already or was cancelled)")
-        }
+    mutating func purge(_ key: TimerKey, dueAt: Timestamp?) -> IgnoredReason? {
+        if case .failure(let reason) = armedTimer(key, firingFor: dueAt) { return reason }
         state.timers.removeAll()
         effects.append(.purge)
         return nil
@@ -435,9 +433,29 @@ struct Machine {
             dueAt: createdAt + step.effectiveTimeout.value)
     }
 
-    mutating func fire(_ key: TimerKey) -> IgnoredReason? {
+    /// The armed timer a firing is for: armed, for the due time the firing names (when it names one), and due
+    /// now. Anything else is a stale firing (the timer fired already, was cancelled, or was armed again for a
+    /// later time, as each heartbeat does), or an early or forged one: it changes nothing, and the timer fires
+    /// when it is due.
+    func armedTimer(_ key: TimerKey, firingFor dueAt: Timestamp?) -> Result<Int, IgnoredReason> {
         guard let index = state.timers.firstIndex(where: { $0.key == key }) else {
-            return .stale("timer \(key) is not armed (it fired already or was cancelled)")
+            return .failure(.stale("timer \(key) is not armed (it fired already or was cancelled)"))
+        }
+        let armed = state.timers[index].dueAt
+        if let dueAt, dueAt != armed {
+            return .failure(.stale("timer \(key) is armed for \(armed), not for \(dueAt) as this firing says (armed again since)"))
+        }
+        guard armed <= now else {
+            return .failure(.stale("timer \(key) is not due until \(armed); it is \(now) on this coordinator's clock"))
+        }
+        return .success(index)
+    }
+
+    mutating func fire(_ key: TimerKey, dueAt: Timestamp?) -> IgnoredReason? {
+        let index: Int
+        switch armedTimer(key, firingFor: dueAt) {
+        case .success(let i): index = i
+        case .failure(let reason): return reason
         }
         state.timers.remove(at: index)
         let s = key.step ?? 0

@@ -188,7 +188,11 @@ public enum SagaEvent: Sendable, Hashable, Codable {
     case taskClaimed(step: String, attempt: Int, claimant: String?, by: String, request: String?, override: Bool = false)
     /// A worker reports that a running attempt is alive (and, optionally, how far it got).
     case heartbeat(step: String, item: Int?, attempt: Int, details: JSON?)
-    case timerFired(TimerKey)
+    /// A timer came due. `dueAt` is the time the firing was for: a timer armed again since (a heartbeat moved its
+    /// due time) ignores a firing for an older due time. Nil only in records written before firings carried it.
+    /// A timer is applied only when it is due on the applying coordinator's clock (`now`), so that a stale,
+    /// early or forged firing changes nothing.
+    case timerFired(TimerKey, dueAt: Timestamp? = nil)
     /// Operator commands carry a request id: the same request delivered twice is applied once.
     case cancel(reason: String, by: String, request: String)
     /// Operator: continue a suspended instance (retry what failed).

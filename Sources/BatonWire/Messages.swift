@@ -675,7 +675,7 @@ public enum EventMessage: Sendable, Hashable {
 
     /// A fired timer: an instance's, or a mailbox's expiry.
     static func timerEvent(_ m: TimerMessage) -> EventMessage {
-        Mailbox.isKey(m.instanceID) ? .mailbox(key: m.instanceID, .expire) : .event(instanceID: m.instanceID, .timerFired(m.timer))
+        Mailbox.isKey(m.instanceID) ? .mailbox(key: m.instanceID, .expire) : .event(instanceID: m.instanceID, .timerFired(m.timer, dueAt: m.dueAt))
     }
 
     static func checkMailbox(_ key: String) throws(Wire.DecodeError) {

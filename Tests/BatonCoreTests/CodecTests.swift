@@ -178,7 +178,7 @@ struct CodecTests {
                 return .start(m)
             case .timerFired:
                 let m = try Wire.decode(TimerMessage.self, from: data)
-                return .event(instanceID: m.instanceID, .timerFired(m.timer))
+                return .event(instanceID: m.instanceID, .timerFired(m.timer, dueAt: m.dueAt))
             default:
                 var m = try Wire.decode(ResultMessage.self, from: data)
                 guard m.attempt >= 1 else { throw Wire.DecodeError("field 'attempt' is \(m.attempt); attempts are numbered from 1 (answer with the command's attempt)") }

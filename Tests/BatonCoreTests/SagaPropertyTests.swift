@@ -184,7 +184,7 @@ struct SagaPropertyTests {
             default: break
             }
             if rng.chance(0.02) { event = .cancel(reason: "r", by: "ops", request: "c-\(rng.next())") }
-            if case .timerFired(let key) = event, let due = state.timers.first(where: { $0.key == key })?.dueAt {
+            if case .timerFired(let key, _) = event, let due = state.timers.first(where: { $0.key == key })?.dueAt {
                 now = max(now, due)
             } else {
                 now += Timestamp.random(in: 0...500, using: &rng)
@@ -208,7 +208,7 @@ struct SagaPropertyTests {
                 #expect(again.state == t.state && again.effects.isEmpty, "\(event) applied twice changed the state (seed \(seed))")
                 if case .applied = again.outcome { Issue.record("\(event) was applied twice (seed \(seed))") }
                 applied.append(event)
-                if case .timerFired(let key) = event, key.kind == .heartbeat { tally.add("heartbeatTimeout") }
+                if case .timerFired(let key, _) = event, key.kind == .heartbeat { tally.add("heartbeatTimeout") }
             }
             state = t.state
             collect(t.effects)

@@ -32,7 +32,7 @@ struct Simulator {
     /// Fires every armed timer due at or before `time`, in due order.
     mutating func advance(to time: Timestamp) {
         while let next = state.timers.filter({ $0.dueAt <= time }).min(by: { ($0.dueAt, $0.key.description) < ($1.dueAt, $1.key.description) }) {
-            send(.timerFired(next.key), at: next.dueAt)
+            send(.timerFired(next.key, dueAt: next.dueAt), at: next.dueAt)
         }
         now = max(now, time)
     }
