@@ -114,6 +114,17 @@ final class WriteGate: Sendable {
         }
     }
 
+    /// When the poll loop last polled the group.
+    private let lastPoll = Mutex(ContinuousClock.now)
+
+    func polled(at instant: ContinuousClock.Instant) { lastPoll.withLock { $0 = instant } }
+
+    /// Whether a write outside a transaction (a timer's firing) may go out now: the gate is open, and the poll loop
+    /// polled within `limit` (a process frozen for longer may have lost its partitions and not know it yet).
+    func mayWrite(polledWithin limit: Duration) -> Bool {
+        openAt == nil && ContinuousClock.now - lastPoll.withLock { $0 } <= limit
+    }
+
     /// Throws when the gate is held, or when the caller itself was frozen: more than `limit` since `since`.
     func check(since: ContinuousClock.Instant, limit: Duration) throws {
         let elapsed = ContinuousClock.now - since
@@ -155,11 +166,13 @@ public final class Coordinator: Service, Sendable {
         let names = configuration.names
         let registry = try await DefinitionRegistry(client: configuration.client, names: names, logger: logger)
         let admin = try KafkaAdmin(configuration: configuration.client, logger: logger)
-        let consumer = try KafkaConsumer(
-            configuration: .engineMember(
-                client: configuration.client, group: names.coordinatorGroup, sessionTimeout: configuration.sessionTimeout,
-                maxPollInterval: configuration.maxPollInterval),
-            logger: logger)
+        var consumerConfiguration = KafkaConsumerConfiguration.engineMember(
+            client: configuration.client, group: names.coordinatorGroup, sessionTimeout: configuration.sessionTimeout,
+            maxPollInterval: configuration.maxPollInterval)
+        // A partition's end (read_committed: the end of what committed) is where a new owner has applied what was
+        // queued for it, and may fire its timers.
+        consumerConfiguration.reportPartitionEOF = true
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         var sideConfiguration = KafkaProducerConfiguration(client: configuration.client)
         sideConfiguration.linger = .milliseconds(1)
         let sideProducer = try ResilientProducer(configuration: sideConfiguration, logger: logger)
@@ -221,6 +234,7 @@ public final class Coordinator: Service, Sendable {
                 context.writeGate.hold(until: polled + configuration.sessionTimeout / 3)
             }
             lastPoll = polled
+            context.writeGate.polled(at: polled)
             for event in events {
                 switch event {
                 case .assigned(let partitions):
@@ -260,11 +274,14 @@ public final class Coordinator: Service, Sendable {
                     runners[m.partition]?.deliver(m)
                 case .error(let error):
                     logger.warning("consumer: \(error)")
-                case .partitionEOF:
-                    break
+                case .partitionEOF(let tp, let offset):
+                    if tp.topic == names.events { runners[tp.partition]?.observeEnd(offset) }
                 }
             }
             for (p, runner) in runners {
+                // The partition's end when it was taken: a fetch's high watermark (right on brokers whose
+                // ListOffsets answer is not), known after the first fetch of the partition.
+                if !runner.knowsEnd, let high = consumer.cachedHighWatermark(TopicPartition(names.events, p)) { runner.observeEnd(high) }
                 if let offset = runner.pendingReset {
                     // A runner that must read again (it took its partition anew, or saw offsets out of order):
                     // seek here, between polls, so that nothing read before the seek reaches it after.

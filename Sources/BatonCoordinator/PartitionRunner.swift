@@ -39,6 +39,10 @@ final class PartitionRunner: Sendable {
         var finished = false
         var finishWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
+        /// The end of the partition when this runner took it (its assignment mark): timers wait until what was
+        /// queued up to it is applied. The first end the poll loop saw (a fetch's high watermark), lowered by a
+        /// partition EOF (read_committed: the end of what committed).
+        var end: Int64?
     }
     private let inbox = Mutex(Inbox())
 
@@ -119,6 +123,14 @@ final class PartitionRunner: Sendable {
 
     var backlog: Int { inbox.withLock { $0.messages.count } }
 
+    /// Whether the poll loop has told the runner where its partition ended when it was taken.
+    var knowsEnd: Bool { inbox.withLock { $0.end != nil } }
+
+    /// The poll loop saw the partition's end at `offset` (a fetch's high watermark, or a partition EOF).
+    func observeEnd(_ offset: Int64) {
+        inbox.withLock { $0.end = min($0.end ?? offset, offset) }
+    }
+
     /// The offset the runner needs the poll loop to seek to, if any.
     var pendingReset: Int64? {
         inbox.withLock { i in if case .requested(let offset) = i.reset { offset } else { nil } }
@@ -151,9 +163,15 @@ final class PartitionRunner: Sendable {
         var gaps = fresh(owned)
         var timerFailures = 0
         var timersBlockedUntil = ContinuousClock.now
+        var timersHeld = TimerHold()
         while !isStopping {
             let now = configuration.clock()
-            if ContinuousClock.now >= timersBlockedUntil {
+            // Timers fire once the events queued when the partition was taken are applied (a heartbeat waiting
+            // there must move its timer first), and only while this process may write for the partition: a
+            // process that was frozen past its poll interval may have lost it without knowing yet.
+            let timersMayFire = timersHeld.released(owned, end: inbox.withLock { $0.end }, logger: logger)
+                && context.writeGate.mayWrite(polledWithin: configuration.sessionTimeout / 3)
+            if timersMayFire, ContinuousClock.now >= timersBlockedUntil {
                 let due = owned.dueTimers(at: now)
                 if !due.isEmpty {
                     let failed = await owned.fire(due)
@@ -165,7 +183,7 @@ final class PartitionRunner: Sendable {
             let taken = Int64(Date().timeIntervalSince1970 * 1000)
             for m in batch { if let written = m.timestamp { batchedWait.recordMilliseconds(max(0, taken - written)) } }
             if batch.isEmpty {
-                let dueIn = owned.nextDue.map { Duration.milliseconds(max(0, $0 - configuration.clock())) } ?? configuration.idleWait
+                let dueIn = timersMayFire ? owned.nextDue.map { Duration.milliseconds(max(0, $0 - configuration.clock())) } ?? configuration.idleWait : configuration.idleWait
                 await waitForWork(atMost: min(dueIn, configuration.idleWait))
                 continue
             }
@@ -174,6 +192,9 @@ final class PartitionRunner: Sendable {
             case .stopped: break
             case .retaken:
                 gaps = fresh(owned)
+                // Taken anew: what is queued now goes first again.
+                timersHeld = TimerHold()
+                inbox.withLock { $0.end = nil }
             }
         }
         await owned.release()
@@ -311,6 +332,24 @@ final class PartitionRunner: Sendable {
             i.signaled = true
             return i.takeWaiter()
         }?.resume()
+    }
+}
+
+/// Whether a runner's timers may fire: not before it has applied the events that were on its partition when it
+/// took it (up to the assignment mark), so that a new owner applies the heartbeats and results queued for it
+/// before it fires what looks overdue. Released once, for as long as the runner holds the partition.
+struct TimerHold {
+    var isReleased = false
+    let since = ContinuousClock.now
+
+    mutating func released(_ owned: OwnedPartition, end: Int64?, logger: Logger) -> Bool {
+        if isReleased { return true }
+        guard let end, (owned.nextOffset ?? 0) >= end else { return false }
+        isReleased = true
+        logger.info(
+            "applied the events queued when the partition was taken; its timers fire from now",
+            metadata: ["partition": "\(owned.partition)", "mark": "\(end)", "held_ms": "\((ContinuousClock.now - since).inMilliseconds)"])
+        return true
     }
 }
 
