@@ -13,6 +13,7 @@ public enum ConformanceCase: String, CaseIterable, Sendable {
     case duplicate
     case oldAttempt = "old-attempt"
     case token
+    case start
     case unreadable
     case oversized
     case deadline
@@ -28,6 +29,7 @@ public enum ConformanceCase: String, CaseIterable, Sendable {
         case .duplicate: "the same command delivered twice: every answer is for its attempt, and they agree"
         case .oldAttempt: "attempt 2 then attempt 1 of a step: each answer carries its own command's attempt"
         case .token: "a command's token is echoed in its heartbeats and result; a command without a token is answered without one"
+        case .start: "an attempt still running 1 s after it started is reported started: a step.heartbeat for its attempt, with its token, before its result"
         case .unreadable: "records that are not commands go to the dead-letter topic with the baton-dlq-* headers; the next command is answered"
         case .oversized: "an output whose result would be over 256 KiB is step.failed, not retryable, instead of being sent"
         case .deadline: "a command more than 1 s past its deadline gets no answer; the next one does"
@@ -235,6 +237,7 @@ final class ConformanceRun: Sendable {
             case .duplicate: notes = try await duplicate()
             case .oldAttempt: notes = try await oldAttempt()
             case .token: notes = try await token()
+            case .start: notes = try await start()
             case .unreadable: notes = try await unreadable()
             case .oversized: notes = try await oversized()
             case .deadline: notes = try await deadline()

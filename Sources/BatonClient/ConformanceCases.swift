@@ -162,6 +162,37 @@ extension ConformanceRun {
         return []
     }
 
+    /// A worker reports the start of an attempt (its first `step.heartbeat`) at most 1 s after it started it, so
+    /// that the coordinator counts the step's timeout from then (docs/wire-protocol.md, "Reporting the start"). The
+    /// command has no heartbeat_timeout: the report is owed by every step's attempt that runs that long.
+    func start() async throws -> [String] {
+        let ms: Int64 = 3_000
+        let long = try await send(instance("start-1"), input: ["op": "sleep", "ms": .number(Double(ms)), "value": "started"], partition: partition(14)) {
+            $0["timeout"] = 600_000
+        }
+        let collected = try await collect([long], timeout: configuration.answerTimeout + .milliseconds(ms))
+        var problems = completed(long, in: collected, output: echoed(long, value: "started"))
+        let result = collected.answers[long.instanceID, default: []].first { $0.result?.attempt == long.attempt }
+        let reports = probe.heartbeatRecords(for: long.instanceID).filter { $0.heartbeat.attempt == long.attempt }
+        var notes: [String] = []
+        if let first = reports.first {
+            if let problem = tokenProblem(first.heartbeat.token, for: long) { problems.append("the start report of \(long.described) \(problem)") }
+            // Both timestamps are the worker's: the report came at most 1 s after the start when the result (3 s after
+            // the start) came at least 2 s after it; 500 ms are allowed for a slow producer.
+            if let reported = first.at, let answered = result?.message.timestamp {
+                let before = answered - reported
+                notes.append("reported started \(before) ms before its result (the handler runs \(ms) ms)")
+                if before < ms - 1_500 {
+                    problems.append("\(long.described) was reported started only \(before) ms before its result, more than 1 s after it started (it runs \(ms) ms)")
+                }
+            }
+        } else if problems.isEmpty {
+            problems.append("no step.heartbeat for \(long.described) before its result: an attempt still running 1 s after it started must be reported started")
+        }
+        try check(problems)
+        return notes
+    }
+
     func unreadable() async throws -> [String] {
         let p = partition(9)
         let marker = KafkaHeader(key: "conformance-probe", string: runID)

@@ -152,6 +152,11 @@ final class ConformanceProbe: Sendable {
         seen.withLock { $0.answers.compactMap { $0.instanceID == instanceID ? $0.heartbeat : nil } }
     }
 
+    /// The heartbeat records read back for an instance (with their timestamps), in the order they came.
+    func heartbeatRecords(for instanceID: String) -> [(heartbeat: HeartbeatMessage, at: Int64?)] {
+        seen.withLock { $0.answers.compactMap { a in a.instanceID == instanceID ? a.heartbeat.map { ($0, a.message.timestamp) } : nil } }
+    }
+
     var deadLetters: [KafkaMessage] { seen.withLock { $0.deadLetters } }
 
     /// Writes a record to a partition of the command topic; its offset once the broker has it.

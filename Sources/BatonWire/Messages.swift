@@ -198,6 +198,9 @@ public struct CommandMessage: Codable, Sendable, Hashable {
     public var item: Int?
     public var attempt: Int
     public var input: JSON
+    /// A step's command: until when (milliseconds since the epoch) a worker may start the attempt; past it the
+    /// worker drops the command unrun (the coordinator has retried it). `StepCommand.noDeadline` (9999-12-31)
+    /// when the step has no `queue_timeout`. A compensation's: when the coordinator stops waiting for it.
     public var deadline: Int64
     public var idempotencyKey: String
     public var replyTo: ReplyTo
@@ -207,6 +210,9 @@ public struct CommandMessage: Codable, Sendable, Hashable {
     /// attempt, and the worker echoes it unchanged in the attempt's result and heartbeats (docs/wire-protocol.md).
     /// Nil from a coordinator of the release before tokens; then the answers carry none either.
     public var token: String?
+    /// Milliseconds: how long the attempt may run once the worker started it (its start report). Nil for a
+    /// compensation, and from a coordinator of a release before it.
+    public var timeout: Int64?
 
     public init(_ command: StepCommand, replyTo: ReplyTo, token: String? = nil) {
         kind = command.isCompensation ? .compensationCommand : .stepCommand
@@ -224,13 +230,14 @@ public struct CommandMessage: Codable, Sendable, Hashable {
         self.replyTo = replyTo
         heartbeatTimeout = command.heartbeatTimeout?.value
         self.token = token
+        timeout = command.timeout?.value
     }
 
     public var isCompensation: Bool { kind == .compensationCommand }
 
     enum CodingKeys: String, CodingKey {
         case v, kind, instanceID = "instance_id", workflowID = "workflow_id", workflowVersion = "workflow_version", step, type, pool, item
-        case attempt, input, deadline, idempotencyKey = "idempotency_key", replyTo = "reply_to", heartbeatTimeout = "heartbeat_timeout", token
+        case attempt, input, deadline, idempotencyKey = "idempotency_key", replyTo = "reply_to", heartbeatTimeout = "heartbeat_timeout", token, timeout
     }
 }
 

@@ -38,7 +38,8 @@ extension ReplyTo {
 extension CommandMessage: WireWritable {
     init(
         kind: Wire.Kind, instanceID: String, workflowID: String, workflowVersion: Int, step: String, type: String, pool: String, item: Int?,
-        attempt: Int, input: JSON, deadline: Int64, idempotencyKey: String, replyTo: ReplyTo, heartbeatTimeout: Int64?, token: String?
+        attempt: Int, input: JSON, deadline: Int64, idempotencyKey: String, replyTo: ReplyTo, heartbeatTimeout: Int64?, token: String?,
+        timeout: Int64? = nil
     ) {
         self.kind = kind
         self.instanceID = instanceID
@@ -55,6 +56,7 @@ extension CommandMessage: WireWritable {
         self.replyTo = replyTo
         self.heartbeatTimeout = heartbeatTimeout
         self.token = token
+        self.timeout = timeout
     }
 
     public func write(to w: inout JSONTextWriter) {
@@ -70,6 +72,7 @@ extension CommandMessage: WireWritable {
         w.key("pool"); w.string(pool)
         w.key("reply_to"); replyTo.write(to: &w)
         w.key("step"); w.string(step)
+        if let timeout { w.key("timeout"); w.int64(timeout) }
         if let token { w.key("token"); w.string(token) }
         w.key("type"); w.string(type)
         w.key("v"); w.int(v)
@@ -82,7 +85,7 @@ extension CommandMessage: WireWritable {
     public static func fastDecode(_ data: Data) -> CommandMessage? {
         Wire.fast(data) { r in
             var v: Int?, kind: Wire.Kind?, instanceID: String?, workflowID: String?, workflowVersion: Int?, step: String?, type: String?
-            var pool: String?, item: Int?, attempt: Int?, input: JSON?, deadline: Int64?, idempotencyKey: String?, heartbeatTimeout: Int64?
+            var pool: String?, item: Int?, attempt: Int?, input: JSON?, deadline: Int64?, idempotencyKey: String?, heartbeatTimeout: Int64?, timeout: Int64?
             var topic: String?, partition: Int32?, token: String?
             try r.object { key, r in
                 switch key {
@@ -107,6 +110,7 @@ extension CommandMessage: WireWritable {
                         }
                     }
                 case "step": step = try r.string()
+                case "timeout": timeout = try r.null() ? nil : r.int64()
                 case "token": token = try r.null() ? nil : r.string()
                 case "type": type = try r.string()
                 case "v": v = try r.int()
@@ -121,7 +125,7 @@ extension CommandMessage: WireWritable {
             return CommandMessage(
                 kind: kind, instanceID: instanceID, workflowID: workflowID, workflowVersion: workflowVersion, step: step, type: type, pool: pool,
                 item: item, attempt: attempt, input: input, deadline: deadline, idempotencyKey: idempotencyKey,
-                replyTo: ReplyTo(topic: topic, partition: partition), heartbeatTimeout: heartbeatTimeout, token: token)
+                replyTo: ReplyTo(topic: topic, partition: partition), heartbeatTimeout: heartbeatTimeout, token: token, timeout: timeout)
         }
     }
 }

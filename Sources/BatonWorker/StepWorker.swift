@@ -24,8 +24,9 @@ public struct StepContext: Sendable {
     /// The same for every attempt of a step (or item): use it to make side effects happen once.
     public var idempotencyKey: String { command.idempotencyKey }
     public var isCompensation: Bool { command.isCompensation }
-    /// When the coordinator stops waiting for this attempt (milliseconds since the epoch).
-    public var deadline: Int64 { command.deadline }
+    /// When the coordinator stops waiting for this attempt (milliseconds since the epoch): the step's timeout
+    /// after the worker started it (a coordinator of the release before sends the deadline itself).
+    public var deadline: Int64 { command.timeout.map { heartbeats.startedAt + $0 } ?? command.deadline }
 
     /// Tells the coordinator the attempt is alive (and how far it got, in `details`, at most 4 KiB of JSON).
     /// A step with a `heartbeat_timeout` fails an attempt that stays silent that long; call this from a long
@@ -55,15 +56,22 @@ public struct WorkerConfiguration: Sendable {
     /// Commands handled at once. When all are busy the worker keeps polling (so that the group keeps it), and
     /// the commands it receives wait for a free slot.
     public var concurrency = 32
-    /// Commands fetched ahead and waiting for a slot at most; past that, the worker's partitions are paused (it
-    /// keeps polling) until half of them are taken.
-    public var prefetch = 10_000
+    /// Commands fetched ahead and waiting for a slot at most (nil: `concurrency`); past that, the worker's
+    /// partitions are paused (it keeps polling) until half of them are taken, and librdkafka's own queue is kept
+    /// as small. A worker takes no more than it can start soon: the rest waits in Kafka, where it shows as the
+    /// group's lag and any member that gets the partition can take it.
+    public var prefetch: Int?
+    /// An attempt still running this long after it started is reported started (a `step.heartbeat`: its run
+    /// timeout counts from then). Shorter attempts send no report: their result ends them. At most 1 s
+    /// (docs/wire-protocol.md); an attempt whose start deadline is this close reports at once.
+    public var startReport: Duration = .milliseconds(500)
     public var sessionTimeout: Duration = .seconds(10)
     public var maxPollInterval: Duration = .seconds(30)
     /// On graceful shutdown, in-flight commands get this long to finish; the rest are handed back.
     public var shutdownGrace: Duration = .seconds(10)
-    /// A command received this long after its deadline is not run: the coordinator has counted the attempt as
-    /// timed out and sends another (the margin allows for clocks that differ a little).
+    /// A command received this long after its deadline (the step's `queue_timeout` ran out before it started) is
+    /// not run: the coordinator has counted the attempt as failed and sends another (the margin allows for clocks
+    /// that differ a little).
     public var deadlineMargin: Duration = .seconds(1)
     /// Partitions of the command topic, if the worker has to create it.
     public var commandTopicPartitions = CommandTopics.defaultPartitions
@@ -122,11 +130,13 @@ public final class StepWorker: Service, Sendable {
         let topic = names.commands(configuration.pool)
         let admin = try KafkaAdmin(configuration: configuration.client, logger: logger)
         try await CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger).ensure([topic])
-        let consumer = try KafkaConsumer(
-            configuration: .engineMember(
-                client: configuration.client, group: names.workerGroup(configuration.pool), sessionTimeout: configuration.sessionTimeout,
-                maxPollInterval: configuration.maxPollInterval),
-            logger: logger)
+        var consumerConfiguration = KafkaConsumerConfiguration.engineMember(
+            client: configuration.client, group: names.workerGroup(configuration.pool), sessionTimeout: configuration.sessionTimeout,
+            maxPollInterval: configuration.maxPollInterval)
+        for (key, value) in Self.smallFetchQueue(commands: bufferLimit) where configuration.client.additional[key] == nil {
+            consumerConfiguration.additional[key] = consumerConfiguration.additional[key] ?? value
+        }
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         var producerConfiguration = KafkaProducerConfiguration(client: configuration.client)
         producerConfiguration.linger = .milliseconds(5)
         let sender = try ResilientProducer(configuration: producerConfiguration, logger: logger)
@@ -162,16 +172,26 @@ public final class StepWorker: Service, Sendable {
     /// Asks the worker to stop as on a graceful shutdown.
     public func stop() { stopping.store(true, ordering: .releasing) }
 
+    /// Commands fetched ahead and waiting for a slot at most.
+    var bufferLimit: Int { max(1, configuration.prefetch ?? configuration.concurrency) }
+
+    /// librdkafka's own fetch queue, kept about as small as the worker's (its defaults prefetch up to 100,000
+    /// records or 64 MiB): what the worker cannot start soon stays in Kafka. A fetch held back because the queue is
+    /// full is tried again after 50 ms, not librdkafka's 1 s, so that a worker whose queue drains gets more at once.
+    /// Settings the client's `additional` names win.
+    static func smallFetchQueue(commands: Int) -> [String: String] {
+        ["queued.min.messages": String(max(1, commands)), "queued.max.messages.kbytes": "1024", "fetch.queue.backoff.ms": "50"]
+    }
+
     func loop(consumer: KafkaConsumer, sender: ResilientProducer, gaps initialGaps: GapGuard) async throws {
         var gaps = initialGaps
         let tracker = OffsetTracker()
         let limiter = Limiter(configuration.concurrency)
         let delivery = DeliveryHealth()
         let waiting = CommandQueue()
-        // Commands polled beyond the free slots wait here; past `prefetch` of them, fetching pauses until half are
-        // taken. Pausing is for backlogs, not bursts: librdkafka delivers nothing for about a second after a
-        // partition is resumed (measured: a burst of 5,000 orders ran at 450 workflows/s instead of 1,300).
-        let bufferLimit = max(configuration.prefetch, 2 * configuration.concurrency)
+        // Commands polled beyond the free slots wait here; past `prefetch` of them (about the concurrency), fetching
+        // pauses until half are taken: a worker holds what it can start soon, the rest waits in Kafka.
+        let bufferLimit = self.bufferLimit
         var lastCommit = ContinuousClock.now
         var lastLag = ContinuousClock.now
         var assigned = Set<TopicPartition>()
@@ -367,7 +387,8 @@ public final class StepWorker: Service, Sendable {
         logger.handler.metadata.merge(["instance": "\(command.instanceID)", "step": "\(command.step)", "attempt": "\(command.attempt)"]) { $1 }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         if now > command.deadline + Int64(configuration.deadlineMargin.inMilliseconds) {
-            // The coordinator has counted this attempt as timed out; running it now would be wasted.
+            // Not started within the step's queue_timeout (or, from a coordinator of the release before, its timeout):
+            // the coordinator has counted this attempt as failed; running it now would be wasted.
             logger.info("command past its deadline; not run", metadata: ["late_ms": "\(now - command.deadline)"])
             metrics.commands(command.step, "late").increment()
             return true
@@ -410,11 +431,12 @@ public final class StepWorker: Service, Sendable {
         let began = ContinuousClock.now
         do {
             let context = StepContext(command: command, logger: logger, heartbeats: heartbeats)
-            let output: JSON
-            if let span {
-                output = try await ServiceContext.withValue(span.context) { try await handler(context) }
-            } else {
-                output = try await handler(context)
+            let output: JSON = try await reportingStart(heartbeats) {
+                if let span {
+                    try await ServiceContext.withValue(span.context) { try await handler(context) }
+                } else {
+                    try await handler(context)
+                }
             }
             result = .completed(command, output: output)
         } catch let failure as StepFailure {
@@ -449,6 +471,26 @@ public final class StepWorker: Service, Sendable {
             headers: headers)
         recent.finish(key, record)
         return await deliver(record, sender: sender, delivery: delivery)
+    }
+
+    /// Runs a step's handler, reporting the attempt's start if it is still running after `startReport` (at once
+    /// when its start deadline is near): the coordinator counts the step's timeout from the report. An attempt
+    /// that ends first needs none (its result ends it), which saves a record per short step. Compensations, and
+    /// commands from a coordinator of the release before (no `timeout`), report nothing.
+    func reportingStart(_ heartbeats: HeartbeatSender, _ body: () async throws -> JSON) async throws -> JSON {
+        let command = heartbeats.command
+        guard command.timeout != nil, !command.isCompensation else { return try await body() }
+        let untilDeadline = Duration.milliseconds(command.deadline - heartbeats.startedAt)
+        let delay = untilDeadline < configuration.startReport + .seconds(2) ? .zero : min(configuration.startReport, .seconds(1))
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do { try await Task.sleep(for: delay) } catch { return }  // cancelled: the attempt ended first
+                await heartbeats.reportStart()
+            }
+            let output = try await body()
+            group.cancelAll()
+            return output
+        }
     }
 
     /// Sends until the broker has it: a result must not be lost (the coordinator ignores duplicates). While it
@@ -526,6 +568,8 @@ final class HeartbeatSender: Sendable {
     let trace: ServiceContext?
     let passOn: [KafkaHeader]
     let tracer: any Tracer
+    /// When the worker started the attempt (milliseconds since the epoch).
+    let startedAt = Int64(Date().timeIntervalSince1970 * 1000)
 
     init(command: CommandMessage, sender: ResilientProducer, logger: Logger, trace: ServiceContext?, passOn: [KafkaHeader], tracer: any Tracer) {
         self.command = command
@@ -535,6 +579,12 @@ final class HeartbeatSender: Sendable {
         self.passOn = passOn
         self.tracer = tracer
         interval = max(.seconds(1), .milliseconds(command.heartbeatTimeout ?? 3000) / 3)
+    }
+
+    /// Reports the attempt's start: its first heartbeat, unless the handler sent one already.
+    func reportStart() async {
+        guard last.withLock({ $0 == nil }) else { return }
+        await send(nil)
     }
 
     func send(_ details: JSON?) async {

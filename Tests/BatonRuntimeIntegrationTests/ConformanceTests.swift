@@ -7,7 +7,7 @@ extension OneAtATime {
     /// Swift SDK's conformance worker, against deliberately broken workers, and interrupted.
     @Suite("Conformance: baton conformance against real worker processes", .serialized, .timeLimit(.minutes(5)))
     struct ConformanceTests {
-        static let cases = ["echo", "failure", "compensation", "duplicate", "old-attempt", "token", "unreadable", "oversized", "deadline", "crash", "commits"]
+        static let cases = ["echo", "failure", "compensation", "duplicate", "old-attempt", "token", "start", "unreadable", "oversized", "deadline", "crash", "commits"]
 
         /// The Swift SDK's worker, as `baton conformance` starts it (BATON_POOL, BATON_BROKERS, BATON_NAMESPACE come from the tool).
         static var swiftWorker: String { "'\(BatonProcess.binary.path)' conformance-worker" }

@@ -178,6 +178,9 @@ class Command:
     reply_partition: int
     item: Optional[int] = None
     heartbeat_timeout: Optional[int] = None
+    #: Milliseconds the attempt may run once the worker started it (its start report); None for a compensation
+    #: and from a coordinator of the release before.
+    timeout: Optional[int] = None
     #: The attempt's result token (opaque): echoed unchanged in the attempt's result and heartbeats. None from a
     #: coordinator of the release before tokens; then the answers carry none either.
     token: Optional[str] = None
@@ -188,7 +191,8 @@ class Command:
         return self.kind == COMPENSATION_COMMAND
 
     def past_deadline(self, now_ms: int, grace_ms: int = DEADLINE_GRACE_MS) -> bool:
-        """Whether the coordinator has already counted this attempt as timed out (allowing ``grace_ms``)."""
+        """Whether the attempt may no longer start (allowing ``grace_ms``): a step's ``deadline`` is the end of its
+        ``queue_timeout`` (9999-12-31 without one), and the coordinator has counted the attempt as failed."""
         return now_ms > self.deadline + grace_ms
 
 
@@ -283,6 +287,7 @@ def parse_command(value: Optional[bytes]) -> Command:
         reply_partition=_require(reply_to, "partition", "natural", "reply_to."),
         item=_optional_int(obj, "item", 0),
         heartbeat_timeout=_optional_int(obj, "heartbeat_timeout", 1),
+        timeout=_optional_int(obj, "timeout", 1),
         token=_optional_string(obj, "token"),
         raw=obj,
     )

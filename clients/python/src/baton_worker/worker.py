@@ -30,6 +30,14 @@ log = logging.getLogger("baton_worker")
 
 #: Partitions of a command topic a worker creates when it is missing (as the engine does).
 COMMAND_TOPIC_PARTITIONS = 12
+#: Seconds an attempt runs before the worker reports its start (docs/wire-protocol.md, "Reporting the start").
+START_REPORT_S = 0.5
+
+
+def small_fetch_queue(commands: int) -> Dict[str, str]:
+    """librdkafka settings that keep about ``commands`` records fetched ahead; a fetch held back because the queue
+    is full is tried again after 50 ms, not librdkafka's 1 s."""
+    return {"queued.min.messages": str(max(1, commands)), "queued.max.messages.kbytes": "1024", "fetch.queue.backoff.ms": "50"}
 
 Handler = Callable[["StepContext"], Any]
 
@@ -69,8 +77,9 @@ class StepContext:
         self.item = command.item
         self.attempt = command.attempt
         self.input = command.input
-        #: Epoch milliseconds after which the coordinator counts the attempt as timed out.
-        self.deadline = command.deadline
+        #: Epoch milliseconds after which the coordinator counts the attempt as timed out: the step's timeout
+        #: from now, when the attempt starts (a coordinator of the release before sends the deadline itself).
+        self.deadline = command.deadline if command.timeout is None else now_ms() + command.timeout
         #: Milliseconds, when the step has a ``heartbeat_timeout``.
         self.heartbeat_timeout = command.heartbeat_timeout
         #: The same for every attempt of the step (and item); use it so that side effects happen once.
@@ -245,20 +254,31 @@ class _GaveUp(Exception):
 
 
 class _Beat:
-    __slots__ = ("ctx", "interval", "next_at", "last_sent", "details", "pending")
+    __slots__ = ("ctx", "interval", "next_at", "last_sent", "details", "pending", "auto")
 
     def __init__(self, ctx: StepContext, auto: bool):
         self.ctx = ctx
-        self.interval = max(ctx.heartbeat_timeout / 3000.0, 0.1)  # type: ignore[operator]
+        beating = ctx.heartbeat_timeout is not None
+        self.interval = max(ctx.heartbeat_timeout / 3000.0, 0.1) if beating else float("inf")  # type: ignore[operator]
+        self.auto = auto and beating
         self.last_sent: Optional[float] = None
         self.details: Any = None
-        self.pending = auto
-        self.next_at = time.monotonic() if auto else float("inf")
+        now = time.monotonic()
+        if self.auto:
+            self.pending, self.next_at = True, now
+        elif ctx.command.timeout is not None:
+            # The start report: a first heartbeat once the attempt has run START_REPORT_S (at once when its start
+            # deadline is near); an attempt that ends sooner needs none (its result ends it).
+            near = ctx.command.deadline - now_ms() < (START_REPORT_S + 2) * 1000
+            self.pending, self.next_at = True, now if near else now + START_REPORT_S
+        else:
+            self.pending, self.next_at = False, float("inf")
 
 
 class _Heartbeats:
-    """Sends ``step.heartbeat`` records for running attempts of steps with a ``heartbeat_timeout``: every
-    third of the timeout (``auto``), and when a handler reports progress (at most that often)."""
+    """Sends ``step.heartbeat`` records for running attempts: the start report (the attempt's first heartbeat,
+    docs/wire-protocol.md), then, for steps with a ``heartbeat_timeout``, every third of the timeout (``auto``)
+    and when a handler reports progress (at most that often)."""
 
     def __init__(self, producer: _Producer, auto: bool):
         self._producer = producer
@@ -308,8 +328,8 @@ class _Heartbeats:
                     if b.pending and b.next_at <= now:
                         due.append((b.ctx, b.details))
                         b.last_sent = now
-                        b.pending = self._auto
-                        b.next_at = now + b.interval if self._auto else float("inf")
+                        b.pending = b.auto
+                        b.next_at = now + b.interval if b.auto else float("inf")
                     if b.pending:
                         wait = min(wait, max(b.next_at - now, 0.0))
                 if not due:
@@ -398,6 +418,11 @@ class _PoolRunner:
             "on_commit": self._on_commit,
             "error_cb": self._on_error,
         })
+        # librdkafka's own fetch queue about as small as the pool's (its defaults prefetch up to 100,000 records or
+        # 64 MiB): what the pool cannot start soon stays in Kafka, as the group's lag. The Kafka config may say otherwise.
+        for key, value in small_fetch_queue(self.concurrency).items():
+            if key not in self.settings.kafka_config:
+                conf[key] = value
         consumer = Consumer(conf)
         self.consumer = consumer
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -583,7 +608,8 @@ class _PoolRunner:
         ctx = StepContext(self, command, msg.headers() or [], job.partition, job.offset)
         log.debug("pool %s: handling command %s %s/%s attempt %d", self.pool, command.kind, command.instance_id,
                   command.step, command.attempt)
-        beats = command.heartbeat_timeout is not None and not command.is_compensation
+        # Heartbeats, and the start report of a step that runs longer than START_REPORT_S.
+        beats = not command.is_compensation and (command.heartbeat_timeout is not None or command.timeout is not None)
         if beats:
             self.worker._heartbeats.add(ctx)
         try:
