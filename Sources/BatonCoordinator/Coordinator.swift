@@ -32,6 +32,10 @@ public struct CoordinatorConfiguration: Sendable {
     /// ...and alerts the on-call after this many failures in a row, or once it has been failing this long.
     public var alertAfterFailures = 5
     public var alertAfter: Duration = .seconds(30)
+    /// How long a stopping coordinator waits for its partitions to end their transactions (commit or abort) and
+    /// give them up. Partitions still ending then (the broker does not answer) are left to their transaction
+    /// timeout, so that the process exits within its grace period broker or not (docs/deploy.md).
+    public var stopTimeout: Duration = .seconds(12)
     /// Events waiting for a partition's transaction beyond this pause its fetching until it catches up.
     public var maxBacklog = 20_000
     /// Whether to read an events partition again when its offsets jump (see `GapRereads`).
@@ -201,9 +205,11 @@ public final class Coordinator: Service, Sendable {
             result = .failure(error)
         }
         readiness.stopped()
-        await consumer.close()
-        await sideProducer.close(timeout: .seconds(2))
-        await registry.close()
+        // Side by side, each bounded: with no broker, each waits its whole bound.
+        async let left: Void = consumer.close()
+        async let flushed: Void = sideProducer.close(timeout: .seconds(2))
+        async let unfollowed: Void = registry.close()
+        _ = await (left, flushed, unfollowed)
         if case .failure(let error) = result {
             logger.error("coordinator stopped: \(error)")
             throw error
@@ -308,7 +314,18 @@ public final class Coordinator: Service, Sendable {
             }
         }
         for runner in runners.values { runner.stop() }
-        for runner in Array(runners.values) + Array(retiring.values) { await runner.finished() }
+        // Bounded: those still ending when the time is up are cancelled with the task group (they stop waiting for
+        // the broker), and what they had open is aborted by the broker when its transaction times out.
+        let deadline = ContinuousClock.now + configuration.stopTimeout
+        var left: [Int32] = []
+        for (p, runner) in Array(runners) + Array(retiring) {
+            if await !runner.finished(before: deadline) { left.append(p) }
+        }
+        if !left.isEmpty {
+            logger.warning(
+                "stopping: partitions still ending their transactions after \(configuration.stopTimeout); leaving them to the transaction timeout",
+                metadata: ["partitions": "\(left.sorted())"])
+        }
         runners.removeAll()
     }
 }

@@ -52,8 +52,10 @@ public final class KafkaConsumer: Sendable {
     }
 
     /// Waits up to `timeout` for something to happen, then returns up to `maxEvents` events without waiting further.
-    /// Throws when the consumer hits a fatal error or was closed.
+    /// Throws when the consumer hits a fatal error or was closed, and `CancellationError` when the calling task is
+    /// cancelled (so that a loop of polls waiting for a broker that does not answer ends when its task is).
     public func poll(maxEvents: Int = 1000, timeout: Duration = .milliseconds(100)) async throws -> [KafkaConsumerEvent] {
+        try Task.checkCancellation()
         return try await runBlocking(on: pollQueue) { [self] in
             if isClosed { throw KafkaError(code: .destroyed, message: "the consumer is closed") }
             return try Self.pollBlocking(client, maxEvents: maxEvents, timeoutMs: Int32(timeout.milliseconds))
@@ -157,10 +159,10 @@ public final class KafkaConsumer: Sendable {
 
     /// The group's committed offsets for these partitions (`TopicPartitionOffset.stored`, -1001, where none).
     public func committed(_ partitions: [TopicPartition], timeout: Duration = .seconds(10)) async throws -> [TopicPartitionOffset] {
-        let handle = UncheckedHandle(client.handle)
+        let client = self.client  // kept alive by the call, which may outlive a cancelled wait
         return try await runBlocking {
             try TopicPartitionList.with(partitions) { list in
-                let err = rd_kafka_committed(handle.pointer, list, Int32(timeout.milliseconds))
+                let err = rd_kafka_committed(client.handle, list, Int32(timeout.milliseconds))
                 if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "committed offsets") }
                 return TopicPartitionList.offsets(in: list)
             }
@@ -180,10 +182,10 @@ public final class KafkaConsumer: Sendable {
 
     /// Moves the read position of assigned partitions.
     public func seek(_ offsets: [TopicPartitionOffset], timeout: Duration = .seconds(10)) async throws {
-        let handle = UncheckedHandle(client.handle)
+        let client = self.client  // kept alive by the call, which may outlive a cancelled wait
         try await runBlocking {
             try TopicPartitionList.with(offsets) { list in
-                if let error = rd_kafka_seek_partitions(handle.pointer, list, Int32(timeout.milliseconds)) {
+                if let error = rd_kafka_seek_partitions(client.handle, list, Int32(timeout.milliseconds)) {
                     throw KafkaError(consuming: error, context: "seek \(offsets)")
                 }
                 if let error = TopicPartitionList.firstError(in: list) { throw error }

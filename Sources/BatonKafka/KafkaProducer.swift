@@ -19,18 +19,24 @@ public final class KafkaProducer: Sendable {
             logger: logger, pollInBackground: true)
     }
 
-    /// Produces one record and waits until the broker has it (or delivery failed).
+    /// Produces one record and waits until the broker has it (or delivery failed). Cancelling the waiting task
+    /// stops the waiting (`CancellationError`) but not the delivery: the record may still arrive.
     @discardableResult
     public func send(_ record: ProducerRecord) async throws -> DeliveryReport {
-        try await withCheckedThrowingContinuation { continuation in
-            let promise = DeliveryPromise(continuation)
-            let opaque = Unmanaged.passRetained(promise).toOpaque()
-            do {
-                try produce(record, opaque: opaque)
-            } catch {
-                Unmanaged<DeliveryPromise>.fromOpaque(opaque).release()
-                continuation.resume(throwing: error)
+        let promise = DeliveryPromise()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                promise.set(continuation)
+                let opaque = Unmanaged.passRetained(promise).toOpaque()
+                do {
+                    try produce(record, opaque: opaque)
+                } catch {
+                    Unmanaged<DeliveryPromise>.fromOpaque(opaque).release()
+                    promise.fail(error)
+                }
             }
+        } onCancel: {
+            promise.fail(CancellationError())
         }
     }
 
@@ -94,8 +100,8 @@ public final class KafkaProducer: Sendable {
 
     /// Waits until every enqueued record is delivered, then throws the first delivery failure since the last flush.
     public func flush(timeout: Duration = .seconds(30)) async throws {
-        let handle = UncheckedHandle(client.handle)
-        let err = try await runBlocking { rd_kafka_flush(handle.pointer, Int32(timeout.milliseconds)) }
+        let client = self.client  // kept alive by the call, which may outlive a cancelled wait
+        let err = try await runBlocking { rd_kafka_flush(client.handle, Int32(timeout.milliseconds)) }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "flush") }
         let failure = client.context.state.withLock { state -> (Int, KafkaError?) in
             defer { state.deliveryFailures = 0; state.firstDeliveryFailure = nil }
@@ -128,13 +134,17 @@ public final class KafkaProducer: Sendable {
         _ offsets: [TopicPartitionOffset], consumer: KafkaConsumer, timeout: Duration = .seconds(30)
     ) async throws {
         guard !offsets.isEmpty else { return }
+        guard configuration.transactionalID != nil else {
+            throw KafkaError.client("send offsets to transaction: the producer has no transactional id", code: .state)
+        }
         guard let metadata = rd_kafka_consumer_group_metadata(consumer.client.handle) else {
             throw KafkaError.client("the consumer has no group metadata (is it in a consumer group?)", code: .state)
         }
+        // Destroyed by the call when it is done with it, which may be after a cancelled wait.
         let groupMetadata = UncheckedHandle(metadata)
-        defer { rd_kafka_consumer_group_metadata_destroy(metadata) }
         try await transactional("send offsets to transaction") { handle in
-            TopicPartitionList.with(offsets) { list in
+            defer { rd_kafka_consumer_group_metadata_destroy(groupMetadata.pointer) }
+            return TopicPartitionList.with(offsets) { list in
                 rd_kafka_send_offsets_to_transaction(handle, list, groupMetadata.pointer, Int32(timeout.milliseconds))
             }
         }
@@ -154,8 +164,8 @@ public final class KafkaProducer: Sendable {
         guard configuration.transactionalID != nil else {
             throw KafkaError.client("\(what): the producer has no transactional id", code: .state)
         }
-        let handle = UncheckedHandle(client.handle)
-        let error = try await runBlocking { call(handle.pointer).map(UncheckedHandle.init) }
+        let client = self.client  // kept alive by the call, which may outlive a cancelled wait
+        let error = try await runBlocking { call(client.handle).map(UncheckedHandle.init) }
         if let error { throw KafkaError(consuming: error.pointer, context: what) }
     }
 

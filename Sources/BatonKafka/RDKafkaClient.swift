@@ -184,15 +184,68 @@ struct UncheckedHandle: @unchecked Sendable {
 }
 
 /// Runs a blocking librdkafka call on a Dispatch thread, never on Swift's cooperative pool.
+///
+/// Cancelling the waiting task stops the waiting at once (it throws `CancellationError`), so that a process
+/// being stopped is not held by a call that waits for a broker that does not answer (a transaction's commit,
+/// `init_transactions`, a flush: each up to its timeout). The call itself runs to its end on its thread (it
+/// cannot be interrupted) and its result is dropped: `body` must keep what it uses alive (capture the
+/// `RDKafkaClient`, not only its handle), so that the handle is not destroyed under it.
 func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
-    }
+    try await runBlocking(on: .global(), body)
 }
 
 func runBlocking<T: Sendable>(on queue: DispatchQueue, _ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        queue.async { continuation.resume(with: Result { try body() }) }
+    let once = OnceContinuation<T>()
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { continuation in
+            once.set(continuation)
+            queue.async { once.resume(with: Result { try body() }) }
+        }
+    } onCancel: {
+        once.resume(with: .failure(CancellationError()))
+    }
+}
+
+/// A continuation resumed by whichever comes first (the call's result, a cancellation, a deadline); later
+/// resumptions are dropped. A resumption that comes before the continuation is set is kept for it.
+final class OnceContinuation<T: Sendable>: Sendable {
+    private enum State {
+        case waiting(CheckedContinuation<T, any Error>?)
+        case early(Result<T, any Error>)
+        case done
+    }
+    private let state = Mutex(State.waiting(nil))
+
+    func set(_ continuation: CheckedContinuation<T, any Error>) {
+        let early = state.withLock { s -> Result<T, any Error>? in
+            switch s {
+            case .waiting:
+                s = .waiting(continuation)
+                return nil
+            case .early(let result):
+                s = .done
+                return result
+            case .done:
+                return nil
+            }
+        }
+        if let early { continuation.resume(with: early) }
+    }
+
+    func resume(with result: Result<T, any Error>) {
+        let continuation = state.withLock { s -> CheckedContinuation<T, any Error>? in
+            switch s {
+            case .waiting(let c?):
+                s = .done
+                return c
+            case .waiting(nil):
+                s = .early(result)
+                return nil
+            case .early, .done:
+                return nil
+            }
+        }
+        continuation?.resume(with: result)
     }
 }
 
@@ -206,20 +259,18 @@ func runBlockingIgnoringErrors<T: Sendable>(_ body: @escaping @Sendable () -> T)
 /// Runs a blocking call on `queue` and waits for it at most `timeout`: true when it returned in time. The call
 /// itself runs to its end either way (a Dispatch thread cannot be interrupted); only the waiting stops.
 func runBlocking(on queue: DispatchQueue, atMost timeout: Duration, _ body: @escaping @Sendable () -> Void) async -> Bool {
-    let resumed = Mutex(false)
-    return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-        @Sendable func finish(_ inTime: Bool) {
-            let first = resumed.withLock { done in
-                defer { done = true }
-                return !done
+    let once = OnceContinuation<Bool>()
+    do {
+        return try await withCheckedThrowingContinuation { continuation in
+            once.set(continuation)
+            queue.async {
+                body()
+                once.resume(with: .success(true))
             }
-            if first { continuation.resume(returning: inTime) }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(timeout.milliseconds)) { once.resume(with: .success(false)) }
         }
-        queue.async {
-            body()
-            finish(true)
-        }
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(timeout.milliseconds)) { finish(false) }
+    } catch {
+        return false  // never thrown: only `.success` is given to `once`
     }
 }
 
@@ -341,19 +392,13 @@ final class DeliveryTag: Sendable {
     init(_ tag: Int) { self.tag = tag }
 }
 
-/// A once-only continuation handed to librdkafka with a record and resumed from its delivery report.
+/// A once-only continuation handed to librdkafka with a record and resumed from its delivery report, or
+/// earlier when its waiter is cancelled (the report then finds it resumed already).
 final class DeliveryPromise: Sendable {
-    private let continuation: Mutex<CheckedContinuation<DeliveryReport, any Error>?>
-    init(_ continuation: CheckedContinuation<DeliveryReport, any Error>) {
-        self.continuation = Mutex(continuation)
-    }
-    func resume(_ result: Result<DeliveryReport, KafkaError>) {
-        let c = continuation.withLock { c -> CheckedContinuation<DeliveryReport, any Error>? in
-            defer { c = nil }
-            return c
-        }
-        c?.resume(with: result.mapError { $0 as any Error })
-    }
+    private let once = OnceContinuation<DeliveryReport>()
+    func set(_ continuation: CheckedContinuation<DeliveryReport, any Error>) { once.set(continuation) }
+    func resume(_ result: Result<DeliveryReport, KafkaError>) { once.resume(with: result.mapError { $0 as any Error }) }
+    func fail(_ error: any Error) { once.resume(with: .failure(error)) }
 }
 
 // MARK: - Partition lists

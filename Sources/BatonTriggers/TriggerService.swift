@@ -19,6 +19,9 @@ public struct TriggerConfiguration: Sendable {
     public var maxBackoff: Duration = .seconds(10)
     /// Records waiting for a partition's transaction beyond this pause its fetching until it catches up.
     public var maxBacklog = 10_000
+    /// How long a stopping service waits for its partitions to end their transactions; those still ending then
+    /// (the broker does not answer) are left to their transaction timeout (docs/deploy.md).
+    public var stopTimeout: Duration = .seconds(12)
     /// How often the consumer looks for topics that did not exist yet (a trigger registered before its topic).
     public var topicRefresh: Duration = .seconds(5)
     /// Whether to read a partition again when its offsets jump (see `GapRereads`): on Tansu, a producer's later
@@ -186,6 +189,7 @@ public final class TriggerService: Service, Sendable {
             logger.info("reading business topics", metadata: ["topics": "\(topics.joined(separator: ","))", "group": "\(names.triggersGroup)"])
             try await withThrowingDiscardingTaskGroup { group in
                 try await self.pollLoop(topics: Set(topics), consumer: consumer, context: context, group: &group)
+                group.cancelAll()  // runners still ending after a stop's time: they stop waiting for the broker
             }
             result = .success(())
         } catch {
@@ -285,7 +289,18 @@ public final class TriggerService: Service, Sendable {
             }
         }
         for runner in runners.values { runner.stop() }
-        for runner in Array(runners.values) + Array(retiring.values) { await runner.finished() }
+        // When the service stops, bounded: what a runner still has open then is aborted by the broker when its
+        // transaction times out. When it subscribes again, each runner ends first.
+        let deadline = ContinuousClock.now + configuration.stopTimeout
+        var left: [TopicPartition] = []
+        for (tp, runner) in Array(runners) + Array(retiring) {
+            if isStopping { if await !runner.finished(before: deadline) { left.append(tp) } } else { await runner.finished() }
+        }
+        if !left.isEmpty {
+            logger.warning(
+                "stopping: partitions still ending their transactions after \(configuration.stopTimeout); leaving them to the transaction timeout",
+                metadata: ["partitions": "\(left)"])
+        }
         runners.removeAll()
     }
 }

@@ -159,9 +159,10 @@ public final class StepWorker: Service, Sendable {
             result = .failure(error)
         }
         joined.store(false, ordering: .releasing)
-        // Bounded: a stopping worker must not hang on a broker that does not answer.
-        await sender.close(timeout: .seconds(2))
-        await consumer.close(timeout: .seconds(5))
+        // Bounded, side by side: a stopping worker must not hang on a broker that does not answer.
+        async let flushed: Void = sender.close(timeout: .seconds(2))
+        async let left: Void = consumer.close(timeout: .seconds(5))
+        _ = await (flushed, left)
         if case .failure(let error) = result {
             logger.error("worker stopped: \(error)", metadata: ["pool": "\(configuration.pool)"])
             throw error

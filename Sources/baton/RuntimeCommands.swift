@@ -32,10 +32,16 @@ extension ConnectionOptions {
     }
 }
 
-/// Runs services until SIGINT or SIGTERM, then shuts them down gracefully.
+/// How long a graceful shutdown may take before the services are cancelled: each service's own stop is bounded
+/// within it (a coordinator's partitions get 12 s, a worker's commands 10 s, then closes of at most 5 s), so this
+/// only ends what did not (docs/deploy.md: every process exits within 30 s of SIGTERM, broker or not).
+let gracefulShutdownLimit = Duration.seconds(20)
+
+/// Runs services until SIGINT or SIGTERM, then shuts them down gracefully; after `gracefulShutdownLimit`, cancels them.
 func runServices(_ services: [any Service], logger: Logger) async throws {
-    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    try await group.run()
+    var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    configuration.maximumGracefulShutdownDuration = gracefulShutdownLimit
+    try await ServiceGroup(configuration: configuration).run()
 }
 
 struct CoordinatorCommand: AsyncParsableCommand {
