@@ -416,6 +416,8 @@ final class OwnedPartition {
         /// Records delivered to attempts that could no longer take them, going back to their mailboxes.
         var returned: [OutgoingRecord] = []
         var observed = BatchObservations()
+        /// Timer firings this batch read back (applied or not): no longer in flight.
+        var firingsBack: [TimerEntry] = []
         let tracer = context.tracer
         /// Spans of this batch, ended once its transaction is over; the span of each instance's last event.
         var spans: [any Span] = []
@@ -567,6 +569,20 @@ final class OwnedPartition {
                     deadLetter(m, .unknownStep, "instance '\(id)': no step '\(step)' in \(workflow.id) v\(workflow.version)")
                     continue
                 }
+                if case .timerFired(let key, let dueAt?) = event {
+                    firingsBack.append(TimerEntry(dueAt: dueAt, instanceID: id, key: key))
+                    // A coordinator fires a timer when its clock has reached the due time, and the record carries
+                    // that clock's time (CreateTime), whatever the clocks of others say. A firing written earlier
+                    // than the time it is for was not written by a coordinator that fired it: it changes nothing,
+                    // however late it is read (behind a takeover, when the timer looks due).
+                    if let written = m.timestamp, written < dueAt {
+                        logger.warning(
+                            "ignored a timer firing written before the time it is for (not a coordinator's firing: forged, or its writer's clock is wrong)",
+                            metadata: ["instance": "\(id)", "timer": "\(key)", "due_at": "\(dueAt)", "written_at": "\(written)", "offset": "\(m.partition)/\(m.offset)"])
+                        observed.ignored += 1
+                        continue
+                    }
+                }
                 // Who sent it, and may they: a signed person with the right role, a worker with its command's token.
                 if let refusal = configuration.security.admit(
                     record.credentials, event, instanceID: id, state: state, workflow: workflow, appendedAt: m.timestamp ?? now)
@@ -694,6 +710,12 @@ final class OwnedPartition {
             }
         }
         if !returned.isEmpty { metrics.mailboxRecords("returned").increment(by: returned.count) }
+        // A firing read back is no longer in flight, applied or not: a timer still armed (its firing was ignored
+        // as not yet due, say after the clock went back) is scheduled again, to fire when it is due.
+        for entry in firingsBack where fired[entry.instanceID]?.remove(entry) != nil {
+            if fired[entry.instanceID]?.isEmpty == true { fired[entry.instanceID] = nil }
+            if originals[entry.instanceID] == nil, let state = instances[entry.instanceID] { schedule(state) }
+        }
         for id in originals.keys {
             guard let state = instances[id] else { continue }
             if let pending = fired[id] {
