@@ -30,6 +30,11 @@ public struct KafkaClientConfiguration: Sendable {
     /// wait costs them nothing; Tansu 0.6.0 holds each fetch for the whole wait, so a short one keeps latency
     /// low there, at the price of a fetch every few milliseconds per consumer while idle.
     public var fetchWait: Duration = .milliseconds(5)
+    /// Static membership (`group.instance.id`, `BATON_INSTANCE_ID`): names this process in the engine's consumer
+    /// groups so that, restarted within its session timeout, it gets its partitions back without a rebalance.
+    /// Opt-in and unique per live process (two members with one id fence each other); only the engine's group
+    /// members use it (`KafkaConsumerConfiguration.engineMember`), never readers outside a group.
+    public var groupInstanceID: String?
     public var additional: [String: String] = [:]
 
     public init(brokers: KafkaBrokers) { self.brokers = brokers }
@@ -99,6 +104,8 @@ public struct KafkaConsumerConfiguration: Sendable {
     public var isolationLevel: IsolationLevel = .readCommitted
     public var autoOffsetReset: AutoOffsetReset = .earliest
     public var assignmentStrategy: AssignmentStrategy = .range
+    /// Static membership (`group.instance.id`): see `KafkaClientConfiguration.groupInstanceID`.
+    public var groupInstanceID: String?
     /// A member that sends no heartbeat for this long is removed from the group and its partitions move.
     public var sessionTimeout: Duration = .seconds(10)
     public var heartbeatInterval: Duration = .seconds(1)
@@ -123,6 +130,7 @@ public struct KafkaConsumerConfiguration: Sendable {
         p["isolation.level"] = isolationLevel.rawValue
         p["auto.offset.reset"] = autoOffsetReset.rawValue
         p["partition.assignment.strategy"] = assignmentStrategy.rawValue
+        if let groupInstanceID, groupID != nil { p["group.instance.id"] = groupInstanceID }
         p["session.timeout.ms"] = String(sessionTimeout.milliseconds)
         p["heartbeat.interval.ms"] = String(heartbeatInterval.milliseconds)
         p["max.poll.interval.ms"] = String(maxPollInterval.milliseconds)

@@ -22,6 +22,7 @@ public enum KafkaPropertiesFile {
         "enable.partition.eof": "Baton relies on partition EOF where it reads to the end",
         "log.queue": "Baton routes librdkafka's logs through its own queue",
         "fetch.wait.max.ms": "use --fetch-wait or BATON_FETCH_WAIT",
+        "group.instance.id": "use --instance-id or BATON_INSTANCE_ID, different for each process",
     ]
 
     public struct LoadError: Error, CustomStringConvertible {

@@ -60,6 +60,9 @@ extension KafkaConsumerConfiguration {
         client: KafkaClientConfiguration, group: String, sessionTimeout: Duration, maxPollInterval: Duration
     ) -> KafkaConsumerConfiguration {
         var c = KafkaConsumerConfiguration(client: client, groupID: group)
+        // A membership change moves only the partitions that change owner; the others keep going (docs/deploy.md).
+        c.assignmentStrategy = .cooperativeSticky
+        c.groupInstanceID = client.groupInstanceID
         c.isolationLevel = .readCommitted
         c.sessionTimeout = sessionTimeout
         c.maxPollInterval = maxPollInterval

@@ -57,6 +57,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
     var acceptUnsigned = false
     @Flag(help: "For one release while workers move to result tokens: apply results and heartbeats without a token (docs/operations.md).")
     var acceptMissingTokens = false
+    @OptionGroup var membership: MembershipOptions
     @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
@@ -72,7 +73,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         security.acceptMissingTokens = acceptMissingTokens
         logger.info(
             "keys", metadata: ["trusted": "\(security.trustedKeys.ids.joined(separator: ", "))", "accept-unsigned": "\(acceptUnsigned)", "accept-missing-tokens": "\(acceptMissingTokens)"])
-        var configuration = CoordinatorConfiguration(client: try connection.clientConfiguration, names: connection.names, security: security)
+        var configuration = CoordinatorConfiguration(client: try membership.apply(to: connection.clientConfiguration), names: connection.names, security: security)
         configuration.retention = retention
         configuration.maxRecordBytes = maxRecordBytes
         configuration.gapRereads = connection.resolvedGapRereads
@@ -91,6 +92,7 @@ struct WorkersCommand: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Worker pools to run (default: all the examples').") var pool: [String] = []
     @Option(help: "Commands each pool handles at once.") var concurrency = 64
+    @OptionGroup var membership: MembershipOptions
     @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
@@ -103,7 +105,7 @@ struct WorkersCommand: AsyncParsableCommand {
             guard let handler = ExampleWorkers.handlers[name] else {
                 throw CLIFailure("no example worker for pool '\(name)'; known: \(ExampleWorkers.handlers.keys.sorted().joined(separator: ", "))")
             }
-            var configuration = WorkerConfiguration(client: try connection.clientConfiguration, names: connection.names, pool: name)
+            var configuration = WorkerConfiguration(client: try membership.apply(to: connection.clientConfiguration), names: connection.names, pool: name)
             configuration.gapRereads = connection.resolvedGapRereads
             configuration.concurrency = concurrency
             configuration.metricsFactory = MetricsSystem.factory
@@ -451,3 +453,20 @@ struct Instances: AsyncParsableCommand {
 }
 
 extension InstanceStatus: ExpressibleByArgument {}
+
+/// Static group membership for the long-running group members (coordinator, workers, triggers).
+struct MembershipOptions: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "Static group membership: a name for this process in its consumer groups (group.instance.id), so that restarted within its session timeout it gets its partitions back without a rebalance. Unique per live process, the same across its restarts, such as a StatefulSet pod's or a compose service's name (default: $BATON_INSTANCE_ID; none when unset). See docs/deploy.md.",
+        valueName: "id"))
+    var instanceId: String?
+
+    /// `client` with the instance id of the option, else of `BATON_INSTANCE_ID`.
+    func apply(to client: KafkaClientConfiguration) throws -> KafkaClientConfiguration {
+        var client = client
+        let variable = KafkaClientConfiguration.instanceIDVariable
+        guard let id = instanceId ?? ProcessInfo.processInfo.environment[variable].flatMap({ $0.isEmpty ? nil : $0 }) else { return client }
+        do { try client.setGroupInstanceID(id, source: instanceId != nil ? "--instance-id" : variable) } catch { throw CLIFailure("\(error)") }
+        return client
+    }
+}

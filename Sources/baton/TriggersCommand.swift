@@ -27,6 +27,7 @@ struct TriggersCommand: AsyncParsableCommand {
         "A member that does not poll for this long leaves the group; also how long a rebalance waits for the members to rejoin, such as 30s.",
         valueName: "duration"))
     var maxPollInterval = "30s"
+    @OptionGroup var membership: MembershipOptions
     @OptionGroup var monitoring: MonitoringOptions
 
     func validate() throws {
@@ -39,7 +40,7 @@ struct TriggersCommand: AsyncParsableCommand {
     func run() async throws {
         var logger = connection.makeLogger("baton.triggers")
         if connection.logLevel == .error { logger.logLevel = .info }
-        var configuration = TriggerConfiguration(client: try connection.clientConfiguration, names: connection.names)
+        var configuration = TriggerConfiguration(client: try membership.apply(to: connection.clientConfiguration), names: connection.names)
         configuration.maxBatch = maxBatch
         configuration.sessionTimeout = .milliseconds(Millis.parse(sessionTimeout)?.value ?? 10_000)
         configuration.maxPollInterval = .milliseconds(Millis.parse(maxPollInterval)?.value ?? 30_000)
