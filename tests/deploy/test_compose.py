@@ -140,6 +140,18 @@ def test_coordinators_have_time_to_finish_their_transaction_and_send_traces(conf
     assert seconds(triggers.get("stop_grace_period")) > timeout
 
 
+def test_coordinators_are_static_members_named_after_their_service(config):
+    # Static membership (group.instance.id): unique per live process (two with one id fence each other) and the
+    # same across a container's restarts, which a compose service name is; never on a service that may be scaled.
+    members = {n: option(s.get("command", []), "--instance-id") for n, s in baton_services(config).items()}
+    coordinators = {n for n, s in config["services"].items() if s.get("command", [None])[0] == "coordinator"}
+    assert {n: members[n] for n in coordinators} == {n: n for n in coordinators}
+    ids = [i for i in members.values() if i]
+    assert len(ids) == len(set(ids)), f"two services share an instance id: {sorted(ids)}"
+    for name, service in baton_services(config).items():
+        assert "BATON_INSTANCE_ID" not in (service.get("environment") or {}), f"{name}: an instance id in the shared environment"
+
+
 def test_one_shots_apply_the_topics_then_register_definitions_before_the_engine_starts(config):
     shots = one_shots(config)
     topics = shots["topics"]

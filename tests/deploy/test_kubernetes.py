@@ -157,6 +157,17 @@ def test_coordinators_stop_gracefully_and_are_ready_only_once_rebuilt(overlay):
     assert budget["spec"]["maxUnavailable"] == 1
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_deployment_uses_static_membership(overlay):
+    # A Deployment's pod comes back under a new name, and a static member does not leave its group when it stops:
+    # a pod name as group.instance.id would leave a replaced pod's partitions idle for a session timeout at each
+    # rollout (docs/deploy.md: static membership needs a StatefulSet).
+    for name, deployment in by_kind(kustomize(overlay), "Deployment").items():
+        for container in containers(deployment):
+            assert "--instance-id" not in container.get("args", []), name
+            assert "BATON_INSTANCE_ID" not in {e["name"] for e in container.get("env", [])}, name
+
+
 def test_production_runs_three_coordinators():
     assert by_kind(kustomize("production"), "Deployment")["baton-coordinator"]["spec"]["replicas"] == 3
 
