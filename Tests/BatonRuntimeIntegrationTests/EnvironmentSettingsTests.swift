@@ -22,6 +22,21 @@ struct EnvironmentSettingsTests {
         #expect(defaults.additional.isEmpty)
     }
 
+    @Test func anInstanceIdMakesTheEngineGroupMembersStaticAndNoOtherConsumer() throws {
+        let client = try KafkaClientConfiguration.fromEnvironment(["BATON_INSTANCE_ID": "coordinator-1"])
+        #expect(client.groupInstanceID == "coordinator-1")
+        let member = KafkaConsumerConfiguration.engineMember(client: client, group: "g", sessionTimeout: .seconds(10), maxPollInterval: .seconds(30))
+        #expect(member.groupInstanceID == "coordinator-1")
+        #expect(member.assignmentStrategy == .cooperativeSticky)
+        #expect(KafkaConsumerConfiguration(client: client, groupID: nil).groupInstanceID == nil)
+        #expect(try KafkaClientConfiguration.fromEnvironment([:]).groupInstanceID == nil)
+
+        let bad = #expect(throws: ClientSettingsError.self) { try KafkaClientConfiguration.fromEnvironment(["BATON_INSTANCE_ID": "pod 1"]) }
+        #expect(bad?.description.hasPrefix("BATON_INSTANCE_ID: 'pod 1' is not a group instance id") == true)
+        let file = #expect(throws: KafkaPropertiesFile.LoadError.self) { try KafkaPropertiesFile.parse("group.instance.id=a\n", path: "c.properties") }
+        #expect(file.map(String.init(describing:))?.contains("use --instance-id or BATON_INSTANCE_ID") == true)
+    }
+
     @Test func aBadSettingIsNamedWithWhereItCameFrom() {
         let wait = #expect(throws: ClientSettingsError.self) { try KafkaClientConfiguration.fromEnvironment(["BATON_FETCH_WAIT": "fast"]) }
         #expect(wait?.description == "BATON_FETCH_WAIT: 'fast' is not a duration from 1ms to 60s, such as 5ms or 500ms")
