@@ -79,6 +79,7 @@ struct TailWatchInstanceChangesTests {
 
     @Test func aTimedOutAttemptSentAgainInOneSnapshotShowsBoth() throws {
         var run = try Run("workflow_id: w\nsteps: [{ id: a, type: svc, timeout: 1s, retry: { max_attempts: 3, initial_backoff: 1ms, jitter: 0 } }]")
+        run.send(.heartbeat(step: "a", item: nil, attempt: 1, details: nil), at: 0)  // the worker's start report: the run timeout counts from it
         run.fireTimers(upTo: 5_000)
         #expect(run.lines.contains("a  started (attempt 2)"), "\(run.lines)")
         #expect(run.lines.filter { $0.hasPrefix("a  attempt 1 failed") }.count == 1, "\(run.lines)")
