@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "BatonRuntime",
             dependencies: [
-                "BatonCore", "BatonKafka", "BatonWire",
+                "BatonCore", "BatonKafka", "BatonWire", "BatonTopics",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),

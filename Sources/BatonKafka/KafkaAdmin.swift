@@ -20,6 +20,10 @@ public struct NewTopic: Sendable, Hashable {
 public struct TopicConfigEntry: Sendable, Hashable {
     public var value: String?
     public var isDefault: Bool
+    public init(value: String?, isDefault: Bool = false) {
+        self.value = value
+        self.isDefault = isDefault
+    }
 }
 
 /// Cluster administration: connectivity, topics and their configurations.
@@ -129,6 +133,44 @@ public final class KafkaAdmin: Sendable {
                 outcome[name] = entries
             }
             return outcome
+        }
+    }
+
+    /// Each named topic's id (Kafka's topic UUID, base64) as the brokers describe it; a topic that does not
+    /// exist, or whose id the broker does not report (older brokers), is absent. A topic deleted and created
+    /// again under the same name gets a new id: how a process notices that the records it read are gone.
+    public func topicIDs(_ names: [String]) async throws -> [String: String] {
+        guard !names.isEmpty else { return [:] }
+        let handle = UncheckedHandle(client.handle)
+        let timeout = requestTimeout
+        let brokers = client.brokers
+        let client = self.client
+        return try await runBlocking {
+            let copies = names.map { strdup($0) }
+            defer { for c in copies { free(c) } }
+            var pointers: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) }
+            guard let collection = rd_kafka_TopicCollection_of_topic_names(&pointers, pointers.count) else {
+                throw KafkaError.client("DescribeTopics: could not make the collection of \(names.count) topics", code: .state)
+            }
+            defer { rd_kafka_TopicCollection_destroy(collection) }
+            let event = try Self.request(handle.pointer, RD_KAFKA_ADMIN_OP_DESCRIBETOPICS, timeout: timeout, brokers: brokers, client: client) { options, queue in
+                rd_kafka_DescribeTopics(handle.pointer, collection, options, queue)
+            }
+            defer { rd_kafka_event_destroy(event) }
+            var count = 0
+            guard let result = rd_kafka_event_DescribeTopics_result(event),
+                let described = rd_kafka_DescribeTopics_result_topics(result, &count)
+            else { throw KafkaError.client("DescribeTopics returned no result", code: .state) }
+            var ids: [String: String] = [:]
+            let zero = String(repeating: "A", count: 22)  // the all-zero UUID: no id reported
+            for i in 0..<count {
+                guard let description = described[i], rd_kafka_TopicDescription_error(description) == nil,
+                    let uuid = rd_kafka_TopicDescription_topic_id(description), let text = rd_kafka_Uuid_base64str(uuid)
+                else { continue }
+                let id = String(cString: text)
+                if !id.isEmpty, id != zero { ids[String(cString: rd_kafka_TopicDescription_name(description))] = id }
+            }
+            return ids
         }
     }
 

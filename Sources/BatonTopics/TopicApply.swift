@@ -48,25 +48,13 @@ public struct TopicApplier: Sendable {
 
     public func apply(_ specs: [TopicSpec]) async throws -> TopicApplyReport {
         var report = TopicApplyReport()
-        let metadata = try await admin.metadata()
-        var missing: [NewTopic] = []
-        var existing: [(TopicSpec, String)] = []
-        for spec in specs {
-            let topic = spec.topicName(namespace: namespace)
-            if let found = metadata.topics[topic], found.error == nil {
-                existing.append((spec, topic))
-                if found.partitionCount != spec.partitions {
-                    report.drift.append(
-                        .init(
-                            topic: topic, field: "partitions", declared: "\(spec.partitions)", actual: "\(found.partitionCount)",
-                            reason: spec.isKeyed
-                                ? "not changed: records are keyed by \(spec.key.rawValue) and a key's partition is fixed when the topic is created; changing the count would move keys away from their history (and from co-partitioned topics). Keep the declared count as it is, or move to a new namespace"
-                                : "not changed: topics apply never changes partition counts"))
-                }
-            } else {
-                missing.append(
-                    NewTopic(name: topic, partitions: spec.partitions, replicationFactor: replicationFactor ?? spec.replicationFactor ?? -1, configs: spec.configs))
-            }
+        let inspection = try await TopicInspector(admin: admin, namespace: namespace).inspect(specs, scope: .declared)
+        report.drift = inspection.drift
+        report.notes = inspection.notes
+        let missing = specs.filter { inspection.missing.contains($0.topicName(namespace: namespace)) }.map { spec in
+            NewTopic(
+                name: spec.topicName(namespace: namespace), partitions: spec.partitions,
+                replicationFactor: replicationFactor ?? spec.replicationFactor ?? -1, configs: spec.configs)
         }
         if !missing.isEmpty {
             let results = try await admin.createTopics(missing)
@@ -85,31 +73,8 @@ public struct TopicApplier: Sendable {
                 }
             }
         }
-        let configured = existing.filter { !$0.0.configs.isEmpty }
-        if !configured.isEmpty {
-            do {
-                let described = try await admin.describeTopicConfigs(configured.map(\.1))
-                for (spec, topic) in configured {
-                    let actual = described[topic] ?? [:]
-                    for (key, declared) in spec.configs.sorted(by: { $0.key < $1.key }) {
-                        guard let entry = actual[key] else {
-                            report.notes.append("\(topic): the broker does not report config \(key)")
-                            continue
-                        }
-                        if entry.value != declared {
-                            report.drift.append(
-                                .init(
-                                    topic: topic, field: "config \(key)", declared: declared, actual: entry.value ?? "(unset)",
-                                    reason: "not changed: topics apply never alters an existing topic's configs"))
-                        }
-                    }
-                }
-            } catch let error as KafkaError {
-                report.notes.append("configs of existing topics not checked: the broker did not describe them (\(error.message))")
-            }
-        }
         let drifted = Set(report.drift.map(\.topic))
-        report.unchanged = existing.map(\.1).filter { !drifted.contains($0) }
+        report.unchanged = specs.map { $0.topicName(namespace: namespace) }.filter { inspection.partitions[$0] != nil && !drifted.contains($0) }
         return report
     }
 }

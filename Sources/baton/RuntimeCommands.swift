@@ -81,7 +81,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
         configuration.metricsFactory = MetricsSystem.factory
         configuration.tracer = monitored.tracer
         let coordinator = Coordinator(configuration: configuration, logger: logger)
-        try await runServices(monitored.services(component: "coordinator", ready: { coordinator.isReady }, main: [coordinator]), logger: logger)
+        let topics = try EngineTopicGuard(client: configuration.client, names: configuration.names, role: .coordinator, logger: logger)
+        try await runServices(
+            monitored.services(component: "coordinator", ready: { coordinator.isReady && topics.isSound }, main: [coordinator]), topics: topics, logger: logger)
     }
 }
 
@@ -113,7 +115,9 @@ struct WorkersCommand: AsyncParsableCommand {
             workers.append(StepWorker(configuration: configuration, logger: logger, handler: handler))
         }
         let all = StepWorkers(workers)
-        try await runServices(monitored.services(component: "worker", ready: { all.isReady }, main: [all]), logger: logger)
+        let topics = try EngineTopicGuard(
+            client: try connection.clientConfiguration, names: connection.names, role: .worker, others: pools.map { connection.names.commands($0) }, logger: logger)
+        try await runServices(monitored.services(component: "worker", ready: { all.isReady && topics.isSound }, main: [all]), topics: topics, logger: logger)
     }
 }
 

@@ -92,7 +92,8 @@ struct Serve: AsyncParsableCommand {
             fflush(nil)  // every stream: a wrapper script waits for this line
         }
         do {
-            try await runServices(monitored.services(component: "server", ready: { model.isReady }, main: [server]), logger: logger)
+            let topics = try EngineTopicGuard(client: clientConfiguration, names: connection.names, role: .server, logger: logger)
+            try await runServices(monitored.services(component: "server", ready: { model.isReady && topics.isSound }, main: [server]), topics: topics, logger: logger)
         } catch {
             await client.close()
             throw (error as? ReadModelError).map { CLIFailure($0.description) } ?? error

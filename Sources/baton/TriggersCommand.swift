@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonCore
+import BatonRuntime
 import BatonTriggers
 import Logging
 import Metrics
@@ -48,6 +49,7 @@ struct TriggersCommand: AsyncParsableCommand {
         let monitored = try monitoring.bootstrap(serviceName: "baton-triggers", logger: logger)
         configuration.metricsFactory = MetricsSystem.factory
         let service = TriggerService(configuration: configuration, logger: logger)
-        try await runServices(monitored.services(component: "triggers", ready: { service.isReady }, main: [service]), logger: logger)
+        let topics = try EngineTopicGuard(client: configuration.client, names: configuration.names, role: .triggers, logger: logger)
+        try await runServices(monitored.services(component: "triggers", ready: { service.isReady && topics.isSound }, main: [service]), topics: topics, logger: logger)
     }
 }

@@ -25,8 +25,9 @@ final class Engine: Sendable {
     let coordinators = Mutex<[Task<Void, any Error>]>([])
     let workers = Mutex<[(StepWorker, Task<Void, any Error>)]>([])
 
-    init(partitions: Int = 3, kafka: KafkaClientConfiguration = TestKafka.client) async throws {
-        names = TopicNames(namespace: TestKafka.uniqueName("e"))
+    /// A namespace of its own, or `namespace` (an existing one, such as after a wipe).
+    init(partitions: Int = 3, kafka: KafkaClientConfiguration = TestKafka.client, namespace: String? = nil) async throws {
+        names = TopicNames(namespace: namespace ?? TestKafka.uniqueName("e"))
         self.partitions = partitions
         self.kafka = kafka
         var specs = try TopicSpecLoader.load(directory: repositoryRoot.appendingPathComponent("topics"))

