@@ -96,7 +96,13 @@ public final class EngineTopicGuard: Sendable {
     /// Checks the topics once, before the process runs; throws `EngineTopicsError` (logged at critical level)
     /// when any is missing or drifted. Fails as the brokers' metadata request does when none answers.
     public func checkAtStart() async throws {
-        let problems = try await check()
+        var problems = try await check()
+        // Twice more, 2 s apart, before refusing: a cluster may list a topic created a moment ago (by a
+        // `topics apply` just before) only once its metadata has spread.
+        for _ in 0..<2 where !problems.isEmpty {
+            try await Task.sleep(for: .seconds(2))
+            problems = try await check()
+        }
         guard !problems.isEmpty else { return }
         state.withLock { $0.lost = problems }
         let error = EngineTopicsError(namespace: namespace, problems: problems, atStart: true)
