@@ -70,8 +70,7 @@ public final class EngineTopicGuard: Sendable {
     struct State {
         /// Each topic's id when first seen.
         var ids: [String: String] = [:]
-        /// The problems of the last check, to be confirmed by the next.
-        var suspect: [String]?
+        var confirmation = LossConfirmation()
         var lost: [String]?
     }
     let state = Mutex(State())
@@ -125,10 +124,9 @@ public final class EngineTopicGuard: Sendable {
                 continue
             }
             let confirmed = state.withLock { s -> [String]? in
-                defer { s.suspect = problems.isEmpty ? nil : problems }
-                guard let suspect = s.suspect, !problems.isEmpty, !Set(problems).isDisjoint(with: suspect) else { return nil }
-                s.lost = problems
-                return problems
+                guard let confirmed = s.confirmation.observe(problems) else { return nil }
+                s.lost = confirmed
+                return confirmed
             }
             if let confirmed {
                 let error = EngineTopicsError(namespace: namespace, problems: confirmed, atStart: false)
@@ -166,5 +164,20 @@ public final class EngineTopicGuard: Sendable {
             return changed
         }
         return problems + changed
+    }
+}
+
+/// Whether the problems of one check confirm those of the check before: a loss is acted on only when a problem
+/// shows on two checks in a row, so that one answer from a broker whose metadata is still filling does not stop
+/// a process.
+public struct LossConfirmation: Sendable {
+    private var suspect: Set<String> = []
+
+    public init() {}
+
+    /// The problems of a check; returns them when one of them was also found by the check before.
+    public mutating func observe(_ problems: [String]) -> [String]? {
+        defer { suspect = Set(problems) }
+        return problems.contains(where: suspect.contains) ? problems : nil
     }
 }

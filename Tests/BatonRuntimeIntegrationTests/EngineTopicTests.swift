@@ -131,3 +131,22 @@ extension OneAtATime {
         }
     }
 }
+
+@Suite("Engine topics: a loss is confirmed by a second check")
+struct LossConfirmationTests {
+    @Test func aProblemSeenOnTwoChecksInARowIsALossAndOneSeenOnceIsNot() {
+        var confirmation = LossConfirmation()
+        #expect(confirmation.observe([]) == nil)
+        #expect(confirmation.observe(["ns.events is missing"]) == nil, "one check is not enough")
+        #expect(confirmation.observe([]) == nil, "a sound check clears it")
+        #expect(confirmation.observe(["ns.events is missing"]) == nil)
+        #expect(confirmation.observe(["ns.events is missing", "ns.state is missing"]) == ["ns.events is missing", "ns.state is missing"])
+    }
+
+    @Test func differentProblemsOnTwoChecksAreNotALossYet() {
+        var confirmation = LossConfirmation()
+        #expect(confirmation.observe(["ns.events is missing"]) == nil)
+        #expect(confirmation.observe(["ns.state is missing"]) == nil)
+        #expect(confirmation.observe(["ns.state is missing"]) == ["ns.state is missing"])
+    }
+}
