@@ -40,6 +40,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var maxBacklog = 20_000
     /// Whether to read an events partition again when its offsets jump (see `GapRereads`).
     public var gapRereads = GapRereads.auto
+    /// How far this coordinator's clock may be from the clocks of the processes whose records it reads before it
+    /// holds its timers (ahead) or warns (behind): `ClockCheck`, docs/operations.md#clocks.
+    public var clockSkewLimit: Millis = .seconds(30)
     /// Overrides the clock (milliseconds since the epoch); for tests that move time.
     public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
     /// Names this coordinator in the records it writes.
@@ -75,6 +78,7 @@ struct CoordinatorContext: Sendable {
     let metrics: CoordinatorMetrics
     let tracer: (any Tracer)?
     let readiness: CoordinatorReadiness
+    let clockCheck: ClockCheck
 
     var settings: SagaSettings { SagaSettings(retention: configuration.retention) }
 
@@ -152,16 +156,19 @@ public final class Coordinator: Service, Sendable {
     private let stopping = Atomic(false)
     let readiness = CoordinatorReadiness()
     let metrics: CoordinatorMetrics
+    let clockCheck: ClockCheck
 
     public init(configuration: CoordinatorConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         metrics = CoordinatorMetrics(group: configuration.names.coordinatorGroup, factory: configuration.metricsFactory)
+        clockCheck = ClockCheck(limit: configuration.clockSkewLimit, now: configuration.clock(), logger: logger, factory: configuration.metricsFactory)
     }
 
     /// Whether the coordinator does its job: it joined its group, and has taken (fenced and rebuilt) every
-    /// events partition the group gave it. Not ready while it rebuilds.
-    public var isReady: Bool { readiness.isReady }
+    /// events partition the group gave it. Not ready while it rebuilds, nor while its clock runs ahead of the
+    /// others' (its timers are held).
+    public var isReady: Bool { readiness.isReady && !clockCheck.holdsTimers }
 
     /// Stops as on a graceful shutdown: each partition finishes its transaction, then the group is left.
     public func stop() { stopping.store(true, ordering: .releasing) }
@@ -185,7 +192,7 @@ public final class Coordinator: Service, Sendable {
             commandTopics: CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger),
             consumer: consumer, sideProducer: sideProducer, writeGate: WriteGate(), logger: logger,
             gapRereads: configuration.gapRereads.enabled(clusterID: try await admin.metadata().clusterID),
-            metrics: metrics, tracer: configuration.tracer, readiness: readiness)
+            metrics: metrics, tracer: configuration.tracer, readiness: readiness, clockCheck: clockCheck)
         try consumer.subscribe([names.events])
         logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)", "gap_rereads": "\(context.gapRereads)"])
 
@@ -241,6 +248,15 @@ public final class Coordinator: Service, Sendable {
             }
             lastPoll = polled
             context.writeGate.polled(at: polled)
+            let wallNow = configuration.clock()
+            clockCheck.tick(now: wallNow)
+            /// The last record of each events partition in this poll: a clock sample when it was the partition's end.
+            var lastRead: [Int32: KafkaMessage] = [:]
+            defer {
+                for (p, m) in lastRead {
+                    if let high = consumer.cachedHighWatermark(TopicPartition(names.events, p)), m.offset + 1 >= high { clockCheck.sample(m, now: wallNow) }
+                }
+            }
             for event in events {
                 switch event {
                 case .assigned(let partitions):
@@ -278,6 +294,7 @@ public final class Coordinator: Service, Sendable {
                     }
                 case .message(let m):
                     runners[m.partition]?.deliver(m)
+                    if m.topic == names.events { lastRead[m.partition] = m }
                 case .error(let error):
                     logger.warning("consumer: \(error)")
                 case .partitionEOF(let tp, let offset):

@@ -170,7 +170,7 @@ final class PartitionRunner: Sendable {
             // there must move its timer first), and only while this process may write for the partition: a
             // process that was frozen past its poll interval may have lost it without knowing yet.
             let timersMayFire = timersHeld.released(owned, end: inbox.withLock { $0.end }, logger: logger)
-                && context.writeGate.mayWrite(polledWithin: configuration.sessionTimeout / 3)
+                && context.writeGate.mayWrite(polledWithin: configuration.sessionTimeout / 3) && context.clockCheck.mayFireTimers
             if timersMayFire, ContinuousClock.now >= timersBlockedUntil {
                 let due = owned.dueTimers(at: now)
                 if !due.isEmpty {

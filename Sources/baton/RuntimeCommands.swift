@@ -53,6 +53,8 @@ struct CoordinatorCommand: AsyncParsableCommand {
     var retention: String = "7d"
     @Option(help: ArgumentHelp("The largest record the brokers take, in bytes (Kafka's max.message.bytes, less a margin).", valueName: "bytes"))
     var maxRecordBytes = 990_000
+    @Option(help: ArgumentHelp("How far this coordinator's clock may be from the clocks of the records it reads: further ahead, its timers are held (they would fire early) and it is not ready; further behind, it says so (docs/operations.md#clocks).", valueName: "duration"))
+    var clockSkewLimit: String = "30s"
     @Flag(help: "For one release while a namespace moves to signed records: apply decisions, claims, operator actions and signals without a signature (docs/operations.md).")
     var acceptUnsigned = false
     @Flag(help: "For one release while workers move to result tokens: apply results and heartbeats without a token (docs/operations.md).")
@@ -67,6 +69,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
             throw CLIFailure("--retention: '\(self.retention)' is not a duration such as 7d, 12h or 30m")
         }
         guard maxRecordBytes >= 64 << 10 else { throw CLIFailure("--max-record-bytes: \(maxRecordBytes) is too small (at least 65536)") }
+        guard let clockSkewLimit = Millis.parse(clockSkewLimit), clockSkewLimit.value >= 1000 else {
+            throw CLIFailure("--clock-skew-limit: '\(self.clockSkewLimit)' is not a duration of at least 1s, such as 30s or 2m")
+        }
         var security: CoordinatorSecurity
         do { security = try KeySettings.fromEnvironment().loadSecurity() } catch { throw CLIFailure("\(error)") }
         security.acceptUnsigned = acceptUnsigned
@@ -76,6 +81,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         var configuration = CoordinatorConfiguration(client: try membership.apply(to: connection.clientConfiguration), names: connection.names, security: security)
         configuration.retention = retention
         configuration.maxRecordBytes = maxRecordBytes
+        configuration.clockSkewLimit = clockSkewLimit
         configuration.gapRereads = connection.resolvedGapRereads
         let monitored = try monitoring.bootstrap(serviceName: "baton-coordinator", logger: logger)
         configuration.metricsFactory = MetricsSystem.factory
