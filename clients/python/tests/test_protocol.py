@@ -204,6 +204,7 @@ def test_settings_from_the_environment_and_kafka_config_files(tmp_path):
     assert conf["session.timeout.ms"] == "45000" and conf["security.protocol"] == "SASL_SSL"
     assert conf["fetch.wait.max.ms"] == "500" and conf["isolation.level"] == "read_committed"
     assert conf["enable.auto.commit"] == "false" and conf["auto.offset.reset"] == "earliest"
+    assert conf["allow.auto.create.topics"] == "false" and s.producer()["allow.auto.create.topics"] == "false"
     assert s.producer()["acks"] == "all" and s.producer()["enable.idempotence"] == "true"
     assert s.commands_topic("payments.charge") == "prod.commands.payments.charge"
     f.write_text("acks=1\nnot a setting\n")
