@@ -21,8 +21,8 @@ ARG SWIFT_IMAGE=swift:6.3.1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${SWIFT_IMAGE} AS build
-COPY deploy/image/build-librdkafka /usr/local/sbin/build-librdkafka
-RUN build-librdkafka /usr/local
+COPY deploy/image/build-librdkafka deploy/image/librdkafka-metadata-update-unnamed-topic.patch /usr/local/src/baton-librdkafka/
+RUN /usr/local/src/baton-librdkafka/build-librdkafka /usr/local
 WORKDIR /src
 COPY Package.swift ./
 COPY Sources Sources

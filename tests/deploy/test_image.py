@@ -61,7 +61,15 @@ def test_build_stage_uses_the_swift_toolchain_and_builds_librdkafka_as_setup_doe
     for var in ("LIBRDKAFKA_SRC_VERSION", "LIBRDKAFKA_DEB_VERSION"):
         version = re.search(rf"^{var}=(\S+)", setup, re.M).group(1)
         assert version in recipe, f"deploy/image/build-librdkafka does not build scripts/setup's {var} {version}"
-    assert "--disable-gssapi" in recipe and "Suites: trixie" in recipe
+    suite = re.search(r"^LIBRDKAFKA_SUITE=(\S+)", setup, re.M).group(1)
+    assert "--disable-gssapi" in recipe and f"suite={suite}" in recipe
+    # With the same patches: every one in deploy/image is applied by both, and the image copies each next to the recipe.
+    patches = sorted(p.name for p in IMAGE.glob("librdkafka-*.patch"))
+    assert patches, "deploy/image has Baton's librdkafka patches"
+    assert 'librdkafka-*.patch' in recipe and 'librdkafka-*.patch' in setup
+    copy = " ".join(rest for word, rest in build if word == "COPY")
+    for name in patches:
+        assert f"deploy/image/{name}" in copy, f"the Dockerfile does not copy {name} next to build-librdkafka"
 
 
 def test_runtime_stage_installs_only_the_package_list_and_runs_as_the_non_root_user():
