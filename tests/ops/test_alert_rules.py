@@ -54,6 +54,8 @@ PLANNED_METRICS = {
     "baton_coordinator_rebuild_seconds",
     "baton_coordinator_rebuild_records_total",
     "baton_coordinator_timers",
+    "baton_coordinator_clock_offset_seconds",
+    "baton_coordinator_clock_timers_held",
     "baton_consumer_lag",
     "baton_mailbox_records_total",
     "baton_worker_commands_total",
