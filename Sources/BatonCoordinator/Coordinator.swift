@@ -260,7 +260,8 @@ public final class Coordinator: Service, Sendable {
             for event in events {
                 switch event {
                 case .assigned(let partitions):
-                    metrics.rebalances("assigned").increment()
+                    // Counted when partitions change hands: a cooperative rebalance assigns nothing to a member that keeps its own.
+                    if !partitions.isEmpty { metrics.rebalances("assigned").increment() }
                     readiness.joined()
                     for p in partitions where p.topic == names.events {
                         if let old = runners.removeValue(forKey: p.partition) {
@@ -276,7 +277,7 @@ public final class Coordinator: Service, Sendable {
                         group.addTask { await runner.run() }
                     }
                 case .revoked(let partitions, let lost):
-                    metrics.rebalances("revoked").increment()
+                    if !partitions.isEmpty { metrics.rebalances("revoked").increment() }
                     for p in partitions where p.topic == names.events { readiness.released(p.partition) }
                     // Each runner ends its transaction (commit or abort) before the partition is let go; the loop
                     // waits for that, but not so long that the group takes this member for dead.
