@@ -43,6 +43,8 @@ struct Bench: AsyncParsableCommand {
     var metrics = true
     @Flag(help: "Write the records the instances would make (starts, commands, results, snapshots, outputs) through the broker without the engine, in its pattern (transactions per partition), and read them back: the broker's bound for this workload on this machine.")
     var raw = false
+    @Option(help: ArgumentHelp("Give every step this timeout (such as 30s), to see that a busy engine times out nothing healthy (a step's timeout counts from its start).", valueName: "duration"))
+    var stepTimeout: String?
     @Option(help: ArgumentHelp("Run the coordinators and workers with tracing on, exporting to this OTLP/HTTP endpoint: to measure what tracing costs.", valueName: "url"))
     var otlpEndpoint: String?
 
@@ -62,7 +64,13 @@ struct Bench: AsyncParsableCommand {
         for i in specs.indices where specs[i].isKeyed { specs[i].partitions = partitions }
         _ = try await TopicApplier(admin: admin, namespace: namespace, replicationFactor: 1, logger: logger).apply(specs)
         let client = try BatonClient(client: clientConfiguration, names: names, logger: logger)
-        let workflow = try await client.register(document: Data(Self.definitions[workflow]!.utf8))
+        var definition = Self.definitions[workflow]!
+        if let stepTimeout {
+            guard Millis.parse(stepTimeout) != nil else { throw CLIFailure("--step-timeout: '\(stepTimeout)' is not a duration such as 30s") }
+            definition = definition.replacingOccurrences(of: #""type":"service_call""#, with: #""type":"service_call","timeout":"\#(stepTimeout)""#)
+                .replacingOccurrences(of: #""type":"notification""#, with: #""type":"notification","timeout":"\#(stepTimeout)""#)
+        }
+        let workflow = try await client.register(document: Data(definition.utf8))
         let steps = workflow.steps.count
         if raw {
             try await runRaw(workflow: workflow, names: names, client: clientConfiguration, logger: logger)
@@ -114,7 +122,10 @@ struct Bench: AsyncParsableCommand {
         let offeredFor = clock.now - began
         let ids = Array(sentAt.keys)
         let progress = Mutex(0)
+        /// The workers' largest resident memory seen over the run (sampled every 2 s).
+        let workerResident = Mutex(0)
         let done = await withProgress(every: .seconds(2)) {
+            if let bytes = ChildProcesses.residentBytes(workerProcess) { workerResident.withLock { $0 = max($0, bytes) } }
             let count = ids.count { (holding ? watcher.waitingSeenAt($0) : watcher.finishedSeenAt($0)) != nil }
             let last = progress.withLock { last in defer { last = count }; return last }
             return "progress: \(count) of \(ids.count) \(holding ? "waiting" : "finished") (\((count - last) / 2)/s)"
@@ -148,6 +159,10 @@ struct Bench: AsyncParsableCommand {
                      Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
         print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
         print(String(format: "latency start-to-\(holding ? "waiting" : "finish"): p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
+        let failed = sentAt.keys.filter { watcher.status($0) == .failed }.count
+        let suspended = sentAt.keys.filter { watcher.status($0) == .suspended }.count
+        print("outcomes: \(completed) completed, \(failed) failed, \(suspended) suspended, \(unfinished.count) not finished")
+        print(String(format: "workers: at most %.0f MB resident over the run", Double(workerResident.withLock { $0 }) / 1e6))
         print(cpu)
         if let breakdown { print(breakdown) }
         if let held { print(held) }
