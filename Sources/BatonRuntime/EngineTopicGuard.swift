@@ -143,14 +143,15 @@ public final class EngineTopicGuard: Sendable {
     func check() async throws -> [String] {
         let inspection = try await inspector.inspect(specs, scope: .engine)
         var problems = inspection.problems
-        let metadata = try await admin.metadata()
+        let metadata = others.isEmpty ? nil : try await admin.metadata()
+        let listed = metadata?.topics ?? [:]
         // A command topic may appear after the start (its worker or coordinator creates it); once seen, it must stay.
         let seen = state.withLock { $0.ids }
-        for topic in others where seen[topic] != nil && metadata.topics[topic].map({ $0.error != nil || $0.partitionCount == 0 }) ?? true {
+        for topic in others where seen[topic] != nil && listed[topic].map({ $0.error != nil || $0.partitionCount == 0 }) ?? true {
             problems.append("\(topic) vanished (a command topic: the coordinator, `baton definitions register` or the worker creates it)")
         }
         let present = specs.map { $0.topicName(namespace: namespace) }.filter { inspection.partitions[$0] != nil }
-            + others.filter { metadata.topics[$0] != nil }
+            + others.filter { listed[$0] != nil }
         let ids = try await admin.topicIDs(present)
         let changed = state.withLock { s -> [String] in
             var changed: [String] = []
