@@ -66,6 +66,44 @@ extension OneAtATime {
             #expect(applied.output.contains("ok        \(namespace).state"), "\(applied.output)")
         }
 
+        /// The race an operator can win: the cluster is wiped and `topics apply` runs again before any check saw
+        /// the topics missing. Same names, same counts, same configs; only their ids differ, and that is the loss.
+        @Test func topicsAppliedAgainOnAWipedClusterAreALossByTheirNewIds() async throws {
+            let broker = try await PrivateBroker()
+            defer { broker.stop() }
+            let names = TopicNames(namespace: TestKafka.uniqueName("ids"))
+            let apply = { (kafka: KafkaClientConfiguration) in
+                _ = try await TopicApplier(
+                    admin: KafkaAdmin(configuration: kafka, logger: TestKafka.logger), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger
+                ).apply(try Self.specs(partitions: 3))
+            }
+            try await apply(broker.client)
+            let topics = try EngineTopicGuard(client: broker.client, names: names, role: .worker, interval: .milliseconds(200), logger: TestKafka.logger)
+            try await topics.checkAtStart()
+
+            broker.stop()
+            let fresh = try await PrivateBroker(port: broker.port)
+            defer { fresh.stop() }
+            try await apply(fresh.client)
+            let watching = try EngineTopicGuard(client: fresh.client, names: names, role: .worker, interval: .milliseconds(200), logger: TestKafka.logger)
+            try await watching.checkAtStart()  // a guard started now sees sound topics...
+            #expect(watching.isSound)
+            // ...and the one that saw them before does not: their ids changed.
+            let error = await #expect(throws: EngineTopicsError.self) {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await topics.watch() }
+                    group.addTask {
+                        try await Task.sleep(for: .seconds(30))
+                        throw DeadlineExceeded(what: "the guard to see the recreated topics")
+                    }
+                    try await group.next()
+                    group.cancelAll()
+                }
+            }
+            #expect(error?.problems.contains { $0.hasPrefix("\(names.events) was deleted and created again (topic id ") } == true, "\(error?.problems ?? [])")
+            #expect(!topics.isSound)
+        }
+
         /// The broker is replaced by a fresh, empty one on the same port (a wiped cluster) under a coordinator,
         /// a Swift worker and the server: each says so at critical level and exits with status 78, no client
         /// creates a topic, and once `baton topics apply` ran (and the definitions are registered again), the
