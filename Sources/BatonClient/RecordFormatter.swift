@@ -244,8 +244,14 @@ public struct RecordFormatter: Sendable {
         if let item = c.item { r.fields.append(.init("item", .number(Double(item)))) }
         r.fields += [
             .init("attempt", .number(Double(c.attempt))), .init("pool", .string(c.pool)), short("input", c.input),
-            .init("deadline", .string(Self.time(c.deadline))), .init("reply_to", .string("\(c.replyTo.topic)[\(c.replyTo.partition)]")),
         ]
+        // A step's run timeout counts from the worker's start; `start_by` appears only with a queue timeout. A
+        // compensation's deadline is when the coordinator stops waiting for it.
+        if let timeout = c.timeout { r.fields.append(.init("timeout_ms", .number(Double(timeout)))) }
+        if c.deadline < StepCommand.noDeadline {
+            r.fields.append(.init(c.kind == .stepCommand ? "start_by" : "deadline", .string(Self.time(c.deadline))))
+        }
+        r.fields.append(.init("reply_to", .string("\(c.replyTo.topic)[\(c.replyTo.partition)]")))
         if let heartbeat = c.heartbeatTimeout { r.fields.append(.init("heartbeat_timeout_ms", .number(Double(heartbeat)))) }
     }
 

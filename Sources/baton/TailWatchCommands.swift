@@ -126,7 +126,11 @@ struct Watch: AsyncParsableCommand {
 /// returns at its next poll. Returns what `body` returned (nil when it returned nothing before the signal).
 func runUntilSignal<T: Sendable>(logger: Logger, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
     let result = ResultBox<T>()
-    let service = ClosureService { result.set(try await cancelWhenGracefulShutdown(body)) }
+    let service = ClosureService {
+        do { result.set(try await cancelWhenGracefulShutdown(body)) } catch is CancellationError {
+            // Stopped by the signal: a reader cancelled in the middle of a poll ends here, as at its next poll.
+        }
+    }
     let group = ServiceGroup(
         configuration: ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)], gracefulShutdownSignals: [.sigterm, .sigint],

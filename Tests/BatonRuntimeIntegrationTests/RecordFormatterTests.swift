@@ -85,7 +85,7 @@ struct TailWatchRecordFormatterTests {
         #expect(misplaced.undecodable == "a 'step.completed' record does not belong on a command topic")
     }
 
-    @Test func aCommandShowsItsWorkflowStepAttemptPoolAndDeadline() throws {
+    @Test func aCommandShowsItsWorkflowStepAttemptPoolTimeoutAndStartDeadline() throws {
         let workflow = try DefinitionLoader.load(Data("workflow_id: w\nsteps: [{ id: charge, type: svc, worker: payments.charge }]".utf8))
         let dispatched = Saga.start(workflow, instanceID: "order-17", input: ["amount": 42], now: at).effects.compactMap { e -> StepCommand? in
             if case .dispatch(let c) = e { c } else { nil }
@@ -94,8 +94,15 @@ struct TailWatchRecordFormatterTests {
         let line = formatter.line(formatter.decode(message(names.commands("payments.charge"), Wire.encode(command)), from: .commands(pool: "payments.charge")))
         #expect(
             line.hasPrefix(
-                #"2026-11-25T10:00:00.123Z  7@42  step.command  order-17  workflow_id=w  version=1  step=charge  attempt=1  pool=payments.charge  input={"amount":42}  deadline=2026-11-25T10:30:00.123Z  reply_to=ns.events[7]"#
+                #"2026-11-25T10:00:00.123Z  7@42  step.command  order-17  workflow_id=w  version=1  step=charge  attempt=1  pool=payments.charge  input={"amount":42}  timeout_ms=1800000  reply_to=ns.events[7]"#
             ), "\(line)")
+        // With a queue timeout, the time by which a worker must start it.
+        let queued = try DefinitionLoader.load(Data("workflow_id: w\nsteps: [{ id: charge, type: svc, queue_timeout: 2m }]".utf8))
+        let first = try #require(Saga.start(queued, instanceID: "order-18", input: [:], now: at).effects.compactMap { e -> StepCommand? in
+            if case .dispatch(let c) = e { c } else { nil }
+        }.first)
+        let queuedLine = formatter.line(formatter.decode(message(names.commands("svc"), Wire.encode(CommandMessage(first, replyTo: ReplyTo(topic: names.events, partition: 7)))), from: .commands(pool: "svc")))
+        #expect(queuedLine.contains("start_by=2026-11-25T10:02:00.123Z"), "\(queuedLine)")
     }
 
     @Test func aStateSnapshotShowsStatusProgressAndWhereItCameFrom() throws {
