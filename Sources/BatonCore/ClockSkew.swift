@@ -10,7 +10,7 @@
 ///
 /// The verdict changes only on evidence: a window with no samples (a quiet system) keeps the last one, so a clock
 /// that jumped ahead keeps its timers held until records show the clocks agree again.
-public struct ClockSkew: Sendable, Hashable {
+public struct ClockSkew: Sendable {
     public enum Verdict: Sendable, Hashable, CustomStringConvertible {
         /// Not enough samples yet.
         case unknown
@@ -55,15 +55,6 @@ public struct ClockSkew: Sendable, Hashable {
     public init(limit: Millis = .seconds(30), window: Millis = .seconds(60)) {
         self.limit = limit.value
         self.window = window.value
-    }
-
-    public static func == (a: ClockSkew, b: ClockSkew) -> Bool {
-        a.limit == b.limit && a.window == b.window && a.verdict == b.verdict && a.seconds.elementsEqual(b.seconds) { $0 == $1 }
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(limit)
-        hasher.combine(verdict)
     }
 
     /// Records a sample taken at `monotonic` milliseconds; the verdict when it changed, else nil.
