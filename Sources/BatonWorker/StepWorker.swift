@@ -56,11 +56,16 @@ public struct WorkerConfiguration: Sendable {
     /// Commands handled at once. When all are busy the worker keeps polling (so that the group keeps it), and
     /// the commands it receives wait for a free slot.
     public var concurrency = 32
-    /// Commands fetched ahead and waiting for a slot at most (nil: `concurrency`); past that, the worker's
-    /// partitions are paused (it keeps polling) until half of them are taken, and librdkafka's own queue is kept
-    /// as small. A worker takes no more than it can start soon: the rest waits in Kafka, where it shows as the
-    /// group's lag and any member that gets the partition can take it.
+    /// Commands fetched ahead and waiting for a slot at most (nil: `concurrency`), and librdkafka's own queue is
+    /// kept as small. A worker takes no more than it can start soon: the rest waits in Kafka, where it shows as the
+    /// group's lag and any member that gets the partition can take it. With that many waiting the worker takes
+    /// nothing more until a slot frees; when they have waited `pauseAfter` (its steps are long), its partitions are
+    /// paused (it keeps polling) until half of them are taken.
     public var prefetch: Int?
+    /// How long the buffer stays full before the worker pauses its partitions. Short steps free slots sooner, and
+    /// are never paused for: a pause makes librdkafka drop what it fetched and deliver nothing for about a second
+    /// after the resume (a burst of short steps ran ten times slower when every full buffer paused).
+    public var pauseAfter: Duration = .seconds(1)
     /// An attempt still running this long after it started is reported started (a `step.heartbeat`: its run
     /// timeout counts from then). Shorter attempts send no report: their result ends them. At most 1 s
     /// (docs/wire-protocol.md); an attempt whose start deadline is this close reports at once.
@@ -97,7 +102,7 @@ public struct WorkerConfiguration: Sendable {
 /// worker that dies are redelivered to another member.
 ///
 /// It keeps polling whatever its handlers do, so that a step of any length is run once: with every slot
-/// busy, or while results cannot be delivered (the broker is away), its partitions are paused instead. A
+/// busy for a while, or while results cannot be delivered (the broker is away), its partitions are paused instead. A
 /// producer that hits a fatal error is replaced; a fatal consumer error ends `run` with that error.
 public final class StepWorker: Service, Sendable {
     public let configuration: WorkerConfiguration
@@ -190,9 +195,11 @@ public final class StepWorker: Service, Sendable {
         let limiter = Limiter(configuration.concurrency)
         let delivery = DeliveryHealth()
         let waiting = CommandQueue()
-        // Commands polled beyond the free slots wait here; past `prefetch` of them (about the concurrency), fetching
-        // pauses until half are taken: a worker holds what it can start soon, the rest waits in Kafka.
+        // Commands polled beyond the free slots wait here, `prefetch` of them at most (about the concurrency): a
+        // worker holds what it can start soon, the rest waits in Kafka. Full for `pauseAfter`, fetching pauses
+        // until half are taken.
         let bufferLimit = self.bufferLimit
+        var fullSince: ContinuousClock.Instant?
         var lastCommit = ContinuousClock.now
         var lastLag = ContinuousClock.now
         var assigned = Set<TopicPartition>()
@@ -220,7 +227,10 @@ public final class StepWorker: Service, Sendable {
                 // Many commands waiting, or results are not getting through: keep polling (so that the group
                 // keeps this member, however long its steps run), fetch nothing more.
                 let backlog = waiting.count
-                let hold = delivery.failing > 0 || backlog >= bufferLimit || (!paused.isEmpty && backlog > bufferLimit / 2)
+                let now = ContinuousClock.now
+                fullSince = backlog >= bufferLimit ? fullSince ?? now : nil
+                let slow = fullSince.map { now - $0 >= configuration.pauseAfter } ?? false
+                let hold = delivery.failing > 0 || slow || (!paused.isEmpty && backlog > bufferLimit / 2)
                 do {
                     if hold {
                         let more = assigned.subtracting(paused)
@@ -235,8 +245,17 @@ public final class StepWorker: Service, Sendable {
                 } catch {
                     logger.warning("could not pause or resume the command partitions: \(error)")
                 }
-                // A fatal consumer error ends the loop (and `run`, with it): the process should be replaced.
-                let events = try await consumer.poll(maxEvents: max(1, bufferLimit - backlog), timeout: .milliseconds(100))
+                let events: [KafkaConsumerEvent]
+                if let fullSince, !hold {
+                    // Full for a moment: take nothing more until a quarter has started (librdkafka's queue, as
+                    // small, holds what it fetched; its heartbeats go on), then poll that many at once. Rebalances
+                    // wait for the next poll, `pauseAfter` at most.
+                    await waiting.waitForRoom(below: bufferLimit - bufferLimit / 4, until: min(fullSince + configuration.pauseAfter, now + .milliseconds(100)))
+                    events = []
+                } else {
+                    // A fatal consumer error ends the loop (and `run`, with it): the process should be replaced.
+                    events = try await consumer.poll(maxEvents: max(1, bufferLimit - backlog), timeout: .milliseconds(100))
+                }
                 var readingAgain = Set<TopicPartition>()
                 for event in events {
                     switch event {
@@ -524,29 +543,70 @@ public final class StepWorker: Service, Sendable {
 /// Commands polled and not started yet, in the order they came (so each partition's are started in offset
 /// order, and a command is only committed once everything before it on its partition is done).
 final class CommandQueue: Sendable {
-    private let queue = Mutex(Deque<KafkaMessage>())
+    private struct State {
+        var commands = Deque<KafkaMessage>()
+        /// The poll loop, waiting for fewer than `below` commands to wait (it is the only one that waits).
+        var roomWaiter: (below: Int, continuation: CheckedContinuation<Void, Never>)?
+    }
+    private let state = Mutex(State())
 
-    var count: Int { queue.withLock { $0.count } }
+    var count: Int { state.withLock { $0.commands.count } }
 
-    func append(_ message: KafkaMessage) { queue.withLock { $0.append(message) } }
+    func append(_ message: KafkaMessage) { state.withLock { $0.commands.append(message) } }
 
     /// The next command, marked started for the offset tracker.
     func take(_ tracker: OffsetTracker) -> KafkaMessage? {
-        queue.withLock { q in
-            guard let m = q.popFirst() else { return nil }
+        let (message, waiter) = state.withLock { s -> (KafkaMessage?, CheckedContinuation<Void, Never>?) in
+            guard let m = s.commands.popFirst() else { return (nil, nil) }
             tracker.started(m)
-            return m
+            guard let w = s.roomWaiter, s.commands.count < w.below else { return (m, nil) }
+            s.roomWaiter = nil
+            return (m, w.continuation)
+        }
+        waiter?.resume()
+        return message
+    }
+
+    /// Waits until fewer than `limit` commands wait, at most until `deadline` (or the task is cancelled).
+    func waitForRoom(below limit: Int, until deadline: ContinuousClock.Instant) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.room(below: limit) }
+            group.addTask { try? await Task.sleep(until: deadline) }  // cancelled when there is room first
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func room(below limit: Int) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s -> Bool in
+                    if s.commands.count < limit || Task.isCancelled { return true }
+                    s.roomWaiter = (limit, c)
+                    return false
+                }
+                if ready { c.resume() }
+            }
+        } onCancel: {
+            state.withLock { s -> CheckedContinuation<Void, Never>? in
+                defer { s.roomWaiter = nil }
+                return s.roomWaiter?.continuation
+            }?.resume()
         }
     }
 
     /// The partitions that have commands waiting for a slot.
-    func partitions() -> Set<TopicPartition> { queue.withLock { q in Set(q.map(\.topicPartition)) } }
+    func partitions() -> Set<TopicPartition> { state.withLock { s in Set(s.commands.map(\.topicPartition)) } }
 
     /// Drops the waiting commands of these partitions (nil: all): they are redelivered to whoever owns them next.
     func drop(_ partitions: Set<TopicPartition>?) {
-        queue.withLock { q in
-            if let partitions { q.removeAll { partitions.contains($0.topicPartition) } } else { q.removeAll() }
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if let partitions { s.commands.removeAll { partitions.contains($0.topicPartition) } } else { s.commands.removeAll() }
+            guard let w = s.roomWaiter, s.commands.count < w.below else { return nil }
+            s.roomWaiter = nil
+            return w.continuation
         }
+        waiter?.resume()
     }
 }
 
