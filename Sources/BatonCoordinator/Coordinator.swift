@@ -218,7 +218,8 @@ public final class Coordinator: Service, Sendable {
         async let unfollowed: Void = registry.close()
         _ = await (left, flushed, unfollowed)
         if case .failure(let error) = result {
-            logger.error("coordinator stopped: \(error)")
+            // Cancelled by whoever runs it (a test, an embedding app): a stop asked for, not a failure.
+            if error is CancellationError { logger.info("coordinator stopped: cancelled") } else { logger.error("coordinator stopped: \(error)") }
             throw error
         }
         logger.info("coordinator stopped")
