@@ -113,6 +113,75 @@ extension OneAtATime {
     }
 }
 
+extension OneAtATime {
+    /// Issue 20: a takeover far behind. While no coordinator runs, `BATON_TAKEOVER_LAG` starts (5,000 in the suite;
+    /// 50,000 at size) are queued on the events partitions, among the heartbeats of long steps and after the
+    /// start reports of steps that hang. The new owner fires nothing until it has applied what was queued when it
+    /// took the partitions: then every hung step's overdue timeout fires once, and no heartbeating step is presumed dead.
+    @Suite("Production faults: a takeover behind a queue of events", .serialized, .timeLimit(.minutes(10)))
+    struct TakeoverLagTests {
+        @Test func overdueTimersFireOnceWhenTheNewOwnerReachesItsAssignmentMark() async throws {
+            let lag = Int(ProcessInfo.processInfo.environment["BATON_TAKEOVER_LAG"] ?? "") ?? 5_000
+            let engine = try await Engine(partitions: 2)
+            _ = try await engine.register(TakeoverTests.beat)
+            _ = try await engine.register("""
+                workflow_id: stall
+                steps: [{ id: stuck, type: stall, timeout: 4s, retry: { max_attempts: 1 } }]
+                """)
+            _ = try await engine.register("""
+                workflow_id: queued
+                steps: [{ id: approve, type: human_task, assignee: "role:ops", timeout: 48h }]
+                """)
+            let runs = Recorder<String>()
+            TakeoverTests().startWorker(engine, runs: runs, seconds: 40)
+            engine.startWorker("stall", concurrency: 16) { ctx in
+                runs.add("\(ctx.instanceID)/\(ctx.attempt)")
+                try await Task.sleep(for: .seconds(600))  // a service that never answers
+                return [:]
+            }
+            let first = try await TakeoverTests().warmCoordinator(engine)
+            defer { first.kill9() }
+            let long = try await (0..<12).asyncMap { try await engine.start("beat", id: "long-\($0)") }
+            let stalled = try await (0..<12).asyncMap { try await engine.start("stall", id: "stalled-\($0)") }
+            // Their step timeouts are armed (4 s from the start reports) and not due yet when the coordinator dies.
+            try await waitUntil("every stalled step to be reported started", timeout: .seconds(60)) {
+                stalled.allSatisfy { engine.watcher.state($0)?.steps[0].units.first?.heartbeatAt != nil }
+            }
+            try await waitUntil("every long step to run", timeout: .seconds(60)) { runs.all.filter { $0.hasPrefix("long") }.count >= 12 }
+            first.kill9()
+            let killed = ContinuousClock.now
+            for i in 0..<lag {
+                try await engine.client.start(workflowID: "queued", input: [:], instanceID: "queued-\(i)", partitions: engine.partitions, wait: false)
+            }
+            try await engine.client.flush()
+            // The outage itself: long enough for every stalled timeout and heartbeat timer to be overdue.
+            try await Task.sleep(until: killed + .seconds(8))
+            let second = try engine.process(["coordinator"])
+            defer { second.kill9() }
+
+            #expect(await engine.watcher.wait(for: Set(stalled + long), toBe: [.completed, .failed, .suspended], timeout: .seconds(420)))
+            _ = try await second.waitForLine("applied the events queued when the partition was taken", timeout: .seconds(10))
+            try await TakeoverTests().expectEachRanOnceAndCompleted(engine, long, runs: runs)
+            for id in stalled {
+                let state = engine.watcher.state(id)
+                #expect(state?.steps[0].error?.contains("timed out after 4s") == true, "\(id): \(state?.status.rawValue ?? "") \(state?.reason ?? "")")
+            }
+            #expect(runs.all.filter { $0.hasPrefix("stalled") }.count == 12, "each stalled step ran once")
+            // Each overdue timeout fired once, behind the queued starts (past the assignment mark).
+            let events = try await engine.records(engine.names.events)
+            var lastQueued: [Int32: Int64] = [:]
+            for m in events where m.keyString?.hasPrefix("queued-") == true { lastQueued[m.partition] = max(lastQueued[m.partition] ?? -1, m.offset) }
+            for id in stalled {
+                let firings = events.filter { $0.keyString == id && $0.header(WireHeaders.kind).map { String(decoding: $0, as: UTF8.self) } == "timer.fired" }
+                #expect(firings.count == 1, "\(id): \(firings.count) firings")
+                for f in firings { #expect(f.offset > lastQueued[f.partition] ?? -1, "\(id) fired at offset \(f.offset), before the queued starts ended") }
+            }
+            #expect(await engine.watcher.wait(for: Set((0..<lag).map { "queued-\($0)" }), toBe: [.waiting], timeout: .seconds(120)), "every queued start taken")
+            await engine.shutdown()
+        }
+    }
+}
+
 extension Sequence {
     func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
         var out: [T] = []
