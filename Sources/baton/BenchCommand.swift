@@ -45,6 +45,8 @@ struct Bench: AsyncParsableCommand {
     var raw = false
     @Option(help: ArgumentHelp("Give every step this timeout (such as 30s), to see that a busy engine times out nothing healthy (a step's timeout counts from its start).", valueName: "duration"))
     var stepTimeout: String?
+    @Flag(help: "With --step-timeout: also start, halfway through the offer, one instance whose only step hangs (one attempt; the example worker sleeps 300 s for an id containing 'slow'), and print how long after the worker started it the step timed out.")
+    var hungStep = false
     @Option(help: ArgumentHelp("Run the coordinators and workers with tracing on, exporting to this OTLP/HTTP endpoint: to measure what tracing costs.", valueName: "url"))
     var otlpEndpoint: String?
 
@@ -71,6 +73,14 @@ struct Bench: AsyncParsableCommand {
                 .replacingOccurrences(of: #""type":"notification""#, with: #""type":"notification","timeout":"\#(stepTimeout)""#)
         }
         let workflow = try await client.register(document: Data(definition.utf8))
+        let hung: (workflow: Workflow, id: String)?
+        if hungStep {
+            guard let stepTimeout else { throw CLIFailure("--hung-step needs --step-timeout: the hung step times out after it") }
+            let document = #"{"workflow_id":"bench_hung","steps":[{"id":"validate","type":"service_call","timeout":"\#(stepTimeout)","retry":{"max_attempts":1}}]}"#
+            hung = (try await client.register(document: Data(document.utf8)), "hung-slow-\(UUID().uuidString.prefix(8).lowercased())")
+        } else {
+            hung = nil
+        }
         let steps = workflow.steps.count
         if raw {
             try await runRaw(workflow: workflow, names: names, client: clientConfiguration, logger: logger)
@@ -110,6 +120,9 @@ struct Bench: AsyncParsableCommand {
         let began = clock.now
         let firstSend = nowMillis()
         for i in 0..<instances {
+            if let hung, i == instances / 2 {
+                try await client.start(workflowID: hung.workflow.id, input: [:], instanceID: hung.id, partitions: partitions, wait: false)
+            }
             if rate > 0 {
                 let due = began + .milliseconds(Int64(i) * 1000 / Int64(rate))
                 if due > clock.now { try await Task.sleep(until: due, clock: clock) }
@@ -138,6 +151,8 @@ struct Bench: AsyncParsableCommand {
         let cpu = cpuMeter.report(over: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
         let breakdown = metrics
             ? Self.breakdown(coordinator: await Self.scrape(children.log("coordinator-0")), workers: await Self.scrape(children.log("workers"))) : nil
+        var hungReport: String?
+        if let hung { hungReport = try await measureHung(hung.id, watcher: watcher, client: client, names: names) }
         let held = holding ? try await measureHeld(sentAt.count + warm.count, coordinators: coordinatorProcesses, residentBefore: residentBefore, children: children, common: common) : nil
         children.stopAll()
         // Audited once nothing moves any more: what a group committed then is final.
@@ -166,6 +181,7 @@ struct Bench: AsyncParsableCommand {
         print(cpu)
         if let breakdown { print(breakdown) }
         if let held { print(held) }
+        if let hungReport { print(hungReport) }
         if let report {
             let reread = children.logLines(containing: "the broker showed later records before earlier ones").count
             print("audit: \(reread) out-of-order read(s) seen (and read again) by the coordinators")
@@ -193,6 +209,27 @@ extension Bench {
                      report.records, Double(report.records) / Double(max(1, instances)), Double(report.bytes) / 1e6, report.seconds, Double(report.records) / report.seconds,
                      Double(instances) / report.seconds))
         print(cpu)
+    }
+
+    /// The hung instance's step: how long after the worker started it (its start report's CreateTime, less the
+    /// 500 ms a worker waits before it reports) the coordinator failed it.
+    func measureHung(_ id: String, watcher: InstanceWatcher, client: BatonClient, names: TopicNames) async throws -> String {
+        guard await watcher.wait(for: [id], toBe: [.failed, .suspended], timeout: .seconds(600)) else {
+            return "hung step: \(id) has not ended within 600 s more (last seen: \(watcher.status(id)?.rawValue ?? "never"))"
+        }
+        guard let state = try await client.status(instanceID: id), let failedAt = state.steps.first?.finishedAt else {
+            return "hung step: the state of \(id) could not be read"
+        }
+        var reported: Int64?
+        let partition = KafkaPartitioner.partition(forKey: id, partitionCount: partitions)
+        try await client.readToEnd([TopicPartition(names.events, partition)]) { m in
+            guard reported == nil, m.keyString == id, let value = m.value, (try? Wire.kind(of: value)) == .stepHeartbeat else { return }  // not a heartbeat
+            reported = m.timestamp
+        }
+        let reason = state.steps.first?.error ?? state.reason ?? ""
+        guard let reported else { return "hung step: \(id) \(state.status.rawValue) with no start report (\(reason))" }
+        let started = reported - 500
+        return String(format: "hung step: %@ %.1f s after the worker started it (step timeout %@): %@", state.status.rawValue, Double(failedAt - started) / 1000, stepTimeout ?? "", reason)
     }
 
     /// With `count` instances held: the coordinators' resident memory per instance, then a new coordinator's
