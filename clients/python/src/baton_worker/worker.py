@@ -32,6 +32,8 @@ log = logging.getLogger("baton_worker")
 COMMAND_TOPIC_PARTITIONS = 12
 #: Seconds an attempt runs before the worker reports its start (docs/wire-protocol.md, "Reporting the start").
 START_REPORT_S = 0.5
+#: Seconds every slot of a pool stays taken before its partitions are paused (see _PoolRunner._loop).
+PAUSE_AFTER = 1.0
 
 
 def small_fetch_queue(commands: int) -> Dict[str, str]:
@@ -396,6 +398,7 @@ class _PoolRunner:
         self.backlog: Deque[_Job] = deque()
         self.running: Dict[Tuple[int, int], threading.Thread] = {}
         self.done: "deque[Tuple[int, int, bool]]" = deque()
+        self.slot_freed = threading.Event()  # set by a command's thread when it is done
         self.paused: Optional[bool] = None  # None: not known (after an assignment): set it explicitly
         self.assigned_once = threading.Event()
         self.consumer: Optional[Consumer] = None
@@ -428,8 +431,10 @@ class _PoolRunner:
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("pool %s: consuming %s in group %s (concurrency %d)", self.pool, self.topic, self.group, self.concurrency)
         grace_deadline = None
+        full_since: Optional[float] = None
         try:
             while True:
+                self.slot_freed.clear()  # before collecting: a command done from here on wakes the wait below
                 if self.worker._stop_requested.is_set() and grace_deadline is None:
                     grace_deadline = time.monotonic() + self.worker.grace_seconds
                     self.stopping_event.set()
@@ -446,8 +451,19 @@ class _PoolRunner:
                         break
                 else:
                     self._dispatch()
-                self._set_paused(grace_deadline is not None or len(self.running) + len(self.backlog) >= self.concurrency)
+                # Every slot taken: take nothing more. Only when that lasts PAUSE_AFTER (long steps) are the
+                # partitions paused: a pause makes librdkafka drop what it fetched and deliver nothing for about a
+                # second after the resume, which slows a stream of short steps about tenfold.
+                now = time.monotonic()
+                full = len(self.running) + len(self.backlog) >= self.concurrency
+                full_since = (now if full_since is None else full_since) if full else None
+                full_for = 0.0 if full_since is None else now - full_since
+                self._set_paused(grace_deadline is not None or full_for >= PAUSE_AFTER)
                 self._commit(asynchronous=True)
+                if full and full_for < PAUSE_AFTER and grace_deadline is None:
+                    # librdkafka's queue (as small) holds what it fetched; rebalances wait for the next poll.
+                    self.slot_freed.wait(min(0.05, PAUSE_AFTER - full_for))
+                    continue
                 msg = consumer.poll(0.05)
                 if msg is None:
                     continue
@@ -592,6 +608,7 @@ class _PoolRunner:
                           self.pool, self.topic, job.partition, job.offset)
         finally:
             self.done.append((job.partition, job.offset, ok))
+            self.slot_freed.set()
 
     def _handle(self, job: _Job) -> bool:
         msg = job.message
