@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -63,6 +64,7 @@ class Client:
         self.timeout = timeout
         self._producer = Producer(self.settings.producer(**{"client.id": "baton-python-client"}))
         self._counts: Dict[str, int] = {}
+        self._registered: Dict[str, set] = {}
 
     def close(self) -> None:
         self._producer.flush(self.timeout)
@@ -86,6 +88,44 @@ class Client:
             self._counts[topic] = len(t.partitions)
         return self._counts[topic]
 
+    def registered_versions(self, workflow_id: str) -> List[int]:
+        """The versions of ``workflow_id`` registered on ``<ns>.definitions``, read to its end (a registered
+        version is kept: definitions are immutable)."""
+        known = self._registered.get(workflow_id)
+        if known:
+            return sorted(known)
+        topic = self.settings.topic("definitions")
+        versions: Dict[str, set] = {}
+        reader = _Reader(self.settings, topic, range(self.partition_count(topic)))
+        try:
+            def take(msg: Any) -> None:
+                try:
+                    record = json.loads(msg.value()) if msg.value() is not None else None
+                except ValueError:
+                    return  # not JSON, so not a definition: the coordinators' registry skips it too
+                if isinstance(record, dict) and record.get("kind") == "definition" and isinstance(record.get("version"), int):
+                    versions.setdefault(str(record.get("workflow_id")), set()).add(record["version"])
+            if not reader.read_to_end(time.monotonic() + self.timeout, take):
+                raise TimeoutError(f"could not read {topic} to its end within {self.timeout} s")
+        finally:
+            reader.close()
+        for workflow, found in versions.items():
+            self._registered.setdefault(workflow, set()).update(found)
+        return sorted(self._registered.get(workflow_id, set()))
+
+    def _check_registered(self, workflow_id: str, version: Optional[int]) -> None:
+        """Refuses at once a start the coordinators would dead-letter as ``unknown workflow``."""
+        versions = self.registered_versions(workflow_id)
+        if version is not None and version in versions:
+            return
+        if version is None and versions:
+            return
+        if versions:
+            raise LookupError(f"workflow '{workflow_id}' has no version {version} on {self.settings.topic('definitions')} "
+                              f"(registered: {', '.join(map(str, versions))})")
+        raise LookupError(f"workflow '{workflow_id}' is not registered on {self.settings.topic('definitions')}; "
+                          "register it first: baton definitions register FILE")
+
     def partition_of(self, instance_id: str) -> int:
         """The ``events`` (and ``state``) partition of an instance: murmur2 of its id, as the engine computes it."""
         return protocol.partition_for(instance_id, self.partition_count(self.settings.topic("events")))
@@ -99,7 +139,8 @@ class Client:
         ``<ns>.state`` to its end first: a snapshot found there means the instance exists already (``exists``
         or ``conflict``, without sending). Otherwise it sends the start and waits for the instance's first
         snapshot: ``created`` when its ``startRequest`` is this start's ``request_id``. Raises
-        :class:`StartTimeout` when nothing shows in time, ``ValueError`` for an id or input over the limits.
+        :class:`StartTimeout` when nothing shows in time, ``ValueError`` for an id or input over the limits,
+        ``LookupError`` for a workflow (or version) not registered on ``<ns>.definitions``, before sending.
         """
         instance_id = instance_id or str(uuid.uuid4())
         request_id = request_id or str(uuid.uuid4())
@@ -107,6 +148,7 @@ class Client:
         events = self.settings.topic("events")
         state = self.settings.topic("state")
         partition = self.partition_of(instance_id)
+        self._check_registered(workflow_id, version)
         if not wait:
             self._send(events, partition, instance_id, value)
             return StartResult(instance_id, SENT, partition, request_id)
@@ -117,7 +159,7 @@ class Client:
         reader = _StateReader(self.settings, state, partition, instance_id)
         try:
             deadline = time.monotonic() + wait
-            found, snapshot = reader.read_to_end(deadline)
+            found, snapshot = reader.latest(deadline)
             if not found:
                 raise StartTimeout(f"could not read {state}[{partition}] to its end within {wait} s")
             if snapshot is not None:
@@ -165,39 +207,59 @@ class Client:
             raise KafkaException(errors[0])
 
 
-class _StateReader:
-    """Reads one partition of ``state`` (read_committed) and follows one key.
+class _Reader:
+    """Reads partitions of a topic (read_committed) from their beginning.
 
     The end is found by partition EOF, not by a ListOffsets query (Tansu 0.6.0 answers that wrongly after a
     batched produce; docs/kafka-compatibility.md)."""
 
-    def __init__(self, settings: Settings, topic: str, partition: int, key: str):
-        self.key = key.encode("utf-8")
+    def __init__(self, settings: Settings, topic: str, partitions: Iterable[int]):
         self.topic = topic
         self.consumer = Consumer(settings.consumer(
             f"{settings.namespace}.client-{uuid.uuid4()}",
             **{"enable.partition.eof": "true", "client.id": "baton-python-client"},
         ))
-        self.consumer.assign([TopicPartition(topic, partition, -2)])  # OFFSET_BEGINNING
+        self.partitions = set(partitions)
+        self.consumer.assign([TopicPartition(topic, p, -2) for p in self.partitions])  # OFFSET_BEGINNING
 
-    def read_to_end(self, deadline: float):
-        """(reached the end, the key's latest snapshot or None)."""
-        latest: Optional[Dict[str, Any]] = None
-        while time.monotonic() < deadline:
+    def read_to_end(self, deadline: float, take: Callable[[Any], None]) -> bool:
+        """Gives every record to ``take`` until each partition's end; whether the ends were reached in time."""
+        left = set(self.partitions)
+        while left and time.monotonic() < deadline:
             msg = self.consumer.poll(0.1)
             if msg is None:
                 continue
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    return True, latest
+                    left.discard(msg.partition())
+                    continue
                 if err.fatal():
                     raise KafkaException(err)
                 log.warning("reading %s: %s", self.topic, err)
                 continue
+            take(msg)
+        return not left
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class _StateReader(_Reader):
+    """Reads one partition of ``state`` and follows one key."""
+
+    def __init__(self, settings: Settings, topic: str, partition: int, key: str):
+        super().__init__(settings, topic, [partition])
+        self.key = key.encode("utf-8")
+
+    def latest(self, deadline: float):
+        """(reached the end, the key's latest snapshot or None)."""
+        latest: List[Optional[Dict[str, Any]]] = [None]
+
+        def take(msg: Any) -> None:
             if msg.key() == self.key:
-                latest = self._snapshot(msg)
-        return False, latest
+                latest[0] = self._snapshot(msg)
+        return self.read_to_end(deadline, take), latest[0]
 
     def next_snapshot(self, deadline: float) -> Optional[Dict[str, Any]]:
         while time.monotonic() < deadline:
@@ -218,9 +280,6 @@ class _StateReader:
         except protocol.Unreadable as e:
             log.warning("%s[%d]@%d: %s", self.topic, msg.partition(), msg.offset(), e.reason)
             return None
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 def start(workflow_id: str, input: Any, *, instance_id: Optional[str] = None, version: Optional[int] = None,
