@@ -238,6 +238,17 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Tests that need no broker (a fast target: it runs in seconds).
+        .testTarget(
+            name: "BatonUnitTests",
+            dependencies: [
+                "baton", "BatonClient", "BatonCore", "BatonMonitoring", "BatonRuntime", "BatonServer", "BatonTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "BatonKafkaIntegrationTests",
             dependencies: ["BatonKafka", "BatonTopics", "BatonTestSupport"],

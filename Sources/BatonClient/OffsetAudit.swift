@@ -126,14 +126,20 @@ public struct OffsetAudit: Sendable {
                 guard let result = results[attempt] else {
                     let done = workerCommitted[pool]?[command.topicPartition] ?? -1
                     let finding: Finding = done > command.offset ? .workerSkippedCommand : .workerBehind
-                    entries.append(Entry(instanceID: id, finding: finding, detail: "\(what): command at \(command), group committed \(done)"))
+                    entries.append(Entry(instanceID: id, finding: finding, detail: "\(what): command at \(command), \(Self.committed(done, by: "the pool's group"))"))
                     continue
                 }
                 let applied = coordinatorCommitted[result.topicPartition] ?? -1
                 let finding: Finding = applied > result.offset ? .coordinatorSkippedResult : .coordinatorBehind
-                entries.append(Entry(instanceID: id, finding: finding, detail: "\(what): result at \(result), coordinators committed \(applied)"))
+                entries.append(Entry(instanceID: id, finding: finding, detail: "\(what): result at \(result), \(Self.committed(applied, by: "the coordinators"))"))
             }
         }
         return OffsetAudit(entries: entries)
+    }
+
+    /// What a group committed, in words: a negative offset (librdkafka's -1001, "stored") means the group has
+    /// committed nothing on that partition, that is, no member has finished a record there yet.
+    static func committed(_ offset: Int64, by group: String) -> String {
+        offset >= 0 ? "\(group) committed offset \(offset)" : "\(group) committed nothing there yet (no member has finished a record on it)"
     }
 }

@@ -168,15 +168,17 @@ public struct MonitoringEndpoint: Service {
         let logger = self.logger
         let host = self.host
         let onRunning = self.onRunning
+        let start = ListenerStart(host: host, port: port, option: "--metrics-port")
         let app = Application(
             router: router(),
             configuration: .init(address: .hostname(host, port: port), serverName: "baton-monitoring"),
             onServerRunning: { channel in
+                start.markListening()
                 let port = channel.localAddress?.port ?? 0
                 logger.info("metrics, health and readiness served", metadata: ["address": "http://\(host):\(port)/metrics"])
                 await onRunning(port)
             },
             logger: logger)
-        try await app.run()
+        try await start.run { try await app.run() }
     }
 }

@@ -70,6 +70,14 @@ public struct Problem: HTTPResponseError {
     }
 }
 
+/// For a path under /v1/tasks/ or /v1/instances/ that matched no route: ids hold `/` (a task id always
+/// does: `loan-7/approve/1`), which must be sent as %2F, and an id sent raw makes a path no route has.
+func idEncodingHint(_ path: String) -> String {
+    let collections = ["/v1/tasks/", "/v1/instances/"]
+    guard let prefix = collections.first(where: { path.hasPrefix($0) }), path.dropFirst(prefix.count).contains("/") else { return "" }
+    return "; an id with '/' in it goes percent-encoded in the path, as in \(prefix)loan-7%2Fcredit_manager_approval%2F1"
+}
+
 /// Turns every error into a problem: Hummingbird's own (unknown route, body too large), decoding errors, a body
 /// that ended before its declared length or could not be read (a 400, logged at debug: the client's doing), and
 /// anything unexpected (a 500 that is logged).
@@ -81,7 +89,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             throw problem
         } catch let error as HTTPError {
             switch error.status {
-            case .notFound: throw Problem(.notFound, "not-found", "no route \(request.method.rawValue) \(request.uri.path)")
+            case .notFound: throw Problem(.notFound, "not-found", "no route \(request.method.rawValue) \(request.uri.path)\(idEncodingHint(request.uri.path))")
             case .contentTooLarge: throw Problem(.contentTooLarge, "too-large", "the body is larger than \(ServerLimits.maxBody) bytes")
             default: throw Problem(error.status, "http", error.body)
             }

@@ -1,5 +1,6 @@
 import BatonClient
 import BatonReadModel
+import BatonRuntime
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
@@ -73,6 +74,7 @@ public struct BatonServer: Service {
         let onRunning = self.onRunning
         let limits = self.limits
         let registry = ConnectionRegistry(limit: limits.maxConnections)
+        let start = ListenerStart(host: host, port: port, option: "--port")
         let app = Application(
             router: router(),
             server: HTTPServerBuilder { responder in GuardedHTTP1Channel(responder: responder, limits: limits, registry: registry) },
@@ -81,6 +83,7 @@ public struct BatonServer: Service {
             configuration: .init(address: .hostname(host, port: port), serverName: "baton", backlog: 2048),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
+                start.markListening()
                 logger.notice("baton serve listening", metadata: ["address": "http://\(host):\(port)"])
                 await onRunning(port)
             },
@@ -88,7 +91,7 @@ public struct BatonServer: Service {
         // Whichever ends first ends both: the server on a graceful shutdown, the read model on a failure.
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await model.run() }
-            group.addTask { try await app.run() }
+            group.addTask { try await start.run { try await app.run() } }
             defer { group.cancelAll() }
             try await group.next()
         }

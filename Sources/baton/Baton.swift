@@ -15,6 +15,35 @@ struct Baton: AsyncParsableCommand {
             Conformance.self, ConformanceWorkerCommand.self,
             TriggersCommand.self, TriggerBench.self, KeysCommand.self,
         ])
+
+    /// Refuses a command name that does not exist before the arguments are parsed: `baton frobnicate --help`
+    /// would otherwise print the root's help and exit 0, as if the command existed.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if let message = unknownCommand(in: arguments) {
+            FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
+            Foundation.exit(ExitCode.validationFailure.rawValue)
+        }
+        await main(arguments)
+    }
+
+    /// The error for the first word of `arguments` that names no subcommand of the command before it, walking
+    /// down from `baton` while the words are commands (nil when every word is one, or an option comes first).
+    static func unknownCommand(in arguments: [String]) -> String? {
+        var command: any ParsableCommand.Type = Baton.self
+        var path = ["baton"]
+        for word in arguments {
+            let configuration = command.configuration
+            guard !word.hasPrefix("-"), !configuration.subcommands.isEmpty, configuration.defaultSubcommand == nil, word != "help" else { return nil }
+            guard let next = configuration.subcommands.first(where: { $0._commandName == word || $0.configuration.aliases.contains(word) }) else {
+                let names = configuration.subcommands.map { $0._commandName }
+                return "'\(word)' is not a command of '\(path.joined(separator: " "))'; its commands: \(names.joined(separator: ", ")) (see '\(path.joined(separator: " ")) --help')"
+            }
+            command = next
+            path.append(word)
+        }
+        return nil
+    }
 }
 
 /// Options every command that talks to Kafka takes.

@@ -370,8 +370,14 @@ struct Instances: AsyncParsableCommand {
             abstract: "List instances, latest change first: id, workflow, status, and why it failed or is suspended.")
         @OptionGroup var connection: ConnectionOptions
         @OptionGroup var server: ServerOptions
-        @Option(help: "Only instances with this status (repeatable): \(InstanceStatus.allCases.map(\.rawValue).joined(separator: ", ")).")
-        var status: [InstanceStatus] = []
+        @Option(
+            name: .customLong("status"),
+            help: ArgumentHelp(
+                "Only instances with this status (repeatable, or a comma list such as failed,suspended): \(InstanceStatus.allCases.map(\.rawValue).joined(separator: ", ")).",
+                valueName: "status"),
+            transform: InstanceStatus.list)
+        var statuses: [[InstanceStatus]] = []
+        var status: [InstanceStatus] { statuses.flatMap { $0 } }
         @Option(help: "Only instances of this workflow.") var workflow: String?
         @Option(help: "At most this many.") var limit = 1000
 
@@ -462,7 +468,18 @@ struct Instances: AsyncParsableCommand {
     }
 }
 
-extension InstanceStatus: ExpressibleByArgument {}
+extension InstanceStatus: ExpressibleByArgument {
+    /// A `--status` value: one status or a comma list; an unknown one is named with the ones there are.
+    static func list(_ text: String) throws -> [InstanceStatus] {
+        try text.split(separator: ",", omittingEmptySubsequences: false).map { part in
+            let name = part.trimmingCharacters(in: .whitespaces)
+            guard let status = InstanceStatus(rawValue: name) else {
+                throw ValidationError("unknown status '\(name)' in --status \(text): use \(allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return status
+        }
+    }
+}
 
 /// Static group membership for the long-running group members (coordinator, workers, triggers).
 struct MembershipOptions: ParsableArguments {

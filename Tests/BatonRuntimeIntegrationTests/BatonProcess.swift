@@ -10,16 +10,7 @@ final class BatonProcess: @unchecked Sendable {
     let log: URL
 
     /// `BATON_BIN`, else the `baton` built next to the test bundle.
-    static var binary: URL {
-        if let path = ProcessInfo.processInfo.environment["BATON_BIN"] { return URL(fileURLWithPath: path) }
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("baton")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        return URL(fileURLWithPath: ".build/debug/baton")
-    }
+    static var binary: URL { TestBinary.baton }
 
     init(_ arguments: [String], namespace: String, brokers: KafkaBrokers = TestKafka.brokers, environment: [String: String] = [:]) throws {
         log = FileManager.default.temporaryDirectory.appendingPathComponent("\(TestKafka.uniqueName("baton-proc")).log")

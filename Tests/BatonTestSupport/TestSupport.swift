@@ -166,3 +166,17 @@ public final class PrivateBroker: Sendable {
         }
     }
 }
+
+/// The `baton` executable the tests run: `BATON_BIN`, else the one built next to the test bundle.
+public enum TestBinary {
+    public static var baton: URL {
+        if let path = ProcessInfo.processInfo.environment["BATON_BIN"] { return URL(fileURLWithPath: path) }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("baton")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return URL(fileURLWithPath: ".build/debug/baton")
+    }
+}

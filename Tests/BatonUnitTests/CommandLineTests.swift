@@ -1,0 +1,53 @@
+import ArgumentParser
+import BatonCore
+import BatonTestSupport
+import Foundation
+import Testing
+
+@testable import baton
+
+/// What a new user types wrong on the command line gets an error that names it, with a non-zero status; none
+/// of these needs a broker.
+@Suite struct CommandLineTests {
+    /// Runs the built `baton` with `arguments`; its exit status and what it wrote.
+    func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = TestBinary.baton
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
+    }
+
+    @Test func anUnknownCommandWithHelpIsAnErrorNotTheRootHelp() throws {
+        let (status, output) = try run(["frobnicate", "--help"])
+        #expect(status == 64)
+        #expect(output.contains("'frobnicate' is not a command of 'baton'"))
+        #expect(output.contains("instances"), "the commands there are are listed")
+        let nested = try run(["topics", "frobnicate", "--help"])
+        #expect(nested.status == 64)
+        #expect(nested.output.contains("'frobnicate' is not a command of 'baton topics'"))
+    }
+
+    @Test func knownCommandsAndHelpStillWork() throws {
+        #expect(Baton.unknownCommand(in: ["instances", "list", "--status", "failed"]) == nil)
+        #expect(Baton.unknownCommand(in: ["status", "order-1"]) == nil, "a command's own argument is not a command")
+        #expect(Baton.unknownCommand(in: ["help", "topics"]) == nil)
+        #expect(Baton.unknownCommand(in: ["--help"]) == nil)
+        let (status, output) = try run(["topics", "--help"])
+        #expect(status == 0)
+        #expect(output.contains("USAGE"))
+    }
+
+    @Test func statusTakesACommaListAndNamesAnUnknownOne() throws {
+        let list = try Instances.List.parse(["--status", "failed,suspended", "--status", "running"])
+        #expect(list.status == [.failed, .suspended, .running])
+        let (status, output) = try run(["instances", "list", "--status", "failed,bogus"])
+        #expect(status == 64)
+        #expect(output.contains("unknown status 'bogus'"))
+    }
+}
