@@ -1,9 +1,11 @@
 import BatonRuntime
 import Foundation
+import Synchronization
 
-/// Baton services run as child processes of this one (the same binary), as they are deployed.
-final class ChildProcesses: @unchecked Sendable {
-    private var processes: [Process] = []
+/// Baton services run as child processes of this one (the same binary), as they are deployed. Safe to share
+/// between tasks: the list of children is behind a lock, and the log directory never changes.
+final class ChildProcesses: Sendable {
+    private let processes = Mutex<[Process]>([])
     let logDirectory: URL
 
     init() {
@@ -27,7 +29,7 @@ final class ChildProcesses: @unchecked Sendable {
         process.standardOutput = handle
         process.standardError = handle
         try process.run()
-        processes.append(process)
+        processes.withLock { $0.append(process) }
         return process
     }
 
@@ -35,7 +37,7 @@ final class ChildProcesses: @unchecked Sendable {
     func stop(_ process: Process) {
         if process.isRunning { process.terminate() }
         process.waitUntilExit()
-        processes.removeAll { $0 === process }
+        processes.withLock { $0.removeAll { $0 === process } }
     }
 
     /// The log of a child, as written so far.
@@ -62,9 +64,12 @@ final class ChildProcesses: @unchecked Sendable {
 
     /// SIGTERM to each (graceful shutdown), then wait for them.
     func stopAll() {
-        for p in processes where p.isRunning { p.terminate() }
-        for p in processes { p.waitUntilExit() }
-        processes.removeAll()
+        let children = processes.withLock { list in
+            defer { list.removeAll() }
+            return list
+        }
+        for p in children where p.isRunning { p.terminate() }
+        for p in children { p.waitUntilExit() }
     }
 
     deinit { stopAll() }
