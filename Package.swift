@@ -242,8 +242,10 @@ let package = Package(
         .testTarget(
             name: "BatonUnitTests",
             dependencies: [
-                "baton", "BatonClient", "BatonCore", "BatonMonitoring", "BatonRuntime", "BatonServer", "BatonTestSupport",
+                "baton", "BatonClient", "BatonCore", "BatonKafka", "BatonMonitoring", "BatonRuntime", "BatonServer", "BatonTestSupport", "BatonWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
