@@ -44,7 +44,7 @@ public struct CoordinatorConfiguration: Sendable {
     /// holds its timers (ahead) or warns (behind): `ClockCheck`, docs/operations.md#clocks.
     public var clockSkewLimit: Millis = .seconds(30)
     /// Overrides the clock (milliseconds since the epoch); for tests that move time.
-    public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
+    public var clock: @Sendable () -> Timestamp = { WallClock.millis() }
     /// Names this coordinator in the records it writes.
     public var identity = "\(ProcessInfo.processInfo.hostName)/\(ProcessInfo.processInfo.processIdentifier)"
     /// Where the coordinator's metrics go (docs/observability.md): the process's, unless a test gives its own.

@@ -65,7 +65,7 @@ final class PartitionRunner: Sendable {
 
     func deliver(_ message: KafkaMessage) {
         if let written = message.timestamp {
-            fetchedWait.recordMilliseconds(max(0, Int64(Date().timeIntervalSince1970 * 1000) - written))
+            fetchedWait.recordMilliseconds(max(0, WallClock.millis() - written))
         }
         let waiter = inbox.withLock { i -> CheckedContinuation<Void, Never>? in
             // Read before a requested seek took effect: it comes again after it.
@@ -180,7 +180,7 @@ final class PartitionRunner: Sendable {
                 }
             }
             let batch = takeBatch(&gaps)
-            let taken = Int64(Date().timeIntervalSince1970 * 1000)
+            let taken = WallClock.millis()
             for m in batch { if let written = m.timestamp { batchedWait.recordMilliseconds(max(0, taken - written)) } }
             if batch.isEmpty {
                 let dueIn = timersMayFire ? owned.nextDue.map { Duration.milliseconds(max(0, $0 - configuration.clock())) } ?? configuration.idleWait : configuration.idleWait

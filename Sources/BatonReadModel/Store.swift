@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonWire
 import DequeModule
 import Foundation
@@ -45,7 +46,7 @@ struct Store: Sendable {
     /// Applies a record; returns what changed, or nil when nothing did (or the record cannot be read: it is
     /// logged and skipped, and the views keep what they had).
     mutating func apply(_ m: KafkaMessage, names: TopicNames, logger: Logger) -> ReadModelChange? {
-        let at = m.timestamp ?? Int64(Date().timeIntervalSince1970 * 1000)
+        let at = m.timestamp ?? WallClock.millis()
         do {
             switch m.topic {
             case names.state: return try applyState(m, at: at)

@@ -1,6 +1,7 @@
 import BatonClient
 import BatonCore
 import BatonReadModel
+import BatonRuntime
 import BatonWire
 import Foundation
 import HTTPTypes
@@ -35,7 +36,7 @@ public struct BatonService: Sendable {
     }
 
     static func newRequestID() -> String { UUID().uuidString.lowercased() }
-    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    static func now() -> Int64 { WallClock.millis() }
 
     // MARK: Starts
 

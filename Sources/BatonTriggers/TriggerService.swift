@@ -28,7 +28,7 @@ public struct TriggerConfiguration: Sendable {
     /// batch can be readable before an earlier one.
     public var gapRereads = GapRereads.auto
     /// Overrides the clock (milliseconds since the epoch); for tests that move time.
-    public var clock: @Sendable () -> Timestamp = { Timestamp(Date().timeIntervalSince1970 * 1000) }
+    public var clock: @Sendable () -> Timestamp = { WallClock.millis() }
     /// Where the metrics go (docs/observability.md): the process's, unless a test gives its own.
     public var metricsFactory: any MetricsFactory = MetricsSystem.factory
 

@@ -405,7 +405,7 @@ public final class StepWorker: Service, Sendable {
         var logger = self.logger
         // Set at once: a log handler may rebuild its rendered metadata on every change (swift-log's stream one does).
         logger.handler.metadata.merge(["instance": "\(command.instanceID)", "step": "\(command.step)", "attempt": "\(command.attempt)"]) { $1 }
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let now = WallClock.millis()
         if now > command.deadline + Int64(configuration.deadlineMargin.inMilliseconds) {
             // Not started within the step's queue_timeout (or, from a coordinator of the release before, its timeout):
             // the coordinator has counted this attempt as failed; running it now would be wasted.
@@ -630,7 +630,7 @@ final class HeartbeatSender: Sendable {
     let passOn: [KafkaHeader]
     let tracer: any Tracer
     /// When the worker started the attempt (milliseconds since the epoch).
-    let startedAt = Int64(Date().timeIntervalSince1970 * 1000)
+    let startedAt = WallClock.millis()
 
     init(command: CommandMessage, sender: ResilientProducer, logger: Logger, trace: ServiceContext?, passOn: [KafkaHeader], tracer: any Tracer) {
         self.command = command

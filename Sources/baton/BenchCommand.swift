@@ -265,4 +265,4 @@ extension Bench {
     }
 }
 
-func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+func nowMillis() -> Int64 { WallClock.millis() }
