@@ -90,12 +90,15 @@ struct Bench: AsyncParsableCommand {
         let watcher = try await InstanceWatcher(client: clientConfiguration, names: names, logger: logger, light: true)
 
         let children = ChildProcesses()
+
+        children.stopOnInterrupt()
         try children.ensureKeys()
         let common = ["--namespace", namespace] + connection.childArguments + (metrics ? ["--metrics-port", "0"] : []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? [])
         var coordinatorProcesses: [Process] = []
         for i in 0..<coordinators { coordinatorProcesses.append(try children.spawn("coordinator-\(i)", ["coordinator"] + common)) }
         let workerProcess = try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
         print("namespace \(namespace); \(coordinators) coordinator(s) and the example workers running (logs in \(children.logDirectory.path))")
+        fflush(nil)  // every stream: a script or test that runs the bench waits for this line
 
         // Warm up until the whole pipeline answers: groups joined, partitions taken.
         let holding = self.workflow == .hold

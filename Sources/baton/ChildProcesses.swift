@@ -6,6 +6,7 @@ import Synchronization
 /// between tasks: the list of children is behind a lock, and the log directory never changes.
 final class ChildProcesses: Sendable {
     private let processes = Mutex<[Process]>([])
+    private let signalSources = Mutex<[any DispatchSourceSignal]>([])
     let logDirectory: URL
 
     init() {
@@ -31,6 +32,24 @@ final class ChildProcesses: Sendable {
         try process.run()
         processes.withLock { $0.append(process) }
         return process
+    }
+
+    /// Stops every child when this process gets SIGINT or SIGTERM, then exits with 128 + the signal, as a shell
+    /// reports it: without this an interrupted bench or demo leaves its coordinators and workers running.
+    func stopOnInterrupt() {
+        signalSources.withLock { sources in
+            for number in [SIGINT, SIGTERM] {
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+                source.setEventHandler { [self] in
+                    FileHandle.standardError.write(Data("signal \(number): stopping the child processes\n".utf8))
+                    stopAll()
+                    exit(128 + number)
+                }
+                source.resume()
+                sources.append(source)
+            }
+        }
     }
 
     /// SIGTERM to one (graceful shutdown), then wait for it.

@@ -34,6 +34,7 @@ struct Demo: AsyncParsableCommand {
         }
         let watcher = try await InstanceWatcher(client: connection.clientConfiguration, names: names, logger: logger)
         let children = ChildProcesses()
+        children.stopOnInterrupt()
         try children.ensureKeys()
         let common = ["--namespace", namespace] + connection.childArguments
         try children.spawn("coordinator", ["coordinator"] + common)

@@ -50,6 +50,8 @@ struct TriggerBench: AsyncParsableCommand {
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: clientConfiguration), logger: logger)
 
         let children = ChildProcesses()
+
+        children.stopOnInterrupt()
         try children.ensureKeys()
         let common = ["--namespace", namespace] + connection.childArguments
         let coordinator = try children.spawn("coordinator", ["coordinator"] + common)
