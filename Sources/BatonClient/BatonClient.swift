@@ -39,12 +39,12 @@ public final class BatonClient: Sendable {
     func signed<R: AuthorityRecord>(as principal: Principal?, _ make: (String) -> R) throws -> R {
         guard let signer else {
             throw ClientError(
-                "decisions, operator actions and a person's signals are signed: send them through the server (--server, BATON_SERVER), or give an operator's own key (BATON_SIGNING_KEY, `baton keys add-operator`)")
+                .refused, "decisions, operator actions and a person's signals are signed: send them through the server (--server, BATON_SERVER), or give an operator's own key (BATON_SIGNING_KEY, `baton keys add-operator`)")
         }
         let identity: Principal
-        do { identity = try signer.identity(for: principal) } catch { throw ClientError("\(error)") }
+        do { identity = try signer.identity(for: principal) } catch { throw ClientError(.refused, "\(error)") }
         var record = make(identity.subject)
-        do { try signer.sign(&record, as: identity, now: Self.now()) } catch { throw ClientError("\(error)") }
+        do { try signer.sign(&record, as: identity, now: Self.now()) } catch { throw ClientError(.refused, "\(error)") }
         return record
     }
 
@@ -58,7 +58,7 @@ public final class BatonClient: Sendable {
         return t.partitionCount
     }
 
-    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    static func now() -> Int64 { WallClock.millis() }
 
     /// A record's headers: its kind, and the caller's trace context (a request `baton serve` handles, a traced
     /// service), so that the coordinator's spans of the instance join the caller's trace.
@@ -155,7 +155,7 @@ public final class BatonClient: Sendable {
         }
         guard let seen else {
             throw ClientError(
-                "sent the start of '\(id)' (request \(request)), but no coordinator took it within \(timeout): is one running? "
+                .notAppliedInTime, "sent the start of '\(id)' (request \(request)), but no coordinator took it within \(timeout): is one running? "
                     + "`baton status \(id)` shows whether it started since; a refused start is on \(names.deadletter)")
         }
         return outcome(seen, request: request)
@@ -163,9 +163,9 @@ public final class BatonClient: Sendable {
 
     /// Refuses before sending what a coordinator would refuse: a bad id, an input over the limit.
     func checkStart(instanceID: String, input: JSON) throws {
-        do { try InstanceID.check(instanceID, field: "instance id") } catch { throw ClientError(error.reason) }
+        do { try InstanceID.check(instanceID, field: "instance id") } catch { throw ClientError(.invalid, error.reason) }
         let size = input.encoded().count
-        if size > Wire.maxInputBytes { throw ClientError("the input is \(size) bytes, more than the limit of \(Wire.maxInputBytes)") }
+        if size > Wire.maxInputBytes { throw ClientError(.invalid, "the input is \(size) bytes, more than the limit of \(Wire.maxInputBytes)") }
     }
 
     /// The instance's latest state with its outputs, read from its partitions of the state and outputs topics
@@ -276,13 +276,13 @@ public final class BatonClient: Sendable {
     /// sends it, and waits until a snapshot lists the request as applied.
     func sendCheckedAndWait(instanceID: String, kind: Wire.Kind, value: Data, requestID: String, what: String, timeout: Duration) async throws -> InstanceState {
         let (current, end) = try await latestState(instanceID: instanceID)
-        guard let state = current else { throw ClientError("no instance '\(instanceID)' (nothing on \(names.state))") }
+        guard let state = current else { throw ClientError(.notFound, "no instance '\(instanceID)' (nothing on \(names.state))") }
         guard let workflow = try await definition(state.workflowID, version: state.version) else {
-            throw ClientError("instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not on \(names.definitions)")
+            throw ClientError(.notFound, "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not on \(names.definitions)")
         }
-        guard case .event(_, let event) = try EventMessage.decode(value) else { throw ClientError("\(what): not an instance event") }
+        guard case .event(_, let event) = try EventMessage.decode(value) else { throw ClientError(.invalid, "\(what): not an instance event") }
         if case .ignored(let why) = Saga.apply(workflow, to: state, event: event, now: Self.now()).outcome {
-            throw ClientError("\(what) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
+            throw ClientError(.refused, "\(what) refused for '\(instanceID)' (\(state.status.rawValue)): \(why)")
         }
         try await sendEvent(instanceID: instanceID, kind: kind, value: value)
         var applied: InstanceState?
@@ -295,7 +295,7 @@ public final class BatonClient: Sendable {
         }
         guard let applied else {
             throw ClientError(
-                "sent \(what) to '\(instanceID)' (request \(requestID)), but no coordinator applied it within \(timeout): "
+                .notAppliedInTime, "sent \(what) to '\(instanceID)' (request \(requestID)), but no coordinator applied it within \(timeout): "
                     + "is one running? `baton status \(instanceID)` shows whether it was applied since")
         }
         return applied
@@ -355,8 +355,8 @@ public final class BatonClient: Sendable {
     /// before it, so that its closing record comes after.
     func sendDecision(taskID: String, approve: Bool, as principal: Principal?, comment: String?) async throws -> TopicPartitionOffset {
         let (records, ends) = try await readTasks()
-        guard let record = records.first(where: { $0.taskID == taskID }) else { throw ClientError("no task '\(taskID)'") }
-        guard record.status == .open, let task = record.task else { throw ClientError("task '\(taskID)' is \(record.status.rawValue), not open") }
+        guard let record = records.first(where: { $0.taskID == taskID }) else { throw ClientError(.notFound, "no task '\(taskID)'") }
+        guard record.status == .open, let task = record.task else { throw ClientError(.refused, "task '\(taskID)' is \(record.status.rawValue), not open") }
         let message = try signed(as: principal) { by in
             DecisionMessage(instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: approve, by: by, comment: comment)
         }
@@ -379,7 +379,7 @@ public final class BatonClient: Sendable {
             return true
         }
         guard let closed else {
-            throw ClientError("sent the decision on task '\(taskID)', but no coordinator applied it within \(timeout): is one running?")
+            throw ClientError(.notAppliedInTime, "sent the decision on task '\(taskID)', but no coordinator applied it within \(timeout): is one running?")
         }
         return closed
     }
@@ -431,7 +431,7 @@ public final class BatonClient: Sendable {
         while !remaining.isEmpty {
             guard clock.now < deadline else {
                 await consumer.close()
-                throw ClientError("reading \(partitions.first?.topic ?? "") did not reach its end within \(timeout)")
+                throw ClientError(.unavailable, "reading \(partitions.first?.topic ?? "") did not reach its end within \(timeout)")
             }
             for event in try await consumer.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
                 switch event {
@@ -448,7 +448,70 @@ public final class BatonClient: Sendable {
     }
 }
 
+/// Why the client could not do what it was asked, by kind (what a caller decides on) and in words (what a person
+/// reads). The server answers each kind with one HTTP status and the command line exits with one status per kind
+/// (docs/api.md, "Errors and exit codes").
 public struct ClientError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// The request itself is wrong (an id, an input, a name): sending it again will not help.
+        case invalid
+        /// What it names does not exist: the instance, task, topic or definition.
+        case notFound = "not-found"
+        /// It clashes with what exists (an instance with this id and another input).
+        case conflict
+        /// The engine or the signer refuses it as things stand (the instance's status, the task's, the key's).
+        case refused
+        /// It was sent, but no coordinator applied it in time: it may still be; look before sending again.
+        case notAppliedInTime = "not-applied"
+        /// The brokers did not answer (or not in time): try again.
+        case unavailable
+    }
+
+    public var kind: Kind
     public var description: String
-    public init(_ description: String) { self.description = description }
+    public init(_ kind: Kind, _ description: String) {
+        self.kind = kind
+        self.description = description
+    }
+
+    /// The status `baton` exits with (`Kind.exitCode`).
+    public var exitCode: Int32 { kind.exitCode }
+    /// The HTTP status `baton serve` answers with (`Kind.httpStatus`).
+    public var httpStatus: Int { kind.httpStatus }
+}
+
+extension ClientError.Kind {
+    /// The status `baton` exits with for this kind (1 stays "failed" in general; 2 is `baton watch`'s "suspended").
+    public var exitCode: Int32 {
+        switch self {
+        case .conflict: 3
+        case .notFound: 4
+        case .refused: 5
+        case .notAppliedInTime: 6
+        case .invalid: 64  // EX_USAGE, as for options the command line refuses
+        case .unavailable: 69  // EX_UNAVAILABLE
+        }
+    }
+
+    /// The HTTP status `baton serve` answers for this kind, when a route's client call fails. (Its own writes that
+    /// were sent but not applied in time answer 202 with the instance; a client call that could not confirm its
+    /// write is a 503: the caller looks before sending again.)
+    public var httpStatus: Int {
+        switch self {
+        case .invalid: 400
+        case .notFound: 404
+        case .conflict, .refused: 409
+        case .notAppliedInTime, .unavailable: 503
+        }
+    }
+
+    /// The problem type `baton serve` answers for this kind (docs/api.md, "Errors").
+    public var problemType: String {
+        switch self {
+        case .invalid: "bad-request"
+        case .notFound: "not-found"
+        case .conflict, .refused: "conflict"
+        case .notAppliedInTime, .unavailable: "unavailable"
+        }
+    }
 }

@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonWire
 import Foundation
 import Logging
@@ -160,7 +161,7 @@ public final class ConformanceSuite: Sendable {
         var metadata = try await admin.metadata()
         if metadata.topics[names.state] != nil {
             throw ClientError(
-                "namespace '\(names.namespace)' has engine topics (\(names.state)): a coordinator there would take the tool's answers; "
+                .invalid, "namespace '\(names.namespace)' has engine topics (\(names.state)): a coordinator there would take the tool's answers; "
                     + "give conformance a namespace of its own (--namespace, or leave it out for a fresh one)")
         }
         let wanted = [
@@ -170,7 +171,7 @@ public final class ConformanceSuite: Sendable {
         ].filter { metadata.topics[$0.name] == nil }
         if !wanted.isEmpty {
             for (topic, error) in try await admin.createTopics(wanted) {
-                if let error, error.code != .topicAlreadyExists { throw ClientError("could not create \(topic): \(error)") }
+                if let error, error.code != .topicAlreadyExists { throw ClientError(.unavailable, "could not create \(topic): \(error)") }
             }
         }
         let all = [names.events, names.deadletter, names.commands(configuration.pool)]
@@ -179,7 +180,7 @@ public final class ConformanceSuite: Sendable {
             metadata = try await admin.metadata()
             if all.allSatisfy({ (metadata.topics[$0]?.partitionCount ?? 0) > 0 }) { break }
             guard ContinuousClock.now < deadline else {
-                throw ClientError("the brokers did not show \(all.filter { (metadata.topics[$0]?.partitionCount ?? 0) == 0 }.joined(separator: ", ")) within 30 s")
+                throw ClientError(.unavailable, "the brokers did not show \(all.filter { (metadata.topics[$0]?.partitionCount ?? 0) == 0 }.joined(separator: ", ")) within 30 s")
             }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -322,7 +323,7 @@ final class ConformanceRun: Sendable {
     /// The command partition a case writes to: cases are spread over the partitions.
     func partition(_ n: Int) -> Int32 { Int32(n % probe.commandPartitions) }
 
-    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    static func now() -> Int64 { WallClock.millis() }
 
     // MARK: Waiting
 

@@ -143,7 +143,7 @@ final class ConformanceWorkerProcess: Sendable {
         }
         let rc = posix_spawn(&pid, "/bin/bash", &actions, &attributes, argv, envp)
         guard rc == 0 else {
-            throw ClientError("could not start the worker (/bin/bash -c \(command)): \(String(cString: strerror(rc)))")
+            throw ClientError(.unavailable, "could not start the worker (/bin/bash -c \(command)): \(String(cString: strerror(rc)))")
         }
         return pid
     }

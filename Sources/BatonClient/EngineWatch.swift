@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonRuntime
 import BatonWire
 import Foundation
 import Logging
@@ -32,7 +33,7 @@ public struct EngineWatch: Sendable {
         self.logger = logger
     }
 
-    public static func wallClock() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    public static func wallClock() -> Int64 { WallClock.millis() }
 
     /// Reads until `frames` frames were shown (nil: until the task is cancelled), calling `onFrame` once it has
     /// read to the end of every partition, then every interval.
@@ -56,7 +57,7 @@ public struct EngineWatch: Sendable {
         var stats = WatchStats(startedAt: Self.wallClock(), settings: settings)
         let metadata = try await consumer.metadata()
         for topic in [names.events, names.state, names.alerts] where metadata.topics[topic] == nil {
-            throw ClientError("topic \(topic) does not exist: is the namespace '\(names.namespace)' right? (`baton topics apply` creates the engine's topics)")
+            throw ClientError(.notFound, "topic \(topic) does not exist: is the namespace '\(names.namespace)' right? (`baton topics apply` creates the engine's topics)")
         }
         /// Where each partition is read from next, once known (from its records and its end).
         var positions: [TopicPartition: Int64] = [:]
@@ -89,7 +90,7 @@ public struct EngineWatch: Sendable {
         while !behind.isEmpty {
             if Task.isCancelled { return }
             guard clock.now < readDeadline else {
-                throw ClientError("could not read to the end of \(behind.sorted { $0.description < $1.description }.prefix(3).map(\.description).joined(separator: ", ")) within \(readTimeout)")
+                throw ClientError(.unavailable, "could not read to the end of \(behind.sorted { $0.description < $1.description }.prefix(3).map(\.description).joined(separator: ", ")) within \(readTimeout)")
             }
             for event in try await consumer.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
                 take(event, into: &stats, positions: &positions) { behind.remove($0) }

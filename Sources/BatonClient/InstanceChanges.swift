@@ -182,7 +182,7 @@ extension BatonClient {
             if caughtUp, let last, stop(last.state.status) { return last }
             if last == nil, clock.now >= deadline {
                 throw ClientError(
-                    "no instance '\(id)' on \(names.state) within \(waitFor): is the id right, was it started in namespace '\(names.namespace)', and is a coordinator running?")
+                    .notFound, "no instance '\(id)' on \(names.state) within \(waitFor): is the id right, was it started in namespace '\(names.namespace)', and is a coordinator running?")
             }
         }
         return nil

@@ -40,7 +40,7 @@ public final class InstanceWatcher: Sendable {
         let metadata = try await consumer.metadata()
         var partitions: [TopicPartitionOffset] = []
         for topic in light ? [names.state] : [names.state, names.outputs] {
-            guard let t = metadata.topics[topic] else { throw ClientError("topic \(topic) does not exist; run `baton topics apply` first") }
+            guard let t = metadata.topics[topic] else { throw ClientError(.notFound, "topic \(topic) does not exist; run `baton topics apply` first") }
             partitions += (0..<Int32(t.partitionCount)).map { TopicPartitionOffset(topic, $0, offset: TopicPartitionOffset.beginning) }
         }
         try consumer.assign(partitions)
@@ -48,10 +48,23 @@ public final class InstanceWatcher: Sendable {
         task.withLock { $0 = t }
     }
 
+    /// Why the watcher stopped following, when it stopped on an error (a closed or failed consumer).
+    public var failure: String? { stopped.withLock { $0 } }
+    let stopped = Mutex<String?>(nil)
+
     func follow() async {
         while !Task.isCancelled {
-            guard let events = try? await consumer.poll(maxEvents: 5000, timeout: .milliseconds(50)) else { return }
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let events: [KafkaConsumerEvent]
+            do {
+                events = try await consumer.poll(maxEvents: 5000, timeout: .milliseconds(50))
+            } catch {
+                if Task.isCancelled { return }
+                // The consumer failed for good (librdkafka retries what it can itself): say so, and make `wait` answer.
+                logger.error("instance watcher stopped: reading \(names.state) failed", metadata: ["error": "\(error)"])
+                stopped.withLock { $0 = "\(error)" }
+                return
+            }
+            let now = WallClock.millis()
             var decoded: [(String, InstanceStatus, InstanceState?)] = []
             var outputs: [OutputRecord] = []
             for case .message(let m) in events {
@@ -68,8 +81,10 @@ public final class InstanceWatcher: Sendable {
             }
             guard !decoded.isEmpty || !outputs.isEmpty else { continue }
             // A definition registered since: read it before putting outputs back (if reading fails, the outputs of
-            // that workflow's instances wait until the next round).
-            if !outputs.isEmpty { try? await registry?.catchUp() }
+            // that workflow's instances wait until the next round, and the failure is logged).
+            if !outputs.isEmpty {
+                do { try await registry?.catchUp() } catch { logger.warning("instance watcher: reading the definitions failed", metadata: ["error": "\(error)"]) }
+            }
             let registry = self.registry
             seen.withLock { s in
                 var changed = Set<String>()
@@ -108,13 +123,15 @@ public final class InstanceWatcher: Sendable {
     public func waitingSeenAt(_ id: String) -> Int64? { seen.withLock { $0.waitingSeenAt[id] } }
     public var all: [InstanceState] { seen.withLock { Array($0.states.values) } }
 
-    /// Waits until every one of `ids` has one of `statuses`; false when `timeout` passed first.
+    /// Waits until every one of `ids` has one of `statuses`; false when `timeout` passed first, or at once when the
+    /// watcher stopped on an error (`failure` says which).
     public func wait(for ids: Set<String>, toBe statuses: Set<InstanceStatus>, timeout: Duration) async -> Bool {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while clock.now < deadline {
             let done = seen.withLock { s in ids.allSatisfy { s.statuses[$0].map { statuses.contains($0) } ?? false } }
             if done { return true }
+            if failure != nil { return false }
             try? await Task.sleep(for: .milliseconds(10))
         }
         return false

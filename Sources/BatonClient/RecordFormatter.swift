@@ -25,7 +25,7 @@ public enum TailTopic: Sendable, Hashable, CustomStringConvertible {
         switch name {
         case "events": topic = .events
         case "commands":
-            guard let pool, !pool.isEmpty else { throw ClientError("`commands` needs a worker pool: baton tail commands POOL (its topic is <namespace>.commands.POOL)") }
+            guard let pool, !pool.isEmpty else { throw ClientError(.invalid, "`commands` needs a worker pool: baton tail commands POOL (its topic is <namespace>.commands.POOL)") }
             return .commands(pool: pool)
         case "state": topic = .state
         case "outputs": topic = .outputs
@@ -34,9 +34,9 @@ public enum TailTopic: Sendable, Hashable, CustomStringConvertible {
         case "notifications": topic = .notifications
         case "definitions": topic = .definitions
         case "deadletter": topic = .deadletter
-        default: throw ClientError("no engine topic '\(name)'; known: \(names.joined(separator: ", "))")
+        default: throw ClientError(.invalid, "no engine topic '\(name)'; known: \(names.joined(separator: ", "))")
         }
-        if let pool { throw ClientError("only `commands` takes a pool; `\(name)` was given '\(pool)'") }
+        if let pool { throw ClientError(.invalid, "only `commands` takes a pool; `\(name)` was given '\(pool)'") }
         return topic
     }
 

@@ -55,10 +55,10 @@ extension BatonClient {
             return seen
         }
         guard seen else {
-            throw ClientError("registered \(workflow.id) v\(workflow.version) at \(partition)@\(report.offset), but did not read it back within \(timeout)")
+            throw ClientError(.notAppliedInTime, "registered \(workflow.id) v\(workflow.version) at \(partition)@\(report.offset), but did not read it back within \(timeout)")
         }
         guard let winner = log.winner(workflow.id, workflow.version) else {
-            throw ClientError("registered \(workflow.id) v\(workflow.version), but its registration was removed (a tombstone) before it was read back")
+            throw ClientError(.unavailable, "registered \(workflow.id) v\(workflow.version), but its registration was removed (a tombstone) before it was read back")
         }
         if winner.key == key { return Registration(workflow: workflow, outcome: .registered, record: record) }
         guard winner.record.document == text else { throw DefinitionConflict(registered: winner.record) }

@@ -45,7 +45,7 @@ public struct TopicTail: Sendable {
         let name = topic.name(in: names)
         let metadata = try await consumer.metadata()
         guard let found = metadata.topics[name], found.error == nil, found.partitionCount > 0 else {
-            throw ClientError(missing(name, in: metadata))
+            throw ClientError(.notFound, missing(name, in: metadata))
         }
         let partitions = (0..<Int32(found.partitionCount)).map { TopicPartition(name, $0) }
         let offset = start == .beginning ? TopicPartitionOffset.beginning : TopicPartitionOffset.end

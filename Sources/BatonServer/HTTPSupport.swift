@@ -1,3 +1,4 @@
+import BatonClient
 import BatonCore
 import BatonWire
 import Foundation
@@ -87,6 +88,9 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let problem as Problem {
             throw problem
+        } catch let error as ClientError {
+            // A client call a route made: its kind decides the status (the table in docs/api.md).
+            throw Problem(HTTPResponse.Status(code: error.httpStatus), error.kind.problemType, error.description)
         } catch let error as HTTPError {
             switch error.status {
             case .notFound: throw Problem(.notFound, "not-found", "no route \(request.method.rawValue) \(request.uri.path)\(idEncodingHint(request.uri.path))")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatonClient
 import BatonKafka
 import BatonRuntime
 import Foundation
@@ -24,7 +25,19 @@ struct Baton: AsyncParsableCommand {
             FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
             Foundation.exit(ExitCode.validationFailure.rawValue)
         }
-        await main(arguments)
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asynchronous = command as? any AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let failure = (error as? CLIFailure) ?? (error as? ClientError).map(CLIFailure.init)
+            guard let failure else { exit(withError: error) }  // ArgumentParser's own: help, usage errors, ExitCode
+            FileHandle.standardError.write(Data("Error: \(failure.description)\n".utf8))
+            Foundation.exit(failure.exitCode)
+        }
     }
 
     /// The error for the first word of `arguments` that names no subcommand of the command before it, walking
@@ -118,8 +131,14 @@ extension GapRereads: ExpressibleByArgument {}
 private let loggingBootstrapped: Void = LoggingSystem.bootstrap(StreamLogHandler.standardError)
 func bootstrapLogging() { _ = loggingBootstrapped }
 
-/// A failure the CLI reports as one clear line and a non-zero exit, without a stack of wrappers.
+/// A failure the CLI reports as one clear line and a non-zero exit, without a stack of wrappers: 1, or the status
+/// of the client error's kind (`ClientError.exitCode`, docs/api.md "Errors and exit codes").
 struct CLIFailure: Error, CustomStringConvertible {
     var description: String
+    var exitCode: Int32 = 1
     init(_ description: String) { self.description = description }
+    init(_ error: ClientError) {
+        description = error.description
+        exitCode = error.exitCode
+    }
 }

@@ -77,7 +77,7 @@ struct Conformance: AsyncParsableCommand {
                         fflush(nil)
                     }
                 } catch let error as ClientError {
-                    throw CLIFailure(error.description)
+                    throw CLIFailure(error)
                 }
             }
             group.addTask {

@@ -27,7 +27,7 @@ extension ConnectionOptions {
             return result
         } catch {
             await client.close()
-            throw (error as? ClientError).map { CLIFailure($0.description) } ?? error
+            throw (error as? ClientError).map { CLIFailure($0) } ?? error
         }
     }
 }
@@ -149,7 +149,7 @@ struct Start: AsyncParsableCommand {
             // A start for a workflow the coordinators do not know would only reach the dead-letter topic.
             guard try await client.definition(workflow, version: version) != nil else {
                 let what = version.map { "version \($0) of '\(workflow)' is not" } ?? "no workflow '\(workflow)' is"
-                throw CLIFailure("\(what) registered on \(connection.names.definitions); register it first: baton definitions register FILE")
+                throw ClientError(.notFound, "\(what) registered on \(connection.names.definitions); register it first: baton definitions register FILE")
             }
             guard wait > 0 else {
                 print(try await client.start(workflowID: workflow, version: version, input: value, instanceID: id))
@@ -162,10 +162,10 @@ struct Start: AsyncParsableCommand {
                 print(state.instanceID)
                 FileHandle.standardError.write(Data("'\(state.instanceID)' exists already with the same workflow and input (\(state.status.rawValue)); nothing changed\n".utf8))
             case .conflict(let state):
-                // Exit status 3: the id is taken by an instance started with something else.
+                // A conflict's exit status: the id is taken by an instance started with something else.
                 let message = "conflict: '\(state.instanceID)' exists already as \(state.workflowID) v\(state.version) (\(state.status.rawValue)), started with another workflow, version or input: \(state.input.jsonText)"
                 FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
-                throw ExitCode(3)
+                throw ExitCode(ClientError.Kind.conflict.exitCode)
             }
         }
     }
@@ -185,9 +185,13 @@ struct Status: AsyncParsableCommand {
             guard let instance = body["instance"] else { throw CLIFailure("the server's answer has no instance") }
             view = try JSONDecoder().decode(InstanceView.self, from: instance.encoded())
         } else {
+            // Only what the instance needs: its partition of the state and outputs topics, and its definition.
             let id = self.id
-            let found = try await connection.withReadModel { model in model.state(id).map { InstanceView($0.state, workflow: $0.workflow) } }
-            guard let found else { throw CLIFailure("no instance '\(id)' (yet)") }
+            let found = try await connection.withClient { client -> InstanceView? in
+                guard let state = try await client.status(instanceID: id) else { return nil }
+                return InstanceView(state, workflow: try await client.definition(state.workflowID, version: state.version))
+            }
+            guard let found else { throw CLIFailure(ClientError(.notFound, "no instance '\(id)' on \(connection.names.state) (yet)")) }
             view = found
         }
         if json {
@@ -242,9 +246,9 @@ struct Definitions: AsyncParsableCommand {
                     } catch let errors as DefinitionErrors {
                         throw CLIFailure(errors.description)
                     } catch let conflict as DefinitionConflict {
-                        // Exit status 3: the version is taken by another text (shown), as for a conflicting start.
+                        // A conflict's exit status: the version is taken by another text (shown), as for a conflicting start.
                         FileHandle.standardError.write(Data("Error: \(file): conflict: \(conflict.description); registered:\n\(conflict.registered.document)\n".utf8))
-                        throw ExitCode(3)
+                        throw ExitCode(ClientError.Kind.conflict.exitCode)
                     }
                 }
             }

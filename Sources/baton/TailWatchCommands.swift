@@ -135,7 +135,7 @@ func runUntilSignal<T: Sendable>(logger: Logger, _ body: @escaping @Sendable () 
         configuration: ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)], gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
-    do { try await group.run() } catch let error as ClientError { throw CLIFailure(error.description) }
+    do { try await group.run() } catch let error as ClientError { throw CLIFailure(error) }
     return result.get()
 }
 
