@@ -45,7 +45,7 @@ struct Bench: AsyncParsableCommand {
     var raw = false
     @Option(help: ArgumentHelp("Give every step this timeout (such as 30s), to see that a busy engine times out nothing healthy (a step's timeout counts from its start).", valueName: "duration"))
     var stepTimeout: String?
-    @Flag(help: "With --step-timeout: also start, halfway through the offer, one instance whose only step hangs (one attempt; the example worker sleeps 300 s for an id containing 'slow'), and print how long after the worker started it the step timed out.")
+    @Flag(help: "With --step-timeout: also start, halfway through the offer, one instance whose only step hangs (one attempt; the example worker sleeps 300 s for an order_id containing 'slow', and this instance's order_id is its id), and print how long after the worker started it the step timed out.")
     var hungStep = false
     @Option(help: ArgumentHelp("Run the coordinators and workers with tracing on, exporting to this OTLP/HTTP endpoint: to measure what tracing costs.", valueName: "url"))
     var otlpEndpoint: String?
@@ -124,7 +124,7 @@ struct Bench: AsyncParsableCommand {
         let firstSend = nowMillis()
         for i in 0..<instances {
             if let hung, i == instances / 2 {
-                try await client.start(workflowID: hung.workflow.id, input: [:], instanceID: hung.id, partitions: partitions, wait: false)
+                try await client.start(workflowID: hung.workflow.id, input: ["order_id": .string(hung.id)], instanceID: hung.id, partitions: partitions, wait: false)
             }
             if rate > 0 {
                 let due = began + .milliseconds(Int64(i) * 1000 / Int64(rate))
