@@ -14,7 +14,10 @@ let package = Package(
         .library(name: "BatonCore", targets: ["BatonCore"]),
         .library(name: "BatonKafka", targets: ["BatonKafka"]),
         .library(name: "BatonTopics", targets: ["BatonTopics"]),
+        .library(name: "BatonWire", targets: ["BatonWire"]),
+        .library(name: "BatonRuntime", targets: ["BatonRuntime"]),
         .library(name: "BatonWorker", targets: ["BatonWorker"]),
+        .library(name: "BatonClient", targets: ["BatonClient"]),
         .library(name: "BatonMonitoring", targets: ["BatonMonitoring"]),
     ],
     dependencies: [
@@ -94,6 +97,7 @@ let package = Package(
             name: "BatonRuntime",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonWire", "BatonTopics",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
@@ -135,6 +139,24 @@ let package = Package(
                 "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: strict
+        ),
+        // What the command line's operator commands are made of: tail, watch, the offsets audit, record formatting.
+        .target(
+            name: "BatonOperatorTools",
+            dependencies: [
+                "BatonClient", "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The conformance kit (`baton conformance`): drives a worker in any language through the wire protocol.
+        .target(
+            name: "BatonConformance",
+            dependencies: [
+                "BatonClient", "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
@@ -195,8 +217,8 @@ let package = Package(
         .executableTarget(
             name: "baton",
             dependencies: [
-                "BatonCore", "BatonKafka", "BatonTopics", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonExamples", "BatonWire",
-                "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonRuntime", "BatonTriggers",
+                "BatonCore", "BatonKafka", "BatonTopics", "BatonCoordinator", "BatonWorker", "BatonClient", "BatonConformance", "BatonOperatorTools",
+                "BatonExamples", "BatonWire", "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonRuntime", "BatonTriggers",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -217,13 +239,15 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            // Read from the source tree by path (`WireCompatibilityTests.fixtures`), not bundled.
+            exclude: ["WireFixtures"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "BatonRuntimeIntegrationTests",
             dependencies: [
                 "BatonCore", "BatonKafka", "BatonTopics", "BatonWire", "BatonRuntime", "BatonCoordinator", "BatonWorker", "BatonClient",
-                "BatonTestSupport", "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonTriggers",
+                "BatonConformance", "BatonTestSupport", "BatonReadModel", "BatonServer", "BatonMonitoring", "BatonTriggers",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
@@ -242,7 +266,8 @@ let package = Package(
         .testTarget(
             name: "BatonUnitTests",
             dependencies: [
-                "baton", "BatonClient", "BatonCore", "BatonKafka", "BatonMonitoring", "BatonRuntime", "BatonServer", "BatonTestSupport", "BatonWire",
+                "baton", "BatonClient", "BatonCoordinator", "BatonCore", "BatonKafka", "BatonMonitoring", "BatonOperatorTools", "BatonRuntime",
+                "BatonServer", "BatonTestSupport", "BatonWire", "BatonWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),

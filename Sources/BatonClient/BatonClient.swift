@@ -11,10 +11,10 @@ import Tracing
 /// commands, all through Kafka.
 public final class BatonClient: Sendable {
     public let names: TopicNames
-    let client: KafkaClientConfiguration
+    package let client: KafkaClientConfiguration
     let producer: ResilientProducer
     let admin: KafkaAdmin
-    let logger: Logger
+    package let logger: Logger
     let partitionCounts = Mutex<[String: Int]>([:])
     /// Signs decisions, operator actions and a person's signals: an operator's own key (it acts as that
     /// operator), or a server's key (it acts as whoever the caller names). Without one, such records cannot be
@@ -48,17 +48,21 @@ public final class BatonClient: Sendable {
         return record
     }
 
-    /// A topic's partition count, asked of the brokers once: the engine's topics keep theirs.
-    func partitionCount(_ topic: String) async throws -> Int {
+    /// A topic's partition count, asked of the brokers once: the engine's topics keep theirs. One answer of the
+    /// brokers tells every topic's, so the next topics asked for cost nothing.
+    package func partitionCount(_ topic: String) async throws -> Int {
         if let known = partitionCounts.withLock({ $0[topic] }) { return known }
-        guard let t = try await admin.metadata().topics[topic], t.partitionCount > 0 else {
+        let topics = try await admin.metadata().topics
+        partitionCounts.withLock { counts in
+            for (name, t) in topics where t.error == nil && t.partitionCount > 0 { counts[name] = t.partitionCount }
+        }
+        guard let t = topics[topic], t.partitionCount > 0 else {
             throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(topic) does not exist; run `baton topics apply` first")
         }
-        partitionCounts.withLock { $0[topic] = t.partitionCount }
         return t.partitionCount
     }
 
-    static func now() -> Int64 { WallClock.millis() }
+    package static func now() -> Int64 { WallClock.millis() }
 
     /// A record's headers: its kind, and the caller's trace context (a request `baton serve` handles, a traced
     /// service), so that the coordinator's spans of the instance join the caller's trace.
@@ -132,9 +136,11 @@ public final class BatonClient: Sendable {
     /// Starts an instance and waits until a coordinator has it, then says whether this start created it, found
     /// it started with the same input already, or conflicts with how it was started. Concurrent starts of one
     /// id: one creates it; each of the others learns which start runs. Throws when no coordinator took the start
-    /// within `timeout`.
+    /// within `timeout`. With `requireRegistered`, a workflow (or version) that is not registered is refused
+    /// (`ClientError.Kind.notFound`) before anything is sent: its start would only reach the dead-letter topic.
     public func startAndWait(
-        workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, timeout: Duration = .seconds(30)
+        workflowID: String, version: Int? = nil, input: JSON, instanceID: String? = nil, timeout: Duration = .seconds(30),
+        requireRegistered: Bool = false
     ) async throws -> StartOutcome {
         let id = instanceID ?? UUID().uuidString.lowercased()
         try checkStart(instanceID: id, input: input)
@@ -142,7 +148,13 @@ public final class BatonClient: Sendable {
             if let request, state.startRequest == request { return .created(state) }
             return state.isSameStart(workflowID: workflowID, version: version, input: input) ? .exists(state) : .conflict(state)
         }
+        // Side by side: the definition and the instance's partition.
+        async let registered = requireRegistered ? definition(workflowID, version: version) != nil : true
         let (current, end) = try await latestState(instanceID: id, withOutputs: false)
+        guard try await registered else {
+            let what = version.map { "version \($0) of '\(workflowID)' is not" } ?? "no workflow '\(workflowID)' is"
+            throw ClientError(.notFound, "\(what) registered on \(names.definitions); register it first: baton definitions register FILE")
+        }
         if let current { return outcome(current, request: nil) }
         let request = UUID().uuidString.lowercased()
         let message = StartMessage(instanceID: id, workflowID: workflowID, version: version, input: input, sentAt: Self.now(), requestID: request)
@@ -506,12 +518,46 @@ extension ClientError.Kind {
     }
 
     /// The problem type `baton serve` answers for this kind (docs/api.md, "Errors").
-    public var problemType: String {
+    public var problemType: ProblemCode {
         switch self {
-        case .invalid: "bad-request"
-        case .notFound: "not-found"
-        case .conflict, .refused: "conflict"
-        case .notAppliedInTime, .unavailable: "unavailable"
+        case .invalid: .badRequest
+        case .notFound: .notFound
+        case .conflict, .refused: .conflict
+        case .notAppliedInTime, .unavailable: .unavailable
         }
     }
+}
+
+/// The stable names of the problems `baton serve` answers (`type` is `https://baton.dev/problems/<code>`;
+/// docs/api.md, "Errors"). A client branches on these, never on the text of `detail`.
+public enum ProblemCode: String, Sendable, CaseIterable {
+    /// The request is malformed: a parameter, a field or the HTTP itself.
+    case badRequest = "bad-request"
+    case unauthorized
+    /// Authenticated, but not allowed (the task's role, operator, admin).
+    case forbidden
+    case notFound = "not-found"
+    case methodNotAllowed = "method-not-allowed"
+    /// The id exists with something else, or the change does not fit the current state.
+    case conflict
+    case tooLarge = "too-large"
+    case unsupportedMediaType = "unsupported-media-type"
+    /// The request names a workflow (or an instance runs one) that is not registered.
+    case unknownWorkflow = "unknown-workflow"
+    case invalidDefinition = "invalid-definition"
+    /// The brokers or the read model cannot answer now, or the change was not applied in time: try again.
+    case unavailable
+    case tooManyConnections = "too-many-connections"
+    /// The request's head or body did not arrive in time.
+    case timeout
+    case uriTooLong = "uri-too-long"
+    case headerTooLarge = "header-too-large"
+    /// The server could not sign the record it was asked to write.
+    case signing
+    /// Another HTTP error of the server's framework.
+    case http
+    case `internal`
+
+    /// The problem's `type` URI.
+    public var uri: String { "https://baton.dev/problems/\(rawValue)" }
 }

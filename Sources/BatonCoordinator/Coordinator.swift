@@ -77,29 +77,11 @@ struct CoordinatorContext: Sendable {
     let gapRereads: Bool
     let metrics: CoordinatorMetrics
     let tracer: (any Tracer)?
-    let readiness: CoordinatorReadiness
     let clockCheck: ClockCheck
+    /// Alerts about the engine itself (a partition that cannot commit), through `sideProducer`.
+    let alerts: EngineAlerts
 
     var settings: SagaSettings { SagaSettings(retention: configuration.retention) }
-
-    /// Tells the on-call about the engine itself (a partition that cannot commit); logged when even that fails.
-    /// Whether the alert was delivered.
-    @discardableResult
-    func engineAlert(partition: Int32, severity: Alert.Severity, _ message: String) async -> Bool {
-        logger.log(level: severity == .warning ? .warning : .error, "alert: \(message)", metadata: ["partition": "\(partition)"])
-        metrics.alerts(severity.rawValue).increment()
-        let names = configuration.names
-        let record = AlertRecord(
-            alert: AlertMessage(severity: severity, instanceID: nil, workflowID: nil, step: nil, message: message, partition: partition), at: configuration.clock())
-        do {
-            try await sideProducer.send(
-                ProducerRecord(topic: names.alerts, key: Data("coordinator/\(partition)".utf8), value: Wire.encode(record), headers: Wire.headers(.alert)))
-            return true
-        } catch {
-            logger.error("could not send the alert either (it is tried again): \(error)", metadata: ["partition": "\(partition)"])
-            return false
-        }
-    }
 }
 
 /// Refuses writes while the process may have lost its partitions without knowing: it was frozen (SIGSTOP,
@@ -145,7 +127,7 @@ final class WriteGate: Sendable {
 }
 
 /// The saga coordinator: a member of the coordinators' group on the events topic. Each events partition it
-/// owns runs on its own (`PartitionRunner`): it rebuilds the partition's instances from the same partition
+/// owns runs on its own (`PartitionRunner`, with `CoordinatorHandler`): it rebuilds the partition's instances from the same partition
 /// of the state and outputs topics, then applies events (and due timers) in batches, writing commands, state
 /// snapshots, outputs, tasks, alerts and the consumed offsets in one Kafka transaction per batch, while the
 /// next events are read. Its transactional id is the partition's, so whoever takes a partition over fences
@@ -154,7 +136,7 @@ public final class Coordinator: Service, Sendable {
     public let configuration: CoordinatorConfiguration
     let logger: Logger
     private let stopping = Atomic(false)
-    let readiness = CoordinatorReadiness()
+    let readiness = PartitionReadiness()
     let metrics: CoordinatorMetrics
     let clockCheck: ClockCheck
 
@@ -192,7 +174,10 @@ public final class Coordinator: Service, Sendable {
             commandTopics: CommandTopics(admin: admin, partitions: configuration.commandTopicPartitions, logger: logger),
             consumer: consumer, sideProducer: sideProducer, writeGate: WriteGate(), logger: logger,
             gapRereads: configuration.gapRereads.enabled(clusterID: try await admin.metadata().clusterID),
-            metrics: metrics, tracer: configuration.tracer, readiness: readiness, clockCheck: clockCheck)
+            metrics: metrics, tracer: configuration.tracer, clockCheck: clockCheck,
+            alerts: EngineAlerts(
+                producer: sideProducer, topic: names.alerts, logger: logger, clock: configuration.clock,
+                count: { [metrics] in metrics.alerts($0).increment() }))
         try consumer.subscribe([names.events])
         logger.info("coordinator started", metadata: ["group": "\(names.coordinatorGroup)", "topic": "\(names.events)", "gap_rereads": "\(context.gapRereads)"])
 
@@ -201,7 +186,10 @@ public final class Coordinator: Service, Sendable {
             try await withGracefulShutdownHandler {
                 try await withThrowingDiscardingTaskGroup { group in
                     group.addTask { await registry.follow() }
-                    try await self.pollLoop(context: context, group: &group)
+                    let members = PartitionGroup(
+                        consumer: consumer, handler: CoordinatorHandler(context: context), readiness: self.readiness,
+                        isStopping: { self.stopping.load(ordering: .acquiring) })
+                    try await members.run(in: &group)
                     group.cancelAll()  // the registry's follower; the partitions have ended already
                 }
             } onGracefulShutdown: {
@@ -224,147 +212,6 @@ public final class Coordinator: Service, Sendable {
         }
         logger.info("coordinator stopped")
     }
-
-    /// Polls the group and hands each partition's events to its runner; takes and gives up partitions as the
-    /// group decides; pauses fetching for a partition whose runner falls behind.
-    func pollLoop(context: CoordinatorContext, group: inout ThrowingDiscardingTaskGroup<any Error>) async throws {
-        let names = configuration.names
-        let consumer = context.consumer
-        var runners: [Int32: PartitionRunner] = [:]
-        /// Runners told to stop that had not ended when the poll loop stopped waiting for them.
-        var retiring: [Int32: PartitionRunner] = [:]
-        var paused = Set<Int32>()
-        var lastPoll = ContinuousClock.now
-        defer {
-            for runner in runners.values { runner.stop() }
-        }
-        while !stopping.load(ordering: .acquiring) && !Task.isCancelled {
-            let events = try await consumer.poll(maxEvents: configuration.maxBatch, timeout: .milliseconds(50))
-            let polled = ContinuousClock.now
-            if polled - lastPoll > configuration.sessionTimeout / 3 {
-                // Frozen (or starved) for long enough that the group may have moved our partitions on without
-                // telling us yet: write nothing until it has had time to.
-                logger.warning("stalled since the poll for \((polled - lastPoll).inMilliseconds) ms; holding writes until the group confirms the partitions")
-                context.writeGate.hold(until: polled + configuration.sessionTimeout / 3)
-            }
-            lastPoll = polled
-            context.writeGate.polled(at: polled)
-            let wallNow = configuration.clock()
-            clockCheck.tick(now: wallNow)
-            /// The last record of each events partition in this poll: a clock sample when it was the partition's end.
-            var lastRead: [Int32: KafkaMessage] = [:]
-            defer {
-                for (p, m) in lastRead {
-                    if let high = consumer.cachedHighWatermark(TopicPartition(names.events, p)), m.offset + 1 >= high { clockCheck.sample(m, now: wallNow) }
-                }
-            }
-            for event in events {
-                switch event {
-                case .assigned(let partitions):
-                    // Counted when partitions change hands: a cooperative rebalance assigns nothing to a member that keeps its own.
-                    if !partitions.isEmpty { metrics.rebalances("assigned").increment() }
-                    readiness.joined()
-                    for p in partitions where p.topic == names.events {
-                        if let old = runners.removeValue(forKey: p.partition) {
-                            logger.warning("partition \(p.partition) assigned again while still held; starting over")
-                            old.stop()
-                            retiring[p.partition] = old
-                        }
-                        // A runner of this partition still ending goes first: the new one takes the partition after.
-                        let runner = PartitionRunner(partition: p.partition, context: context, after: retiring.removeValue(forKey: p.partition))
-                        readiness.taking(p.partition)
-                        runners[p.partition] = runner
-                        paused.remove(p.partition)
-                        group.addTask { await runner.run() }
-                    }
-                case .revoked(let partitions, let lost):
-                    if !partitions.isEmpty { metrics.rebalances("revoked").increment() }
-                    for p in partitions where p.topic == names.events { readiness.released(p.partition) }
-                    // Each runner ends its transaction (commit or abort) before the partition is let go; the loop
-                    // waits for that, but not so long that the group takes this member for dead.
-                    let gone = partitions.filter { $0.topic == names.events }.compactMap { p in runners.removeValue(forKey: p.partition).map { (p.partition, $0) } }
-                    for (_, runner) in gone { runner.stop() }
-                    let deadline = ContinuousClock.now + configuration.maxPollInterval / 3
-                    for (p, runner) in gone {
-                        if await runner.finished(before: deadline) {
-                            logger.info("released partition", metadata: ["partition": "\(p)", "lost": "\(lost)"])
-                        } else {
-                            logger.warning("partition \(p) is still ending its transaction; going on", metadata: ["lost": "\(lost)"])
-                            retiring[p] = runner
-                        }
-                        paused.remove(p)
-                    }
-                case .message(let m):
-                    runners[m.partition]?.deliver(m)
-                    if m.topic == names.events { lastRead[m.partition] = m }
-                case .error(let error):
-                    logger.warning("consumer: \(error)")
-                case .partitionEOF(let tp, let offset):
-                    if tp.topic == names.events { runners[tp.partition]?.observeEnd(offset) }
-                }
-            }
-            for (p, runner) in runners {
-                // The partition's end when it was taken: a fetch's high watermark (right on brokers whose
-                // ListOffsets answer is not), known after the first fetch of the partition.
-                if !runner.knowsEnd, let high = consumer.cachedHighWatermark(TopicPartition(names.events, p)) { runner.observeEnd(high) }
-                if let offset = runner.pendingReset {
-                    // A runner that must read again (it took its partition anew, or saw offsets out of order):
-                    // seek here, between polls, so that nothing read before the seek reaches it after.
-                    do {
-                        try await consumer.seek([TopicPartitionOffset(names.events, p, offset: offset)])
-                        runner.resetDone()
-                    } catch {
-                        logger.warning("could not seek partition \(p) to \(offset); trying again: \(error)")
-                    }
-                }
-                let backlog = runner.backlog
-                let tp = TopicPartition(names.events, p)
-                do {
-                    if backlog > configuration.maxBacklog, !paused.contains(p) {
-                        try consumer.pause([tp])
-                        paused.insert(p)
-                    } else if backlog < configuration.maxBacklog / 2, paused.contains(p) {
-                        try consumer.resume([tp])
-                        paused.remove(p)
-                    }
-                } catch {
-                    logger.warning("could not pause or resume partition \(p): \(error)")
-                }
-            }
-        }
-        for runner in runners.values { runner.stop() }
-        // Bounded: those still ending when the time is up are cancelled with the task group (they stop waiting for
-        // the broker), and what they had open is aborted by the broker when its transaction times out.
-        let deadline = ContinuousClock.now + configuration.stopTimeout
-        var left: [Int32] = []
-        for (p, runner) in Array(runners) + Array(retiring) {
-            if await !runner.finished(before: deadline) { left.append(p) }
-        }
-        if !left.isEmpty {
-            logger.warning(
-                "stopping: partitions still ending their transactions after \(configuration.stopTimeout); leaving them to the transaction timeout",
-                metadata: ["partitions": "\(left.sorted())"])
-        }
-        runners.removeAll()
-    }
-}
-
-/// Whether a coordinator is ready: it joined its group and took every partition it was given.
-final class CoordinatorReadiness: Sendable {
-    struct State {
-        var joined = false
-        var stopped = false
-        var taking = Set<Int32>()
-    }
-    private let state = Mutex(State())
-
-    var isReady: Bool { state.withLock { $0.joined && !$0.stopped && $0.taking.isEmpty } }
-    func joined() { state.withLock { $0.joined = true } }
-    func taking(_ partition: Int32) { _ = state.withLock { $0.taking.insert(partition) } }
-    /// Taken (rebuilt), or given up.
-    func took(_ partition: Int32) { _ = state.withLock { $0.taking.remove(partition) } }
-    func released(_ partition: Int32) { took(partition) }
-    func stopped() { state.withLock { $0.stopped = true } }
 }
 
 extension SagaEvent {

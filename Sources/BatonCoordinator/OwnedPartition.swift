@@ -80,13 +80,6 @@ enum RecordOrigin: Hashable, CustomStringConvertible {
     }
 }
 
-/// Records of a transaction that the broker refused (too large, malformed): the instances they belong to must
-/// go on without them.
-struct RecordsRefused: Error, CustomStringConvertible {
-    var refused: [RecordOrigin: String]
-    var description: String { refused.map { "\($0.key): \($0.value)" }.sorted().joined(separator: "; ") }
-}
-
 /// A record to write in a transaction, with where it comes from.
 struct OutgoingRecord {
     var record: ProducerRecord
@@ -117,6 +110,11 @@ final class OwnedPartition {
     /// When the running attempts' commands were sent (for `baton_step_duration_seconds`).
     var dispatches = Dispatches()
     var lagReportedAt = ContinuousClock.now - .seconds(1)
+    /// Since when its timers are held until the events queued when it was taken are applied (nil: released).
+    var timersHeld: ContinuousClock.Instant? = .now
+    /// Timer firings that failed in a row, and until when the next waits.
+    var timerFailures = 0
+    var timersBlockedUntil = ContinuousClock.now
 
     var configuration: CoordinatorConfiguration { context.configuration }
     var names: TopicNames { context.configuration.names }
@@ -438,7 +436,7 @@ final class OwnedPartition {
 
         func deadLetter(_ m: KafkaMessage, _ why: DeadLetterReason, _ reason: String) {
             logger.warning("dead letter", metadata: ["offset": "\(m.partition)/\(m.offset)", "reason": "\(reason)"])
-            deadLetters.append(OutgoingRecord(record: deadLetterRecord(m, reason: reason, topic: names.deadletter), origin: .deadLetter(offset: m.offset)))
+            deadLetters.append(OutgoingRecord(record: deadLetterRecord(m, code: why, reason: reason, topic: names.deadletter), origin: .deadLetter(offset: m.offset)))
             observed.deadLetters.append(why)
         }
 
@@ -731,51 +729,31 @@ final class OwnedPartition {
     /// Writes the records and the consumed offsets in one transaction. If it fails because the broker refused
     /// some records, throws `RecordsRefused` naming them.
     func commit(_ outgoing: [OutgoingRecord], messages: [KafkaMessage]) async throws {
+        let writer = TransactionWriter(producer: producer, consumer: context.consumer, logger: logger)
         let began = ContinuousClock.now
-        var refusedAtOnce: [RecordOrigin: String] = [:]
+        let t: TransactionTimings
         do {
-            try producer.beginTransaction()
-            for (i, r) in outgoing.enumerated() {
-                do { try await producer.enqueue(r.record, tag: i) } catch let error as KafkaError where error.isRecordRefusal {
-                    // librdkafka refused it before sending (larger than its message.max.bytes): the same as the broker's refusal.
-                    refusedAtOnce[r.origin] = "refused: \(error.message)"
-                }
+            t = try await writer.write(outgoing.map { ($0.record, $0.origin) }, consumed: messages.last?.nextOffset) {
+                // Frozen (SIGSTOP, a long pause) since the batch was taken, or told by the poll loop that the process
+                // was? Then the partition may be someone else's by now: write nothing, read again.
+                try context.writeGate.check(since: began, limit: configuration.sessionTimeout / 3)
             }
-            if !refusedAtOnce.isEmpty { throw RecordsRefused(refused: refusedAtOnce) }
-            let produced = ContinuousClock.now
-            if let last = messages.last {
-                try await producer.sendOffsetsToTransaction([last.nextOffset], consumer: context.consumer)
-            }
-            let offsetsSent = ContinuousClock.now
-            // Frozen (SIGSTOP, a long pause) since the batch was taken, or told by the poll loop that the process
-            // was? Then the partition may be someone else's by now: write nothing, read again.
-            try context.writeGate.check(since: began, limit: configuration.sessionTimeout / 3)
-            try await producer.commitTransaction()
-            let end = ContinuousClock.now
-            metrics.transactions("committed").increment()
-            metrics.transaction("produce").record(duration: produced - began)
-            metrics.transaction("offsets").record(duration: offsetsSent - produced)
-            metrics.transaction("commit").record(duration: end - offsetsSent)
-            metrics.transaction("total").record(duration: end - began)
-            logger.debug(
-                "committed",
-                metadata: [
-                    "partition": "\(partition)", "events": "\(messages.count)", "records": "\(outgoing.count)",
-                    "ms": "\((end - began).inMilliseconds)", "produce_ms": "\((produced - began).inMilliseconds)",
-                    "offsets_ms": "\((offsetsSent - produced).inMilliseconds)", "commit_ms": "\((end - offsetsSent).inMilliseconds)",
-                ])
         } catch {
             metrics.transactions("aborted").increment()
-            do { try await producer.abortTransaction() } catch let abortError {
-                logger.debug("abort after a failed transaction failed too", metadata: ["partition": "\(partition)", "error": "\(abortError)"])
-            }
-            let rejected = producer.takeRejected().filter { outgoing.indices.contains($0.tag) && $0.error.isRecordRefusal }
-            if !rejected.isEmpty {
-                let byBroker = Dictionary(rejected.map { (outgoing[$0.tag].origin, "refused by the broker: \($0.error.message)") }) { a, _ in a }
-                throw RecordsRefused(refused: byBroker.merging(refusedAtOnce) { a, _ in a })
-            }
             throw error
         }
+        metrics.transactions("committed").increment()
+        metrics.transaction("produce").record(duration: t.produce)
+        metrics.transaction("offsets").record(duration: t.offsets)
+        metrics.transaction("commit").record(duration: t.commit)
+        metrics.transaction("total").record(duration: t.total)
+        logger.debug(
+            "committed",
+            metadata: [
+                "partition": "\(partition)", "events": "\(messages.count)", "records": "\(outgoing.count)",
+                "ms": "\(t.total.inMilliseconds)", "produce_ms": "\(t.produce.inMilliseconds)",
+                "offsets_ms": "\(t.offsets.inMilliseconds)", "commit_ms": "\(t.commit.inMilliseconds)",
+            ])
     }
 
     /// An instance one of whose records cannot be written: the effects that let it go on without it. A command

@@ -1,3 +1,4 @@
+import BatonClient
 import BatonCore
 import HummingbirdCore
 import Logging
@@ -194,7 +195,7 @@ final class ConnectionGuardState {
 
     /// Answers with a problem and closes; only closes when another request on this connection still waits for
     /// its answer (`answers`: how many requests in flight this refusal answers, 1 for a body cut off, else 0).
-    func refuse(_ status: HTTPResponseStatus, _ code: String, _ detail: String, answers: Int = 0) {
+    func refuse(_ status: HTTPResponseStatus, _ code: ProblemCode, _ detail: String, answers: Int = 0) {
         guard !closing, let context = rawContext else { return }
         closing = true
         cancelTimers()
@@ -204,7 +205,7 @@ final class ConnectionGuardState {
             return
         }
         let body = JSON.object([
-            "type": .string("https://baton.dev/problems/\(code)"), "title": .string(status.reasonPhrase), "status": .number(Double(status.code)), "detail": .string(detail),
+            "type": .string(code.uri), "title": .string(status.reasonPhrase), "status": .number(Double(status.code)), "detail": .string(detail),
         ]).encoded()
         var buffer = context.channel.allocator.buffer(capacity: body.count + 160)
         buffer.writeString(
@@ -272,7 +273,7 @@ final class RawRequestGuard: ChannelInboundHandler {
             }
         case .refused:
             state.logger.notice("HTTP connection refused: \(state.limits.maxConnections) connections open, none idle")
-            state.refuse(.serviceUnavailable, "too-many-connections", "the server has \(state.limits.maxConnections) connections open and none idle; try again")
+            state.refuse(.serviceUnavailable, .tooManyConnections, "the server has \(state.limits.maxConnections) connections open and none idle; try again")
         }
     }
 
@@ -285,7 +286,7 @@ final class RawRequestGuard: ChannelInboundHandler {
             let timeout = state.limits.headerTimeout
             state.headerTimer = state.schedule(timeout, on: context) { [state] in
                 state.headerTimer = nil
-                state.refuse(.requestTimeout, "timeout", "the request's head did not arrive within \(ConnectionGuardState.seconds(timeout))")
+                state.refuse(.requestTimeout, .timeout, "the request's head did not arrive within \(ConnectionGuardState.seconds(timeout))")
             }
         }
         if case .readingHead(var line, var total, var lineDone, var atLineStart) = state.phase {
@@ -307,12 +308,12 @@ final class RawRequestGuard: ChannelInboundHandler {
                     if !lineDone { line += 1 }
                 }
                 if line > limits.maxRequestLine {
-                    state.refuse(.uriTooLong, "uri-too-long", "the request line is longer than \(limits.maxRequestLine) bytes")
+                    state.refuse(.uriTooLong, .uriTooLong, "the request line is longer than \(limits.maxRequestLine) bytes")
                     return
                 }
                 if total > limits.maxHead {
                     state.refuse(
-                        .requestHeaderFieldsTooLarge, "header-too-large", "the request's header fields are larger than \(limits.maxHead) bytes")
+                        .requestHeaderFieldsTooLarge, .headerTooLarge, "the request's header fields are larger than \(limits.maxHead) bytes")
                     return
                 }
             }
@@ -343,7 +344,7 @@ final class RequestPartGuard: ChannelDuplexHandler, RemovableChannelHandler {
             let timeout = state.limits.bodyTimeout
             state.bodyTimer = state.schedule(timeout, on: context) { [state] in
                 state.bodyTimer = nil
-                state.refuse(.requestTimeout, "timeout", "the request's body did not arrive within \(ConnectionGuardState.seconds(timeout))", answers: 1)
+                state.refuse(.requestTimeout, .timeout, "the request's body did not arrive within \(ConnectionGuardState.seconds(timeout))", answers: 1)
             }
         case .body:
             break
@@ -378,9 +379,9 @@ final class RequestPartGuard: ChannelDuplexHandler, RemovableChannelHandler {
         var answers = 0
         if case .readingBody = state.phase { answers = 1 }
         if case .headerOverflow = parse {
-            state.refuse(.requestHeaderFieldsTooLarge, "header-too-large", "the request's header fields are too large", answers: answers)
+            state.refuse(.requestHeaderFieldsTooLarge, .headerTooLarge, "the request's header fields are too large", answers: answers)
         } else {
-            state.refuse(.badRequest, "bad-request", "the request is not valid HTTP/1.1 (\(parse))", answers: answers)
+            state.refuse(.badRequest, .badRequest, "the request is not valid HTTP/1.1 (\(parse))", answers: answers)
         }
     }
 }

@@ -35,12 +35,12 @@ public struct Problem: HTTPResponseError {
     public var title: String?
     public var detail: String?
     /// A short, stable name of the problem (`type` is `https://baton.dev/problems/<code>`).
-    public var code: String
+    public var code: ProblemCode
     public var headers: HTTPFields = [:]
     /// Extra members (the instance a conflict is about, the current task...).
     public var extra: [String: JSON] = [:]
 
-    public init(_ status: HTTPResponse.Status, _ code: String, _ detail: String?, title: String? = nil, extra: [String: JSON] = [:]) {
+    public init(_ status: HTTPResponse.Status, _ code: ProblemCode, _ detail: String?, title: String? = nil, extra: [String: JSON] = [:]) {
         self.status = status
         self.code = code
         self.detail = detail
@@ -50,7 +50,7 @@ public struct Problem: HTTPResponseError {
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var body: [String: JSON] = extra
-        body["type"] = .string("https://baton.dev/problems/\(code)")
+        body["type"] = .string(code.uri)
         body["title"] = .string(title ?? status.reasonPhrase)
         body["status"] = .number(Double(status.code))
         if let detail { body["detail"] = .string(detail) }
@@ -60,12 +60,12 @@ public struct Problem: HTTPResponseError {
         return Response(status: status, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: JSON.object(body).encoded())))
     }
 
-    static func badRequest(_ detail: String) -> Problem { Problem(.badRequest, "bad-request", detail) }
-    static func notFound(_ detail: String) -> Problem { Problem(.notFound, "not-found", detail) }
-    static func conflict(_ detail: String, extra: [String: JSON] = [:]) -> Problem { Problem(.conflict, "conflict", detail, extra: extra) }
-    static func forbidden(_ detail: String) -> Problem { Problem(.forbidden, "forbidden", detail) }
+    static func badRequest(_ detail: String) -> Problem { Problem(.badRequest, .badRequest, detail) }
+    static func notFound(_ detail: String) -> Problem { Problem(.notFound, .notFound, detail) }
+    static func conflict(_ detail: String, extra: [String: JSON] = [:]) -> Problem { Problem(.conflict, .conflict, detail, extra: extra) }
+    static func forbidden(_ detail: String) -> Problem { Problem(.forbidden, .forbidden, detail) }
     static func unauthorized(_ detail: String) -> Problem {
-        var p = Problem(.unauthorized, "unauthorized", detail)
+        var p = Problem(.unauthorized, .unauthorized, detail)
         p.headers[.wwwAuthenticate] = #"Bearer realm="baton""#
         return p
     }
@@ -93,12 +93,12 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             throw Problem(HTTPResponse.Status(code: error.httpStatus), error.kind.problemType, error.description)
         } catch let error as HTTPError {
             switch error.status {
-            case .notFound: throw Problem(.notFound, "not-found", "no route \(request.method.rawValue) \(request.uri.path)\(idEncodingHint(request.uri.path))")
-            case .contentTooLarge: throw Problem(.contentTooLarge, "too-large", "the body is larger than \(ServerLimits.maxBody) bytes")
-            default: throw Problem(error.status, "http", error.body)
+            case .notFound: throw Problem(.notFound, .notFound, "no route \(request.method.rawValue) \(request.uri.path)\(idEncodingHint(request.uri.path))")
+            case .contentTooLarge: throw Problem(.contentTooLarge, .tooLarge, "the body is larger than \(ServerLimits.maxBody) bytes")
+            default: throw Problem(error.status, .http, error.body)
             }
         } catch is NIOTooManyBytesError {
-            throw Problem(.contentTooLarge, "too-large", "the body is larger than \(ServerLimits.maxBody) bytes")
+            throw Problem(.contentTooLarge, .tooLarge, "the body is larger than \(ServerLimits.maxBody) bytes")
         } catch let error as HTTPParserError {
             context.logger.debug("request body unreadable", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             throw Problem.badRequest("the request's body is not valid HTTP/1.1 or ended before its declared length (\(error))")
@@ -107,10 +107,10 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             context.logger.debug("request body cut short", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             throw Problem.badRequest("the connection closed before the request's body was read")
         } catch let error as any HTTPResponseError {
-            throw Problem(error.status, "http", nil)
+            throw Problem(error.status, .http, nil)
         } catch {
             context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
-            throw Problem(.internalServerError, "internal", "\(error)")
+            throw Problem(.internalServerError, .internal, "\(error)")
         }
     }
 }
@@ -125,7 +125,7 @@ struct MethodNotAllowedMiddleware<Context: RequestContext>: RouterMiddleware {
         let allowed = Self.allowed(request.uri.path, routes: routes)
         if !allowed.isEmpty, !allowed.contains(request.method) {
             let names = allowed.map(\.rawValue).joined(separator: ", ")
-            var problem = Problem(.methodNotAllowed, "method-not-allowed", "\(request.uri.path) answers \(names), not \(request.method.rawValue)")
+            var problem = Problem(.methodNotAllowed, .methodNotAllowed, "\(request.uri.path) answers \(names), not \(request.method.rawValue)")
             problem.headers[.allow] = names
             throw problem
         }
@@ -149,7 +149,7 @@ struct MethodNotAllowedMiddleware<Context: RequestContext>: RouterMiddleware {
 struct BodyGuardMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > ServerLimits.maxBody {
-            throw Problem(.contentTooLarge, "too-large", "the body is \(length) bytes, more than \(ServerLimits.maxBody)")
+            throw Problem(.contentTooLarge, .tooLarge, "the body is \(length) bytes, more than \(ServerLimits.maxBody)")
         }
         let writes: Set<HTTPRequest.Method> = [.post, .put, .patch]
         let hasBody = (request.headers[.contentLength].flatMap { Int($0) } ?? 0) > 0 || request.headers[.transferEncoding] != nil
@@ -161,7 +161,7 @@ struct BodyGuardMiddleware<Context: RequestContext>: RouterMiddleware {
             if !(json || (yamlAllowed && yaml)) {
                 let given = request.headers[.contentType] ?? "none"
                 throw Problem(
-                    .unsupportedMediaType, "unsupported-media-type",
+                    .unsupportedMediaType, .unsupportedMediaType,
                     "the body must be application/json\(yamlAllowed ? " or application/yaml" : ""); the request says \(given)")
             }
         }

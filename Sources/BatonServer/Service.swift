@@ -31,7 +31,7 @@ public struct BatonService: Sendable {
     /// `record` signed as `principal`.
     func signed<R: AuthorityRecord>(_ record: R, by principal: Principal) throws -> R {
         var record = record
-        do { try signer.sign(&record, as: principal, now: Self.now()) } catch { throw Problem(.internalServerError, "signing", "\(error)") }
+        do { try signer.sign(&record, as: principal, now: Self.now()) } catch { throw Problem(.internalServerError, .signing, "\(error)") }
         return record
     }
 
@@ -72,10 +72,10 @@ public struct BatonService: Sendable {
         guard !request.workflowID.isEmpty else { throw Problem.badRequest("field 'workflow_id' is empty") }
         let input = request.input ?? .object([:])
         let size = input.encoded().count
-        if size > Wire.maxInputBytes { throw Problem(.contentTooLarge, "too-large", "the input is \(size) bytes, more than \(Wire.maxInputBytes)") }
+        if size > Wire.maxInputBytes { throw Problem(.contentTooLarge, .tooLarge, "the input is \(size) bytes, more than \(Wire.maxInputBytes)") }
         guard let (_, workflow) = model.definition(request.workflowID, version: request.version), workflow != nil else {
             let which = request.version.map { "version \($0) of " } ?? ""
-            throw Problem(.unprocessableContent, "unknown-workflow", "\(which)workflow '\(request.workflowID)' is not registered")
+            throw Problem(.unprocessableContent, .unknownWorkflow, "\(which)workflow '\(request.workflowID)' is not registered")
         }
         if let existing = model.state(id)?.state { return try existingStart(existing, request: request, input: input) }
         let requestID = Self.newRequestID()
@@ -114,7 +114,7 @@ public struct BatonService: Sendable {
     func act(_ request: ActionRequest, on instanceID: String, by principal: Principal, wait: Bool = true) async throws -> (ActionOutcome, String?) {
         guard let (state, workflow, _) = model.state(instanceID) else { throw Problem.notFound("no instance '\(instanceID)'") }
         guard let workflow else {
-            throw Problem(.unprocessableContent, "unknown-workflow", "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not registered")
+            throw Problem(.unprocessableContent, .unknownWorkflow, "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not registered")
         }
         let message = try signed(
             OperatorMessage(
@@ -140,10 +140,10 @@ public struct BatonService: Sendable {
     func signal(_ name: String, _ request: SignalRequest, on instanceID: String, by principal: Principal, wait: Bool = true) async throws -> (ActionOutcome, String?) {
         guard let (state, workflow, _) = model.state(instanceID) else { throw Problem.notFound("no instance '\(instanceID)'") }
         guard let workflow else {
-            throw Problem(.unprocessableContent, "unknown-workflow", "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not registered")
+            throw Problem(.unprocessableContent, .unknownWorkflow, "instance '\(instanceID)' runs \(state.workflowID) v\(state.version), which is not registered")
         }
         if let data = request.data, data.encoded().count > Wire.maxResultBytes {
-            throw Problem(.contentTooLarge, "too-large", "field 'data' is more than \(Wire.maxResultBytes) bytes")
+            throw Problem(.contentTooLarge, .tooLarge, "field 'data' is more than \(Wire.maxResultBytes) bytes")
         }
         let message = try signed(
             SignalMessage(instanceID: instanceID, name: name, data: request.data, by: principal.subject, requestID: Self.newRequestID(), sentAt: Self.now()), by: principal)
@@ -199,7 +199,7 @@ public struct BatonService: Sendable {
                 instanceID: task.instanceID, taskID: taskID, step: task.step, attempt: task.attempt, approved: request.approved, by: principal.subject,
                 comment: request.comment, data: request.data, requestID: requestID, override: principal.isAdmin ? true : nil), by: principal)
         if let data = request.data, data.encoded().count > Wire.maxResultBytes {
-            throw Problem(.contentTooLarge, "too-large", "field 'data' is more than \(Wire.maxResultBytes) bytes")
+            throw Problem(.contentTooLarge, .tooLarge, "field 'data' is more than \(Wire.maxResultBytes) bytes")
         }
         try Self.refuseWhatCoordinatorsRefuse(message)
         try await client.sendEvent(message, kind: .taskDecided, instanceID: task.instanceID, partition: partition)
@@ -313,7 +313,7 @@ public struct BatonService: Sendable {
         do {
             workflow = try DefinitionLoader.load(document, source: "body")
         } catch {
-            throw Problem(.unprocessableContent, "invalid-definition", "\(error)")
+            throw Problem(.unprocessableContent, .invalidDefinition, "\(error)")
         }
         let text = String(decoding: document, as: UTF8.self)
         func conflict(_ registered: DefinitionRecord) -> Problem {
@@ -336,10 +336,10 @@ public struct BatonService: Sendable {
         } catch let error as DefinitionConflict {
             throw conflict(error.registered)
         } catch let error as DefinitionErrors {
-            throw Problem(.unprocessableContent, "invalid-definition", error.description)
+            throw Problem(.unprocessableContent, .invalidDefinition, error.description)
         } catch let error as ClientError {
             // Written, or not, but not read back in time (the broker is slow or away): nothing is known yet.
-            throw Problem(.serviceUnavailable, "unavailable", "\(error.description); try again: the same text is answered 200 once it is registered")
+            throw Problem(.serviceUnavailable, .unavailable, "\(error.description); try again: the same text is answered 200 once it is registered")
         }
         // Answered once the read model shows the version's winner, so that a start right after finds it.
         _ = await model.wait(timeout: applyTimeout) { $0.definition(workflow.id, version: workflow.version)?.record == registration.record ? true : nil }

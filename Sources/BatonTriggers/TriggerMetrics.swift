@@ -15,6 +15,8 @@ final class TriggerMetrics: Sendable {
     let batch: CoreMetrics.Timer
     let deadLetters: DeadLetterMetrics
     let lag: ConsumerLag
+    /// Alerts about the service itself (a partition that cannot commit), by severity.
+    let alerts: LabeledMetric<Counter>
 
     static let outcomes = ["started", "published", "ignored", "dead_lettered"]
 
@@ -25,6 +27,8 @@ final class TriggerMetrics: Sendable {
         batch = CoreMetrics.Timer(label: "baton_triggers_batch_seconds", dimensions: [], factory: factory)
         deadLetters = DeadLetterMetrics(source: "triggers", factory: factory)
         lag = ConsumerLag(group: group, factory: factory)
+        alerts = .counter("baton_alerts_total", labels: ["severity"], factory: factory)
+        for severity in ["warning", "critical"] { alerts(severity).increment(by: 0) }
         for outcome in ["committed", "aborted"] { transactions(outcome).increment(by: 0) }
         // The one reason a trigger dead-letters for, at 0 (as `DeadLetterMetrics` names the series).
         Counter(label: "baton_dead_letters_total", dimensions: [("source", "triggers"), ("reason", DeadLetterReason.unreadable.rawValue)], factory: factory).increment(by: 0)

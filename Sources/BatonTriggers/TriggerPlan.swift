@@ -143,7 +143,7 @@ public struct TriggerPlan: Sendable {
         }
         func deadLetter(_ reason: String) {
             outcome.deadLetter = reason
-            outcome.records.append(deadLetterRecord(m, reason: reason, topic: names.deadletter))
+            outcome.records.append(deadLetterRecord(m, code: .unreadable, reason: reason, topic: names.deadletter))
         }
         guard data.count <= Self.maxValueBytes else {
             deadLetter("\(place): $.event.value is \(data.count) bytes, more than the limit of \(Self.maxValueBytes); read by \(readers.names)")

@@ -53,7 +53,7 @@ public final class TriggerService: Service, Sendable {
     public let configuration: TriggerConfiguration
     let logger: Logger
     let metrics: TriggerMetrics
-    let readiness = TriggerReadiness()
+    let readiness = PartitionReadiness()
     private let stopping = Atomic(false)
 
     public init(configuration: TriggerConfiguration, logger: Logger) {
@@ -85,9 +85,21 @@ public final class TriggerService: Service, Sendable {
             await registry.close()
             throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(names.events) does not exist; run `baton topics apply` first")
         }
+        let alertsProducer: ResilientProducer
+        do {
+            var c = KafkaProducerConfiguration(client: configuration.client)
+            c.linger = .milliseconds(1)
+            alertsProducer = try ResilientProducer(configuration: c, logger: logger)
+        } catch {
+            await registry.close()
+            throw error
+        }
+        let metrics = self.metrics
         let context = TriggerContext(
-            configuration: configuration, registry: registry, admin: admin, logger: logger, metrics: metrics, readiness: readiness,
-            gapRereads: configuration.gapRereads.enabled(clusterID: metadata.clusterID))
+            configuration: configuration, registry: registry, admin: admin, logger: logger, metrics: metrics,
+            gapRereads: configuration.gapRereads.enabled(clusterID: metadata.clusterID),
+            alerts: EngineAlerts(
+                producer: alertsProducer, topic: names.alerts, logger: logger, clock: configuration.clock, count: { metrics.alerts($0).increment() }))
         logger.info("triggers started", metadata: ["group": "\(names.triggersGroup)", "events": "\(names.events)"])
         do {
             try await withGracefulShutdownHandler {
@@ -101,30 +113,17 @@ public final class TriggerService: Service, Sendable {
             }
         } catch {
             readiness.stopped()
-            await registry.close()
+            async let closed: Void = registry.close()
+            async let flushed: Void = alertsProducer.close(timeout: .seconds(2))
+            _ = await (closed, flushed)
             logger.error("triggers stopped: \(error)")
             throw error
         }
         readiness.stopped()
-        await registry.close()
+        async let closed: Void = registry.close()
+        async let flushed: Void = alertsProducer.close(timeout: .seconds(2))
+        _ = await (closed, flushed)
         logger.info("triggers stopped")
-    }
-
-    /// The plan of the registry's definitions now, with the events topic's partition count.
-    func currentPlan(_ context: TriggerContext) async -> TriggerPlan? {
-        let (workflows, latest, generation) = context.registry.snapshot()
-        let partitions: Int
-        do {
-            guard let count = try await context.admin.metadata().topics[configuration.names.events]?.partitionCount, count > 0 else {
-                logger.error("topic \(configuration.names.events) has no partitions; waiting for it")
-                return nil
-            }
-            partitions = count
-        } catch {
-            logger.warning("cannot read the events topic's partition count; trying again: \(error)")
-            return nil
-        }
-        return TriggerPlan(workflows: workflows, latest: latest, namespace: configuration.names.namespace, eventsPartitions: partitions, generation: generation)
     }
 
     /// One consumer session per set of topics: when definitions name other topics, the session ends (its
@@ -133,7 +132,7 @@ public final class TriggerService: Service, Sendable {
         var failures = 0
         var reported: [String: String] = [:]
         while !isStopping {
-            guard let plan = await currentPlan(context) else {
+            guard let plan = await context.currentPlan() else {
                 failures += 1
                 await pause(backoff(failures))
                 continue
@@ -187,8 +186,9 @@ public final class TriggerService: Service, Sendable {
         do {
             try consumer.subscribe(topics)
             logger.info("reading business topics", metadata: ["topics": "\(topics.joined(separator: ","))", "group": "\(names.triggersGroup)"])
+            let handler = TriggerHandler(context: context, consumer: consumer, topics: Set(topics), isStopping: { self.isStopping })
             try await withThrowingDiscardingTaskGroup { group in
-                try await self.pollLoop(topics: Set(topics), consumer: consumer, context: context, group: &group)
+                try await PartitionGroup(consumer: consumer, handler: handler, readiness: readiness, isStopping: { self.isStopping }).run(in: &group)
                 group.cancelAll()  // runners still ending after a stop's time: they stop waiting for the broker
             }
             result = .success(())
@@ -199,110 +199,6 @@ public final class TriggerService: Service, Sendable {
         await consumer.close()
         try result.get()
     }
-
-    /// Polls the group and hands each partition's records to its runner; takes and gives up partitions as the
-    /// group decides; seeks for runners that must read again; pauses fetching for a runner that falls behind.
-    func pollLoop(topics: Set<String>, consumer: KafkaConsumer, context: TriggerContext, group: inout ThrowingDiscardingTaskGroup<any Error>) async throws {
-        var runners: [TopicPartition: TriggerPartition] = [:]
-        var retiring: [TopicPartition: TriggerPartition] = [:]
-        var paused = Set<TopicPartition>()
-        var warned = Set<String>()
-        var planCheckedAt = ContinuousClock.now
-        defer { for runner in runners.values { runner.stop() } }
-        while !isStopping {
-            let events = try await consumer.poll(maxEvents: configuration.maxBatch, timeout: .milliseconds(50))
-            for event in events {
-                switch event {
-                case .assigned(let partitions):
-                    readiness.joined()
-                    for tp in partitions where topics.contains(tp.topic) {
-                        if let old = runners.removeValue(forKey: tp) {
-                            logger.warning("partition \(tp) assigned again while still held; starting over")
-                            old.stop()
-                            retiring[tp] = old
-                        }
-                        let runner = TriggerPartition(tp, context: context, consumer: consumer, after: retiring.removeValue(forKey: tp))
-                        readiness.taking(tp)
-                        runners[tp] = runner
-                        paused.remove(tp)
-                        group.addTask { await runner.run() }
-                    }
-                case .revoked(let partitions, let lost):
-                    for tp in partitions { readiness.released(tp) }
-                    // Each runner ends its transaction (commit or abort) before the partition is let go; not so
-                    // long that the group takes this member for dead.
-                    let gone = partitions.compactMap { tp in runners.removeValue(forKey: tp).map { (tp, $0) } }
-                    for (_, runner) in gone { runner.stop() }
-                    let deadline = ContinuousClock.now + configuration.maxPollInterval / 3
-                    for (tp, runner) in gone {
-                        if await runner.finished(before: deadline) {
-                            logger.info("released partition", metadata: ["partition": "\(tp)", "lost": "\(lost)"])
-                        } else {
-                            logger.warning("partition \(tp) is still ending its transaction; going on", metadata: ["lost": "\(lost)"])
-                            retiring[tp] = runner
-                        }
-                        paused.remove(tp)
-                    }
-                case .message(let m):
-                    runners[m.topicPartition]?.deliver(m)
-                case .error(let error):
-                    // A topic that does not exist yet is reported at every metadata refresh: once is enough.
-                    if warned.insert(error.message).inserted { logger.warning("consumer: \(error)") }
-                case .partitionEOF:
-                    break
-                }
-            }
-            for (tp, runner) in runners {
-                if let offset = runner.pendingReset {
-                    // Between polls, so that nothing read before the seek reaches the runner after it.
-                    do {
-                        try await consumer.seek([TopicPartitionOffset(tp, offset: offset)])
-                        runner.resetDone()
-                    } catch {
-                        logger.warning("could not seek \(tp) to \(offset); trying again: \(error)")
-                    }
-                }
-                let backlog = runner.backlog
-                do {
-                    if backlog > configuration.maxBacklog, !paused.contains(tp) {
-                        try consumer.pause([tp])
-                        paused.insert(tp)
-                    } else if backlog < configuration.maxBacklog / 2, paused.contains(tp) {
-                        try consumer.resume([tp])
-                        paused.remove(tp)
-                    }
-                } catch {
-                    logger.warning("could not pause or resume \(tp): \(error)")
-                }
-            }
-            // New definitions: at most one look a second (it asks the broker for the events topic's partitions).
-            if context.registry.generation != context.plan.current.generation, ContinuousClock.now - planCheckedAt >= .seconds(1) {
-                planCheckedAt = .now
-                guard let plan = await currentPlan(context) else { continue }
-                if Set(plan.topicNames) != topics {
-                    logger.info("definitions name other topics; subscribing again", metadata: ["topics": "\(plan.topicNames.joined(separator: ","))"])
-                    break
-                }
-                for (topic, why) in plan.refused where context.plan.current.refused[topic] != why { logger.error("not reading topic \(topic): \(why)") }
-                context.plan.set(plan)
-                metrics.prepare(plan)
-            }
-        }
-        for runner in runners.values { runner.stop() }
-        // When the service stops, bounded: what a runner still has open then is aborted by the broker when its
-        // transaction times out. When it subscribes again, each runner ends first.
-        let deadline = ContinuousClock.now + configuration.stopTimeout
-        var left: [TopicPartition] = []
-        for (tp, runner) in Array(runners) + Array(retiring) {
-            if isStopping { if await !runner.finished(before: deadline) { left.append(tp) } } else { await runner.finished() }
-        }
-        if !left.isEmpty {
-            logger.warning(
-                "stopping: partitions still ending their transactions after \(configuration.stopTimeout); leaving them to the transaction timeout",
-                metadata: ["partitions": "\(left)"])
-        }
-        runners.removeAll()
-    }
 }
 
 /// What every partition of a trigger service shares.
@@ -312,9 +208,27 @@ struct TriggerContext: Sendable {
     let admin: KafkaAdmin
     let logger: Logger
     let metrics: TriggerMetrics
-    let readiness: TriggerReadiness
     let gapRereads: Bool
+    /// Alerts about the service itself (a partition that cannot commit).
+    let alerts: EngineAlerts
     let plan = PlanBox()
+
+    /// The plan of the registry's definitions now, with the events topic's partition count.
+    func currentPlan() async -> TriggerPlan? {
+        let (workflows, latest, generation) = registry.snapshot()
+        let partitions: Int
+        do {
+            guard let count = try await admin.metadata().topics[configuration.names.events]?.partitionCount, count > 0 else {
+                logger.error("topic \(configuration.names.events) has no partitions; waiting for it")
+                return nil
+            }
+            partitions = count
+        } catch {
+            logger.warning("cannot read the events topic's partition count; trying again: \(error)")
+            return nil
+        }
+        return TriggerPlan(workflows: workflows, latest: latest, namespace: configuration.names.namespace, eventsPartitions: partitions, generation: generation)
+    }
 }
 
 /// The plan in force, replaced when definitions change.
@@ -322,32 +236,4 @@ final class PlanBox: Sendable {
     private let value = Mutex(TriggerPlan(workflows: [], latest: [:], namespace: "", eventsPartitions: 1, generation: -1))
     var current: TriggerPlan { value.withLock { $0 } }
     func set(_ plan: TriggerPlan) { value.withLock { $0 = plan } }
-}
-
-/// Whether the service is ready: it joined its group and initialised the producer of every partition it was
-/// given; or it has nothing to read.
-final class TriggerReadiness: Sendable {
-    struct State {
-        var joined = false
-        var idle = false
-        var stopped = false
-        var taking = Set<TopicPartition>()
-    }
-    private let state = Mutex(State())
-
-    var isReady: Bool { state.withLock { !$0.stopped && ($0.idle || ($0.joined && $0.taking.isEmpty)) } }
-    func joined() { state.withLock { $0.joined = true } }
-    /// No topic to read: nothing to wait for.
-    func idle(_ idle: Bool) { state.withLock { $0.idle = idle } }
-    /// The consumer left its group (to subscribe again, or to stop).
-    func left() {
-        state.withLock {
-            $0.joined = false
-            $0.taking = []
-        }
-    }
-    func taking(_ tp: TopicPartition) { _ = state.withLock { $0.taking.insert(tp) } }
-    func took(_ tp: TopicPartition) { _ = state.withLock { $0.taking.remove(tp) } }
-    func released(_ tp: TopicPartition) { took(tp) }
-    func stopped() { state.withLock { $0.stopped = true } }
 }

@@ -843,6 +843,9 @@ public enum WireHeaders {
     public static let version = "baton-v"
     /// On dead letters: why the record was refused, and where it came from.
     public static let deadLetterReason = "baton-dlq-reason"
+    /// On dead letters: why, as a code a program can branch on (`unreadable`, `unknown_instance`, ...:
+    /// docs/wire-protocol.md#dead-letters); the reason above says it for people.
+    public static let deadLetterCode = "baton-dlq-code"
     public static let deadLetterTopic = "baton-dlq-topic"
     public static let deadLetterPartition = "baton-dlq-partition"
     public static let deadLetterOffset = "baton-dlq-offset"
@@ -856,9 +859,10 @@ public enum WireHeaders {
     /// A dead letter for a refused record: its key, headers and (at most `Wire.maxDeadLetterBytes` of) its
     /// value, with why it was refused and where it came from.
     public static func deadLetter(
-        topic: String, key: Data?, value: Data?, headers: [KafkaHeaderFields], reason: String, source: String, partition: Int32, offset: Int64
+        topic: String, key: Data?, value: Data?, headers: [KafkaHeaderFields], code: String, reason: String, source: String, partition: Int32, offset: Int64
     ) -> (key: Data?, value: Data?, headers: [KafkaHeaderFields]) {
         var out = headers
+        out.append((deadLetterCode, Data(code.utf8)))
         out.append((deadLetterReason, Data(reason.utf8)))
         out.append((deadLetterTopic, Data(source.utf8)))
         out.append((deadLetterPartition, Data(String(partition).utf8)))

@@ -397,10 +397,12 @@ public final class StepWorker: Service, Sendable {
                 command = try Wire.decode(CommandMessage.self, from: value)
             }
         } catch {
-            metrics.deadLetters.record((error as? Wire.DecodeError)?.reason.contains("does not belong on a command topic") == true ? .notACommand : .unreadable)
+            let code: DeadLetterReason = (error as? Wire.DecodeError)?.reason.contains("does not belong on a command topic") == true ? .notACommand : .unreadable
+            metrics.deadLetters.record(code)
             logger.warning("command sent to the dead-letter topic", metadata: ["offset": "\(message.partition)/\(message.offset)", "error": "\(error)"])
             return await deliver(
-                deadLetterRecord(message, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), sender: sender, delivery: delivery)
+                deadLetterRecord(message, code: code, reason: (error as? Wire.DecodeError)?.reason ?? "\(error)", topic: names.deadletter), sender: sender,
+                delivery: delivery)
         }
         var logger = self.logger
         // Set at once: a log handler may rebuild its rendered metadata on every change (swift-log's stream one does).

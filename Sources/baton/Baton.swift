@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonClient
+import BatonConformance
 import BatonKafka
 import BatonRuntime
 import Foundation

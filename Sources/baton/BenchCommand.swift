@@ -2,12 +2,13 @@ import ArgumentParser
 import BatonClient
 import BatonCore
 import BatonKafka
+import BatonOperatorTools
 import BatonRuntime
 import BatonTopics
 import BatonWire
 import Foundation
-import Synchronization
 import Logging
+import Synchronization
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

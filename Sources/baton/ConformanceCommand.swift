@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonClient
+import BatonConformance
 import BatonCore
 import BatonExamples
 import BatonKafka

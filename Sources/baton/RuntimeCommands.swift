@@ -1,17 +1,18 @@
 import ArgumentParser
 import BatonClient
-import BatonCore
 import BatonCoordinator
+import BatonCore
 import BatonExamples
 import BatonKafka
+import BatonOperatorTools
 import BatonReadModel
 import BatonRuntime
-import NIOHTTP1
 import BatonWire
 import BatonWorker
 import Foundation
 import Logging
 import Metrics
+import NIOHTTP1
 import ServiceLifecycle
 import UnixSignals
 
@@ -140,22 +141,26 @@ struct Start: AsyncParsableCommand {
     @Option(help: "The input, as JSON.") var input: String = "{}"
     @Option(help: "A definition version (default: the latest).") var version: Int?
     @Option(help: "The instance id (default: a new UUID).") var id: String?
-    @Option(help: "Seconds to wait for a coordinator to take the start; 0 sends it and does not wait.") var wait = 30
+    @Option(help: "Seconds to wait for a coordinator to take the start; 0 sends it and does not wait (with a server: it waits up to 10 s).") var wait = 30
+    @OptionGroup var server: ServerOptions
 
     func run() async throws {
         let value: JSON
         do { value = try JSON.parse(Data(input.utf8)) } catch { throw CLIFailure("--input is not valid JSON: \(error)") }
+        if let api = try server.api() { return try await start(through: api, input: value) }
         try await connection.withClient { client in
             // A start for a workflow the coordinators do not know would only reach the dead-letter topic.
-            guard try await client.definition(workflow, version: version) != nil else {
-                let what = version.map { "version \($0) of '\(workflow)' is not" } ?? "no workflow '\(workflow)' is"
-                throw ClientError(.notFound, "\(what) registered on \(connection.names.definitions); register it first: baton definitions register FILE")
-            }
             guard wait > 0 else {
+                guard try await client.definition(workflow, version: version) != nil else {
+                    let what = version.map { "version \($0) of '\(workflow)' is not" } ?? "no workflow '\(workflow)' is"
+                    throw ClientError(.notFound, "\(what) registered on \(connection.names.definitions); register it first: baton definitions register FILE")
+                }
                 print(try await client.start(workflowID: workflow, version: version, input: value, instanceID: id))
                 return
             }
-            switch try await client.startAndWait(workflowID: workflow, version: version, input: value, instanceID: id, timeout: .seconds(wait)) {
+            switch try await client.startAndWait(
+                workflowID: workflow, version: version, input: value, instanceID: id, timeout: .seconds(wait), requireRegistered: true)
+            {
             case .created(let state):
                 print(state.instanceID)
             case .exists(let state):
@@ -167,6 +172,28 @@ struct Start: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
                 throw ExitCode(ClientError.Kind.conflict.exitCode)
             }
+        }
+    }
+
+    /// Through `baton serve` (`POST /v1/instances`): one request to a process whose consumers are running
+    /// already, where the command alone starts Kafka clients and reads partitions to their end first.
+    func start(through api: APIClient, input: JSON) async throws {
+        var body: [String: JSON] = ["workflow_id": .string(workflow), "input": input]
+        if let version { body["version"] = .number(Double(version)) }
+        if let id { body["instance_id"] = .string(id) }
+        let (status, answer) = try await api.call(.POST, "/v1/instances\(wait > 0 ? "?wait=true" : "")", body: .object(body))
+        guard let started = answer["instance_id"]?.stringValue else { throw CLIFailure("the server's answer names no instance_id") }
+        switch status {
+        case 200:
+            print(started)
+            FileHandle.standardError.write(Data("'\(started)' exists already with the same workflow and input; nothing changed\n".utf8))
+        case 202 where wait > 0:
+            throw CLIFailure(
+                ClientError(
+                    .notAppliedInTime, "sent the start of '\(started)', but no coordinator took it within the server's wait: is one running? "
+                        + "`baton status \(started)` shows whether it started since"))
+        default:
+            print(started)
         }
     }
 }

@@ -201,10 +201,26 @@ struct APIClient {
         }
         let bytes = try await response.body.collect(upTo: 64 << 20)
         let json = (try? JSON.parse(Data(buffer: bytes))) ?? .null  // a body that is not JSON: reported by status below
-        guard (200..<300).contains(Int(response.status.code)) else {
-            throw CLIFailure("\(method.rawValue) \(path): \(response.status.code) \(json["detail"]?.stringValue ?? json["title"]?.stringValue ?? response.status.reasonPhrase)")
+        let status = Int(response.status.code)
+        guard (200..<300).contains(status) else {
+            let message = "\(method.rawValue) \(path): \(status) \(json["detail"]?.stringValue ?? json["title"]?.stringValue ?? response.status.reasonPhrase)"
+            // The same exit status as the command without a server (docs/api.md, "Exit status").
+            guard let kind = Self.kind(of: status) else { throw CLIFailure(message) }
+            throw CLIFailure(ClientError(kind, message))
         }
         return (Int(response.status.code), json)
+    }
+
+    /// What a problem's status means to the command line.
+    static func kind(of status: Int) -> ClientError.Kind? {
+        switch status {
+        case 400, 413, 415, 422: .invalid
+        case 401, 403: .refused
+        case 404: .notFound
+        case 409: .conflict
+        case 503: .unavailable
+        default: nil
+        }
     }
 
     static func escape(_ id: String) -> String { id.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? id }

@@ -2,6 +2,7 @@ import ArgumentParser
 import BatonClient
 import BatonCore
 import BatonKafka
+import BatonOperatorTools
 import BatonWire
 import Foundation
 import Logging

@@ -1,3 +1,4 @@
+import BatonConformance
 import BatonTestSupport
 import Foundation
 import Testing

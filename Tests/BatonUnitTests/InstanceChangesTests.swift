@@ -1,5 +1,6 @@
 import BatonClient
 import BatonCore
+import BatonOperatorTools
 import Foundation
 import Testing
 

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import BatonClient
+@testable import BatonOperatorTools
 @testable import BatonServer
 
 @Suite struct AuditTextTests {

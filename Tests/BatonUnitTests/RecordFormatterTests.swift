@@ -1,6 +1,7 @@
 import BatonClient
 import BatonCore
 import BatonKafka
+import BatonOperatorTools
 import BatonRuntime
 import BatonWire
 import Foundation
@@ -156,20 +157,20 @@ struct TailWatchRecordFormatterTests {
 
     @Test func aDeadLetterShowsWhyWhereFromAndWhatItWas() throws {
         let refused = message(names.events, Data(#"{"v":1,"kind":"step.completed","instance_id":"order-17","step":"charge"}"#.utf8), headers: Wire.headers(.stepCompleted), partition: 4, offset: 99)
-        let letter = deadLetterRecord(refused, reason: "field 'attempt' is missing", topic: names.deadletter)
+        let letter = deadLetterRecord(refused, code: .unreadable, reason: "field 'attempt' is missing", topic: names.deadletter)
         let record = formatter.decode(message(names.deadletter, letter.value, key: "order-17", headers: letter.headers, partition: 0, offset: 5), from: .deadletter)
         #expect(record.kind == "deadletter")
         #expect(record.instanceID == "order-17")
         #expect(
             formatter.line(record)
-                == #"2026-11-25T10:00:00.123Z  0@5  deadletter  order-17  reason="field 'attempt' is missing"  origin=ns.events[4]@99  original_kind=step.completed  size=72"#)
+                == #"2026-11-25T10:00:00.123Z  0@5  deadletter  order-17  reason="field 'attempt' is missing"  code=unreadable  origin=ns.events[4]@99  original_kind=step.completed  size=72"#)
         let json = try object(formatter.jsonLine(record))
-        #expect(json["reason"] == "field 'attempt' is missing" && json["origin"] == "ns.events[4]@99")
+        #expect(json["reason"] == "field 'attempt' is missing" && json["code"] == "unreadable" && json["origin"] == "ns.events[4]@99")
         #expect(json["record"]?["step"] == "charge")
 
         // Not JSON at all: still shown, with its reason and origin.
         let bytes = message(names.events, Data([0xFF, 0x00]), key: nil, partition: 1, offset: 2)
-        let binary = deadLetterRecord(bytes, reason: "not a JSON object", topic: names.deadletter)
+        let binary = deadLetterRecord(bytes, code: .unreadable, reason: "not a JSON object", topic: names.deadletter)
         let shown = formatter.decode(message(names.deadletter, binary.value, key: nil, headers: binary.headers), from: .deadletter)
         #expect(shown.kind == "deadletter" && shown.instanceID == nil && shown["origin"] == "ns.events[1]@2")
     }

@@ -1,6 +1,7 @@
 import BatonClient
 import BatonCore
 import BatonKafka
+import BatonOperatorTools
 import BatonWire
 import Foundation
 import Testing

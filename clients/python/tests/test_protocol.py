@@ -162,7 +162,7 @@ def test_heartbeats_and_their_details_limit():
 def test_dead_letter_headers_keep_the_originals_and_say_where_it_was():
     headers = protocol.deadletter_headers([("traceparent", b"00-a-b-01"), ("baton-dlq-reason", b"old")], "not JSON",
                                           "ns.commands.p", 3, 41, 10)
-    assert headers == [("traceparent", b"00-a-b-01"), ("baton-dlq-reason", b"not JSON"),
+    assert headers == [("traceparent", b"00-a-b-01"), ("baton-dlq-code", b"unreadable"), ("baton-dlq-reason", b"not JSON"),
                        ("baton-dlq-topic", b"ns.commands.p"), ("baton-dlq-partition", b"3"), ("baton-dlq-offset", b"41")]
     big = protocol.deadletter_headers([], "r", "t", 0, 0, 600 * 1024)
     assert ("baton-dlq-size", str(600 * 1024).encode()) in big

@@ -136,6 +136,7 @@ def test_unreadable_commands_are_dead_lettered_with_their_origin_and_the_worker_
     assert first_bad.raw == b"{not json"
     assert first_bad.headers["traceparent"] == "00-x-y-01"
     assert first_bad.headers["baton-dlq-reason"].startswith("not JSON")
+    assert first_bad.headers["baton-dlq-code"] == "unreadable"
     assert first_bad.headers["baton-dlq-topic"] == coord.commands
     assert first_bad.headers["baton-dlq-partition"] == "0"
     assert int(first_bad.headers["baton-dlq-offset"]) == 1  # after the first good command
@@ -324,5 +325,6 @@ def test_a_result_that_can_never_be_delivered_dead_letters_its_command(coord, se
     coord.wait_answers(1, instance_id="after", timeout=60)
     [dead] = wait_until("the dead letter", coord.deadletters, timeout=60)
     assert dead.key == "nowhere" and "could not be delivered" in dead.headers["baton-dlq-reason"]
+    assert dead.headers["baton-dlq-code"] == "undeliverable"
     assert (dead.headers["baton-dlq-partition"], dead.headers["baton-dlq-offset"]) == ("2", "0")
     coord.wait_all_committed()

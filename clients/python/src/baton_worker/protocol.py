@@ -397,10 +397,13 @@ def deadletter_headers(
     partition: int,
     offset: int,
     size: int,
+    code: str = "unreadable",
 ) -> List[Tuple[str, Optional[bytes]]]:
-    """The refused record's headers plus ``baton-dlq-*`` (``baton-dlq-size`` only when the value is cut)."""
+    """The refused record's headers plus ``baton-dlq-*`` (``baton-dlq-size`` only when the value is cut);
+    ``code`` is the machine-readable reason (``baton-dlq-code``: ``unreadable``, ``not_a_command``)."""
     headers: List[Tuple[str, Optional[bytes]]] = [(k, v) for k, v in (original or []) if not k.startswith("baton-dlq-")]
     headers += [
+        ("baton-dlq-code", code.encode("ascii")),
         ("baton-dlq-reason", cut_utf8(reason, MAX_ERROR_BYTES).encode("utf-8")),
         ("baton-dlq-topic", topic.encode("utf-8")),
         ("baton-dlq-partition", str(partition).encode("ascii")),

@@ -616,7 +616,7 @@ class _PoolRunner:
         try:
             command = protocol.parse_command(msg.value())
         except Unreadable as e:
-            self.worker._deadletter(msg, e.reason, give_up)
+            self.worker._deadletter(msg, "unreadable", e.reason, give_up)
             return True
         if command.past_deadline(now_ms()):
             log.info("pool %s: skipping %s %s/%s attempt %d: its deadline passed %d ms ago", self.pool, command.kind,
@@ -650,7 +650,7 @@ class _PoolRunner:
         err = self.worker._producer.deliver(command.reply_topic, value, command.instance_id.encode("utf-8"),
                                             command.reply_partition, headers, give_up, f"the {kind} of {ctx}")
         if err is not None:
-            self.worker._deadletter(msg, f"its result could not be delivered to {command.reply_topic}"
+            self.worker._deadletter(msg, "undeliverable", f"its result could not be delivered to {command.reply_topic}"
                                          f"[{command.reply_partition}]: {err.str()}", give_up)
         else:
             log.debug("pool %s: %s for %s delivered", self.pool, kind, ctx)
@@ -831,11 +831,11 @@ class Worker:
                 if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
 
-    def _deadletter(self, msg: Any, reason: str, give_up: Callable[[], bool]) -> None:
+    def _deadletter(self, msg: Any, code: str, reason: str, give_up: Callable[[], bool]) -> None:
         value = msg.value()
         size = len(value) if value is not None else 0
         topic = self.settings.topic("deadletter")
-        headers = protocol.deadletter_headers(msg.headers(), reason, msg.topic(), msg.partition(), msg.offset(), size)
+        headers = protocol.deadletter_headers(msg.headers(), reason, msg.topic(), msg.partition(), msg.offset(), size, code)
         log.warning("dead-lettering %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
         err = self._producer.deliver(topic, protocol.deadletter_value(value), msg.key(), None, headers, give_up,
                                      f"the dead letter of {msg.topic()}[{msg.partition()}]@{msg.offset()}")

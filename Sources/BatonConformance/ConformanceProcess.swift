@@ -1,3 +1,4 @@
+import BatonClient
 import Foundation
 import Synchronization
 

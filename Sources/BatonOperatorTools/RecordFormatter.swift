@@ -1,3 +1,4 @@
+import BatonClient
 import BatonCore
 import BatonKafka
 import BatonWire
@@ -336,6 +337,7 @@ public struct RecordFormatter: Sendable {
         func header(_ name: String) -> String? { m.header(name).map { String(decoding: $0, as: UTF8.self) } }
         r.kind = "deadletter"
         r.fields = [.init("reason", header(WireHeaders.deadLetterReason).map(JSON.string) ?? .null)]
+        if let code = header(WireHeaders.deadLetterCode) { r.fields.append(.init("code", .string(code))) }
         if let topic = header(WireHeaders.deadLetterTopic) {
             let origin = "\(topic)[\(header(WireHeaders.deadLetterPartition) ?? "?")]@\(header(WireHeaders.deadLetterOffset) ?? "?")"
             r.fields.append(.init("origin", .string(origin)))
