@@ -15,14 +15,7 @@ extension OneAtATime {
     @Suite("Busy workers: timeouts count from the start", .serialized, .timeLimit(.minutes(3)))
     struct BusyTests {
         @Test func commandsWaitingLongerThanTheirTimeoutCompleteAndAHungStepStillTimesOut() async throws {
-            let engine = try await Engine(partitions: 1)
-            do {
-                try await run(engine)
-            } catch {
-                await engine.shutdown()
-                throw error
-            }
-            await engine.shutdown()
+            try await withEngine(partitions: 1) { engine in try await run(engine) }
         }
 
         func run(_ engine: Engine) async throws {

@@ -116,61 +116,61 @@ extension OneAtATime {
         /// A 90-minute step timeout armed by a coordinator with the right time; the partition moves to one whose
         /// clock is two hours ahead. Without the check it fires the timeout at once and fails a healthy step.
         @Test func aCoordinatorTwoHoursAheadFiresNoTimerEarlyAndSaysWhy() async throws {
-            let engine = try await Engine(partitions: 1)
-            _ = try await engine.register("""
-                workflow_id: clocked
-                steps: [{ id: slow, type: batch, timeout: 90m, retry: { max_attempts: 1 } }]
-                """)
-            let finish = Recorder<Bool>()
-            engine.startWorker("batch", concurrency: 4) { ctx in
-                // Heartbeats each second: records that show the other clocks.
-                while finish.all.isEmpty {
-                    await ctx.heartbeat()
-                    try await Task.sleep(for: .seconds(1))
+            try await withEngine(partitions: 1) { engine in
+                _ = try await engine.register("""
+                    workflow_id: clocked
+                    steps: [{ id: slow, type: batch, timeout: 90m, retry: { max_attempts: 1 } }]
+                    """)
+                let finish = Recorder<Bool>()
+                engine.startWorker("batch", concurrency: 4) { ctx in
+                    // Heartbeats each second: records that show the other clocks.
+                    while finish.all.isEmpty {
+                        await ctx.heartbeat()
+                        try await Task.sleep(for: .seconds(1))
+                    }
+                    return ["done": true]
                 }
-                return ["done": true]
+                let rightOne = engine.startCoordinator()
+                let id = try await engine.start("clocked", id: "held")
+                try await waitUntil("the run timeout to be armed", timeout: .seconds(60)) {
+                    engine.watcher.state(id)?.timers.contains { $0.key.kind == .stepTimeout } == true
+                }
+                await engine.stopCoordinator(rightOne)
+                let ahead = try coordinator(engine, shiftedBy: 2 * 3_600_000)
+                defer { ahead.kill9() }
+                _ = try await ahead.waitForLine("critical .*clock is .* ahead", timeout: .seconds(60))
+                _ = try await ahead.waitForLine("took partition", timeout: .seconds(30))
+                // An observation window: the timeout would have fired within it (it is two hours overdue by that clock).
+                try await Task.sleep(for: .seconds(6))
+                #expect(engine.watcher.state(id)?.status == .running, "\(engine.watcher.state(id)?.reason ?? "")")
+                finish.add(true)
+                let state = try await engine.wait(id, for: [.completed, .failed, .suspended], timeout: .seconds(60))
+                #expect(state.status == .completed, "\(state.reason ?? "")")
             }
-            let rightOne = engine.startCoordinator()
-            let id = try await engine.start("clocked", id: "held")
-            try await waitUntil("the run timeout to be armed", timeout: .seconds(60)) {
-                engine.watcher.state(id)?.timers.contains { $0.key.kind == .stepTimeout } == true
-            }
-            await engine.stopCoordinator(rightOne)
-            let ahead = try coordinator(engine, shiftedBy: 2 * 3_600_000)
-            defer { ahead.kill9() }
-            _ = try await ahead.waitForLine("critical .*clock is .* ahead", timeout: .seconds(60))
-            _ = try await ahead.waitForLine("took partition", timeout: .seconds(30))
-            // An observation window: the timeout would have fired within it (it is two hours overdue by that clock).
-            try await Task.sleep(for: .seconds(6))
-            #expect(engine.watcher.state(id)?.status == .running, "\(engine.watcher.state(id)?.reason ?? "")")
-            finish.add(true)
-            let state = try await engine.wait(id, for: [.completed, .failed, .suspended], timeout: .seconds(60))
-            #expect(state.status == .completed, "\(state.reason ?? "")")
-            await engine.shutdown()
         }
 
         /// A coordinator whose clock is an hour behind, alone: the timers it arms (retry backoffs) fire by its own
         /// clock, each once, and it says that its clock is behind.
         @Test func aCoordinatorAnHourBehindStillFiresEachTimerOnceAndSaysWhy() async throws {
-            let engine = try await Engine(partitions: 1)
-            _ = try await engine.register("""
-                workflow_id: flaky
-                steps: [{ id: call, type: svc, retry: { max_attempts: 3, initial_backoff: 1s, jitter: 0 } }]
-                """)
-            let runs = Recorder<String>()
-            engine.startWorker("svc", concurrency: 8) { ctx in
-                runs.add("\(ctx.instanceID)/\(ctx.attempt)")
-                if ctx.attempt < 3 { throw StepFailure("not yet", retryable: true) }
-                return [:]
+            try await withEngine(partitions: 1) { engine in
+                _ = try await engine.register("""
+                    workflow_id: flaky
+                    steps: [{ id: call, type: svc, retry: { max_attempts: 3, initial_backoff: 1s, jitter: 0 } }]
+                    """)
+                let runs = Recorder<String>()
+                engine.startWorker("svc", concurrency: 8) { ctx in
+                    runs.add("\(ctx.instanceID)/\(ctx.attempt)")
+                    if ctx.attempt < 3 { throw StepFailure("not yet", retryable: true) }
+                    return [:]
+                }
+                let behind = try coordinator(engine, shiftedBy: -3_600_000)
+                defer { behind.kill9() }
+                let ids = try await (0..<5).asyncMap { try await engine.start("flaky", id: "f-\($0)") }
+                #expect(await engine.watcher.wait(for: Set(ids), toBe: [.completed, .failed, .suspended], timeout: .seconds(90)))
+                for id in ids { #expect(engine.watcher.state(id)?.status == .completed, "\(id)") }
+                #expect(runs.all.count == 15 && Set(runs.all).count == 15, "each attempt once: \(runs.all.sorted())")
+                _ = try await behind.waitForLine("critical .*clock is .* behind", timeout: .seconds(10))
             }
-            let behind = try coordinator(engine, shiftedBy: -3_600_000)
-            defer { behind.kill9() }
-            let ids = try await (0..<5).asyncMap { try await engine.start("flaky", id: "f-\($0)") }
-            #expect(await engine.watcher.wait(for: Set(ids), toBe: [.completed, .failed, .suspended], timeout: .seconds(90)))
-            for id in ids { #expect(engine.watcher.state(id)?.status == .completed, "\(id)") }
-            #expect(runs.all.count == 15 && Set(runs.all).count == 15, "each attempt once: \(runs.all.sorted())")
-            _ = try await behind.waitForLine("critical .*clock is .* behind", timeout: .seconds(10))
-            await engine.shutdown()
         }
     }
 }

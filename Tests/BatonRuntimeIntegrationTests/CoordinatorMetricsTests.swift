@@ -23,8 +23,7 @@ struct CoordinatorMetricsTests {
 
     @Test func timeoutsSuspensionsCancellationsAndTheGaugeOfInstancesAreCounted() async throws {
         let metrics = TestMetrics()
-        let engine = try await Engine(partitions: 1)
-        do {
+        try await withEngine(partitions: 1) { engine in
             _ = try await engine.register(Self.workflow)
             engine.startCoordinator { $0.metricsFactory = metrics }
             engine.startWorker("counted_svc") { ctx in
@@ -73,10 +72,6 @@ struct CoordinatorMetricsTests {
             #expect(durations.values.count == 2)
             #expect(counter("baton_coordinator_transactions_total", [("result", "committed")]) > 0)
             #expect(counter("baton_coordinator_events_total", [("result", "dead_lettered")]) == 0)
-        } catch {
-            await engine.shutdown()
-            throw error
         }
-        await engine.shutdown()
     }
 }

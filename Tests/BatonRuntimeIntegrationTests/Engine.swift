@@ -24,6 +24,8 @@ final class Engine: Sendable {
     let kafka: KafkaClientConfiguration
     let coordinators = Mutex<[Task<Void, any Error>]>([])
     let workers = Mutex<[(StepWorker, Task<Void, any Error>)]>([])
+    /// Whether `shutdown` has closed the client and the watcher (they are closed once).
+    private let closed = Mutex(false)
 
     /// A namespace of its own, or `namespace` (an existing one, such as after a wipe).
     init(partitions: Int = 3, kafka: KafkaClientConfiguration = TestKafka.client, namespace: String? = nil) async throws {
@@ -118,14 +120,39 @@ final class Engine: Sendable {
         return out
     }
 
+    /// Stops every worker and coordinator started so far and closes the client and the watcher. It may be called
+    /// again (a test that stops the engine on purpose, then `withEngine` at the end): stopping again is
+    /// harmless, and the client and the watcher are closed only the first time.
     func shutdown() async {
         for (worker, _) in workers.withLock({ $0 }) { worker.stop() }
         for (_, task) in workers.withLock({ $0 }) { _ = await task.result }
         for task in coordinators.withLock({ $0 }) { task.cancel() }
         for task in coordinators.withLock({ $0 }) { _ = await task.result }
+        let first = closed.withLock { closed in
+            defer { closed = true }
+            return !closed
+        }
+        guard first else { return }
         await watcher.close()
         await client.close()
     }
+}
+
+/// Runs `body` with a new engine (see `Engine.init`) and shuts it down when `body` ends, also when it throws: a
+/// failing test leaves no coordinator or worker of its own running into the next one.
+func withEngine<T>(
+    partitions: Int = 3, kafka: KafkaClientConfiguration = TestKafka.client, namespace: String? = nil, _ body: (Engine) async throws -> T
+) async throws -> T {
+    let engine = try await Engine(partitions: partitions, kafka: kafka, namespace: namespace)
+    let result: T
+    do {
+        result = try await body(engine)
+    } catch {
+        await engine.shutdown()
+        throw error
+    }
+    await engine.shutdown()
+    return result
 }
 
 /// A thread-safe log of what handlers saw, for the assertions.

@@ -111,61 +111,62 @@ extension OneAtATime {
         @Test func aWipedClusterStopsEveryProcessWithItsStatusCreatesNoTopicAndRunsNothingAgain() async throws {
             let broker = try await PrivateBroker()
             defer { broker.stop() }
-            let engine = try await Engine(partitions: 3, kafka: broker.client)
-            let namespace = engine.names.namespace
-            _ = try await engine.register(OutageTests.seed)
-            let authPath = FileManager.default.temporaryDirectory.appendingPathComponent("auth-\(UUID()).yaml").path
-            try AuthFile(tokens: [AuthFile.newToken(subject: "ops", roles: ["admin"]).entry]).save(authPath)
-            defer { try? FileManager.default.removeItem(atPath: authPath) }  // a temporary file: nothing to do if it is gone
-            let pools = ["--pool", "service_call", "--pool", "notification"]
-            var processes: [(String, BatonProcess)] = [
-                ("coordinator", try engine.process(["coordinator"])),
-                ("worker", try engine.process(["example-workers"] + pools)),
-                ("server", try engine.process(["serve", "--port", "0", "--auth", authPath])),
-            ]
-            defer { for (_, p) in processes { p.kill9() } }
-            for i in 0..<5 {
-                let id = try await engine.start("order_fulfillment", id: "before-\(i)")
-                try await engine.wait(id, for: [.completed], timeout: .seconds(120))
+            try await withEngine(partitions: 3, kafka: broker.client) { engine in
+                let namespace = engine.names.namespace
+                _ = try await engine.register(OutageTests.seed)
+                let authPath = FileManager.default.temporaryDirectory.appendingPathComponent("auth-\(UUID()).yaml").path
+                try AuthFile(tokens: [AuthFile.newToken(subject: "ops", roles: ["admin"]).entry]).save(authPath)
+                defer { try? FileManager.default.removeItem(atPath: authPath) }  // a temporary file: nothing to do if it is gone
+                let pools = ["--pool", "service_call", "--pool", "notification"]
+                var processes: [(String, BatonProcess)] = [
+                    ("coordinator", try engine.process(["coordinator"])),
+                    ("worker", try engine.process(["example-workers"] + pools)),
+                    ("server", try engine.process(["serve", "--port", "0", "--auth", authPath])),
+                ]
+                defer { for (_, p) in processes { p.kill9() } }
+                for i in 0..<5 {
+                    let id = try await engine.start("order_fulfillment", id: "before-\(i)")
+                    try await engine.wait(id, for: [.completed], timeout: .seconds(120))
+                }
+                _ = try await processes[2].1.waitForLine("baton serve: (http://\\S+)")
+                await engine.shutdown()  // the test's own clients leave the old broker first
+
+                broker.stop()
+                let fresh = try await PrivateBroker(port: broker.port)
+                defer { fresh.stop() }
+                for (name, process) in processes {
+                    let status = try await Self.exitStatus(process, "the \(name) after the wipe")
+                    let log = process.output
+                    #expect(status == EngineTopicGuard.exitStatus, "the \(name) exited with \(status):\n\(log.suffix(3000))")
+                    #expect(log.contains("critical") && log.contains("vanished or changed while running"), "the \(name) did not say so:\n\(log.suffix(3000))")
+                    #expect(log.contains("\(namespace).events"), "the \(name) did not name the events topic:\n\(log.suffix(3000))")
+                }
+                let created = try await KafkaAdmin(configuration: fresh.client, logger: TestKafka.logger).metadata().topics.keys.filter { $0.hasPrefix(namespace + ".") }
+                #expect(created.isEmpty, "clients created \(created.sorted())")
+
+                // Started again before the topics are back, a process refuses at once, naming what is missing.
+                let early = try engine.process(["coordinator"])
+                #expect(try await Self.exitStatus(early, "a coordinator started before topics apply") == EngineTopicGuard.exitStatus)
+                #expect(early.output.contains("\(namespace).events is missing"), "\(early.output.suffix(2000))")
+
+                let apply = try engine.process(["topics", "apply", "--replication-factor", "1"])
+                #expect(try await Self.exitStatus(apply, "baton topics apply") == 0, "\(apply.output)")
+                try await withEngine(partitions: 12, kafka: fresh.client, namespace: namespace) { after in
+                    _ = try await after.register(OutageTests.seed)
+                    processes = [
+                        ("coordinator", try after.process(["coordinator"])),
+                        ("worker", try after.process(["example-workers"] + pools)),
+                        ("server", try after.process(["serve", "--port", "0", "--auth", authPath])),
+                    ]
+                    let id = try await after.start("order_fulfillment", id: "after-0")
+                    try await after.wait(id, for: [.completed], timeout: .seconds(120))
+                    _ = try await processes[2].1.waitForLine("baton serve: (http://\\S+)")
+                    let events = try await after.records(after.names.events)
+                    let rerun = events.compactMap(\.keyString).filter { $0.hasPrefix("before-") }
+                    #expect(rerun.isEmpty, "old orders ran again: \(Set(rerun).sorted())")
+                    for (name, process) in processes { #expect(process.isRunning, "the \(name) stopped:\n\(process.output.suffix(2000))") }
+                }
             }
-            _ = try await processes[2].1.waitForLine("baton serve: (http://\\S+)")
-            await engine.shutdown()  // the test's own clients leave the old broker first
-
-            broker.stop()
-            let fresh = try await PrivateBroker(port: broker.port)
-            defer { fresh.stop() }
-            for (name, process) in processes {
-                let status = try await Self.exitStatus(process, "the \(name) after the wipe")
-                let log = process.output
-                #expect(status == EngineTopicGuard.exitStatus, "the \(name) exited with \(status):\n\(log.suffix(3000))")
-                #expect(log.contains("critical") && log.contains("vanished or changed while running"), "the \(name) did not say so:\n\(log.suffix(3000))")
-                #expect(log.contains("\(namespace).events"), "the \(name) did not name the events topic:\n\(log.suffix(3000))")
-            }
-            let created = try await KafkaAdmin(configuration: fresh.client, logger: TestKafka.logger).metadata().topics.keys.filter { $0.hasPrefix(namespace + ".") }
-            #expect(created.isEmpty, "clients created \(created.sorted())")
-
-            // Started again before the topics are back, a process refuses at once, naming what is missing.
-            let early = try engine.process(["coordinator"])
-            #expect(try await Self.exitStatus(early, "a coordinator started before topics apply") == EngineTopicGuard.exitStatus)
-            #expect(early.output.contains("\(namespace).events is missing"), "\(early.output.suffix(2000))")
-
-            let apply = try engine.process(["topics", "apply", "--replication-factor", "1"])
-            #expect(try await Self.exitStatus(apply, "baton topics apply") == 0, "\(apply.output)")
-            let after = try await Engine(partitions: 12, kafka: fresh.client, namespace: namespace)
-            _ = try await after.register(OutageTests.seed)
-            processes = [
-                ("coordinator", try after.process(["coordinator"])),
-                ("worker", try after.process(["example-workers"] + pools)),
-                ("server", try after.process(["serve", "--port", "0", "--auth", authPath])),
-            ]
-            let id = try await after.start("order_fulfillment", id: "after-0")
-            try await after.wait(id, for: [.completed], timeout: .seconds(120))
-            _ = try await processes[2].1.waitForLine("baton serve: (http://\\S+)")
-            let events = try await after.records(after.names.events)
-            let rerun = events.compactMap(\.keyString).filter { $0.hasPrefix("before-") }
-            #expect(rerun.isEmpty, "old orders ran again: \(Set(rerun).sorted())")
-            for (name, process) in processes { #expect(process.isRunning, "the \(name) stopped:\n\(process.output.suffix(2000))") }
-            await after.shutdown()
         }
     }
 }

@@ -40,8 +40,7 @@ extension OneAtATime {
         static let portLine = #"metrics on http://[^:]+:(\d+)/metrics"#
 
         @Test func prometheusScrapesWhatTheCoordinatorAndTheWorkersDid() async throws {
-            let engine = try await Engine(partitions: 2)
-            do {
+            try await withEngine(partitions: 2) { engine in
                 _ = try await engine.register(Self.workflow)
                 let coordinator = try engine.process(["coordinator", "--metrics-port", "0", "--metrics-host", "127.0.0.1"])
                 let workers = try engine.process(["example-workers", "--pool", "service_call", "--metrics-port", "0", "--metrics-host", "127.0.0.1"])
@@ -112,16 +111,11 @@ extension OneAtATime {
                 try await waitUntil("the lag of the workers' group to be 0", timeout: .seconds(30)) {
                     try await prometheus.query(#"sum(baton_consumer_lag{group=~".*workers.service_call"})"#) == 0
                 }
-            } catch {
-                await engine.shutdown()
-                throw error
             }
-            await engine.shutdown()
         }
 
         @Test func oneInstanceIsOneTraceAcrossTheCoordinatorAndTheWorkers() async throws {
-            let engine = try await Engine(partitions: 2)
-            do {
+            try await withEngine(partitions: 2) { engine in
                 _ = try await engine.register(Self.workflow)
                 try await OTLPReceiver.run { receiver in
                     let environment = [
@@ -198,11 +192,7 @@ extension OneAtATime {
                     #expect(failed.contains { $0.name == "compensate reserve" && $0.service == "baton-workers" })
                     #expect(failed.contains { $0.name == "timer retry charge" }, "the retry timer's span: \(failed.map(\.name))")
                 }
-            } catch {
-                await engine.shutdown()
-                throw error
             }
-            await engine.shutdown()
         }
     }
 }

@@ -22,16 +22,11 @@ extension OneAtATime {
 
         /// An engine namespace with no coordinator and one worker of `pool`, shut down on every path out.
         static func run(_ body: (Engine) async throws -> Void) async throws {
-            let engine = try await Engine(partitions: 1)
-            do {
+            try await withEngine(partitions: 1) { engine in
                 try await TestKafka.createTopic(engine.names.commands(pool), partitions: 1)
                 engine.startWorker(pool, handler: handler)
                 try await body(engine)
-            } catch {
-                await engine.shutdown()
-                throw error
             }
-            await engine.shutdown()
         }
 
         /// A command record as a coordinator writes it (the worker reads it with its hand-written reader).

@@ -95,28 +95,21 @@ enum NIOHTTP1Method: String { case GET, POST }
 /// Runs `body` with an engine (a coordinator and, unless `loanWorkers` is false, the loan workflow's workers in
 /// this process: else each test starts the ones it needs) and a server.
 func withServer(limits: EdgeLimits = EdgeLimits(), loanWorkers: Bool = true, _ body: (Served) async throws -> Void) async throws {
-    let engine = try await Engine()
-    engine.startCoordinator()
-    let pools = ["kyc.verify", "bureau.score", "core_banking.open_loan_account", "core_banking.close_loan_account", "payments.disburse", "payments.claw_back", "notification"]
-    for pool in loanWorkers ? pools : [] {
-        engine.startWorker(pool) { ctx in ["ok": true, "score": 700, "account_id": "acc-1", "transfer_id": "trf-1", "step": .string(ctx.step)] }
-    }
-    let served: Served
-    do {
-        served = try await Served(engine: engine, limits: limits)
-    } catch {
-        await engine.shutdown()
-        throw error
-    }
-    do {
-        try await body(served)
-    } catch {
+    try await withEngine { engine in
+        engine.startCoordinator()
+        let pools = ["kyc.verify", "bureau.score", "core_banking.open_loan_account", "core_banking.close_loan_account", "payments.disburse", "payments.claw_back", "notification"]
+        for pool in loanWorkers ? pools : [] {
+            engine.startWorker(pool) { ctx in ["ok": true, "score": 700, "account_id": "acc-1", "transfer_id": "trf-1", "step": .string(ctx.step)] }
+        }
+        let served = try await Served(engine: engine, limits: limits)
+        do {
+            try await body(served)
+        } catch {
+            await served.stop()
+            throw error
+        }
         await served.stop()
-        await engine.shutdown()
-        throw error
     }
-    await served.stop()
-    await engine.shutdown()
 }
 
 let loanDocument = (try? String(contentsOf: repositoryRoot.appendingPathComponent("examples/loan-processing.yaml"), encoding: .utf8)) ?? ""

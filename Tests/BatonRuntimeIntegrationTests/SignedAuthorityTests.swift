@@ -42,118 +42,118 @@ struct SignedAuthorityTests {
     }
 
     @Test func aForgedScoreDecisionOrActionChangesNothingAndTheLoanStillWaitsForTheCreditManager() async throws {
-        let engine = try await Engine()
-        _ = try await engine.register(Self.loan)
-        engine.startCoordinator()
-        engine.startWorker("kyc.verify") { _ in ["verified": true] }
-        let id = try await engine.start("loan_processing", input: ["applicant": ["email": "ann@example.com"], "amount": 9000], id: "loan-9000")
+        try await withEngine { engine in
+            _ = try await engine.register(Self.loan)
+            engine.startCoordinator()
+            engine.startWorker("kyc.verify") { _ in ["verified": true] }
+            let id = try await engine.start("loan_processing", input: ["applicant": ["email": "ann@example.com"], "amount": 9000], id: "loan-9000")
 
-        // The bureau's command (no worker takes it): its token is what a genuine answer echoes.
-        var command: CommandMessage?
-        try await waitUntil("the credit_score command", timeout: .seconds(30)) {
-            command = try await engine.records(engine.names.commands("bureau.score")).compactMap { $0.value.flatMap(CommandMessage.fastDecode) }.first
-            return command != nil
+            // The bureau's command (no worker takes it): its token is what a genuine answer echoes.
+            var command: CommandMessage?
+            try await waitUntil("the credit_score command", timeout: .seconds(30)) {
+                command = try await engine.records(engine.names.commands("bureau.score")).compactMap { $0.value.flatMap(CommandMessage.fastDecode) }.first
+                return command != nil
+            }
+            let genuine = try #require(command)
+            #expect(genuine.token != nil, "a coordinator gives every command its token")
+
+            // Any other service writes a score of 900 for it: without a token, and with the token of another attempt.
+            var noToken = ResultMessage.completed(genuine, output: ["score": 900])
+            noToken.token = nil
+            try await forge(engine, noToken, kind: .stepCompleted, instance: id)
+            var wrongToken = noToken
+            wrongToken.token = TestKeys.security.resultTokens.token(instanceID: id, step: "credit_score", item: nil, attempt: 2, compensation: false)
+            try await forge(engine, wrongToken, kind: .stepCompleted, instance: id)
+            // A decision and an operator action by anyone who can write the events topic.
+            let unsigned = DecisionMessage(instanceID: id, taskID: "\(id)/credit_manager_approval/1", step: "credit_manager_approval", attempt: 1, approved: true, by: "carol", comment: nil, override: true)
+            try await forge(engine, unsigned, kind: .taskDecided, instance: id)
+            var impostor = unsigned
+            try AuthoritySigner(keyID: TestKeys.serverSigner.keyID, key: Curve25519.Signing.PrivateKey()).sign(&impostor, as: .person("carol", "admin"), now: nowMillis())
+            try await forge(engine, impostor, kind: .taskDecided, instance: id)
+            let cancel = OperatorMessage(instanceID: id, command: .cancel, reason: "forged", by: "ops", requestID: UUID().uuidString)
+            try await forge(engine, cancel, kind: .operatorCommand, instance: id)
+
+            // The bureau's real answer, 550, echoing its command's token: the loan now needs a person.
+            try await forge(engine, ResultMessage.completed(genuine, output: ["score": 550]), kind: .stepCompleted, instance: id)
+            let waiting = try await engine.wait(id, for: [.waiting, .completed, .failed, .cancelled])
+            #expect(waiting.status == .waiting)
+            let score = waiting.steps[1].units.first?.output
+            #expect(score == ["score": 550], "the forged 900 did not count: \(String(describing: score))")
+            let tasks = try await engine.client.tasks()
+            #expect(tasks.contains { $0.task?.instanceID == id && $0.status == .open && $0.task?.assignee == "role:credit_manager" })
+
+            let letters = try await waitForDeadLetters(engine, count: 5)
+            // One partition: in the order they were written.
+            #expect(letters.map(\.kind) == ["step.completed", "step.completed", "task.decided", "task.decided", "operator"])
+            #expect(letters[0].reason.contains("bad-token: no 'token'"), "\(letters[0].reason)")
+            #expect(letters[1].reason.contains("bad-token: the token is not the one of the command of attempt 1 of 'credit_score'"), "\(letters[1].reason)")
+            #expect(letters[2].reason.contains("unsigned"), "\(letters[2].reason)")
+            #expect(letters[3].reason.contains("bad-signature"), "\(letters[3].reason)")
+            #expect(letters[4].reason.contains("unsigned"), "\(letters[4].reason)")
         }
-        let genuine = try #require(command)
-        #expect(genuine.token != nil, "a coordinator gives every command its token")
-
-        // Any other service writes a score of 900 for it: without a token, and with the token of another attempt.
-        var noToken = ResultMessage.completed(genuine, output: ["score": 900])
-        noToken.token = nil
-        try await forge(engine, noToken, kind: .stepCompleted, instance: id)
-        var wrongToken = noToken
-        wrongToken.token = TestKeys.security.resultTokens.token(instanceID: id, step: "credit_score", item: nil, attempt: 2, compensation: false)
-        try await forge(engine, wrongToken, kind: .stepCompleted, instance: id)
-        // A decision and an operator action by anyone who can write the events topic.
-        let unsigned = DecisionMessage(instanceID: id, taskID: "\(id)/credit_manager_approval/1", step: "credit_manager_approval", attempt: 1, approved: true, by: "carol", comment: nil, override: true)
-        try await forge(engine, unsigned, kind: .taskDecided, instance: id)
-        var impostor = unsigned
-        try AuthoritySigner(keyID: TestKeys.serverSigner.keyID, key: Curve25519.Signing.PrivateKey()).sign(&impostor, as: .person("carol", "admin"), now: nowMillis())
-        try await forge(engine, impostor, kind: .taskDecided, instance: id)
-        let cancel = OperatorMessage(instanceID: id, command: .cancel, reason: "forged", by: "ops", requestID: UUID().uuidString)
-        try await forge(engine, cancel, kind: .operatorCommand, instance: id)
-
-        // The bureau's real answer, 550, echoing its command's token: the loan now needs a person.
-        try await forge(engine, ResultMessage.completed(genuine, output: ["score": 550]), kind: .stepCompleted, instance: id)
-        let waiting = try await engine.wait(id, for: [.waiting, .completed, .failed, .cancelled])
-        #expect(waiting.status == .waiting)
-        let score = waiting.steps[1].units.first?.output
-        #expect(score == ["score": 550], "the forged 900 did not count: \(String(describing: score))")
-        let tasks = try await engine.client.tasks()
-        #expect(tasks.contains { $0.task?.instanceID == id && $0.status == .open && $0.task?.assignee == "role:credit_manager" })
-
-        let letters = try await waitForDeadLetters(engine, count: 5)
-        // One partition: in the order they were written.
-        #expect(letters.map(\.kind) == ["step.completed", "step.completed", "task.decided", "task.decided", "operator"])
-        #expect(letters[0].reason.contains("bad-token: no 'token'"), "\(letters[0].reason)")
-        #expect(letters[1].reason.contains("bad-token: the token is not the one of the command of attempt 1 of 'credit_score'"), "\(letters[1].reason)")
-        #expect(letters[2].reason.contains("unsigned"), "\(letters[2].reason)")
-        #expect(letters[3].reason.contains("bad-signature"), "\(letters[3].reason)")
-        #expect(letters[4].reason.contains("unsigned"), "\(letters[4].reason)")
-        await engine.shutdown()
     }
 
     @Test func aSignedDecisionCountsForTheTasksRoleAndACapturedOneSentAgainAfterItsExpiryDoesNot() async throws {
-        let engine = try await Engine()
-        _ = try await engine.register("""
-            workflow_id: approval
-            steps:
-              - { id: approve, type: human_task, assignee: role:credit_manager }
-              - { id: after, type: svc, depends_on: [approve] }
-            """)
-        engine.startCoordinator()
-        engine.startWorker("svc") { _ in [:] }
-        let first = try await engine.start("approval", id: "approval-1")
-        let second = try await engine.start("approval", id: "approval-2")
-        _ = try await engine.wait(first, for: [.waiting])
-        _ = try await engine.wait(second, for: [.waiting])
+        try await withEngine { engine in
+            _ = try await engine.register("""
+                workflow_id: approval
+                steps:
+                  - { id: approve, type: human_task, assignee: role:credit_manager }
+                  - { id: after, type: svc, depends_on: [approve] }
+                """)
+            engine.startCoordinator()
+            engine.startWorker("svc") { _ in [:] }
+            let first = try await engine.start("approval", id: "approval-1")
+            let second = try await engine.start("approval", id: "approval-2")
+            _ = try await engine.wait(first, for: [.waiting])
+            _ = try await engine.wait(second, for: [.waiting])
 
-        // Someone signed by the server, but without the task's role: refused by the coordinator itself.
-        let clerk = Principal.person("dave", "clerk")
-        var byClerk = DecisionMessage(instanceID: first, taskID: "\(first)/approve/1", step: "approve", attempt: 1, approved: true, by: "dave", comment: nil, requestID: "r-clerk")
-        try TestKeys.serverSigner.sign(&byClerk, as: clerk, now: nowMillis())
-        try await forge(engine, byClerk, kind: .taskDecided, instance: first)
-        // A credit manager's decision on the second loan, captured and written again after it expired.
-        var expired = TestKeys.serverSigner
-        expired.validity = -(TrustedKeys.clockLeeway + 60_000)
-        var replayed = DecisionMessage(instanceID: second, taskID: "\(second)/approve/1", step: "approve", attempt: 1, approved: true, by: "carol", comment: nil, requestID: "r-old")
-        try expired.sign(&replayed, as: .person("carol", "credit_manager"), now: nowMillis())
-        try await forge(engine, replayed, kind: .taskDecided, instance: second)
-        let letters = try await waitForDeadLetters(engine, count: 2).map(\.reason)
-        #expect(letters.contains { $0.contains("forbidden: the task is for role:credit_manager; dave (roles: clerk) does not hold it") }, "\(letters)")
-        #expect(letters.contains { $0.contains("expired") }, "\(letters)")
-        #expect(try await engine.client.tasks().filter { $0.status == .open }.count == 2)
+            // Someone signed by the server, but without the task's role: refused by the coordinator itself.
+            let clerk = Principal.person("dave", "clerk")
+            var byClerk = DecisionMessage(instanceID: first, taskID: "\(first)/approve/1", step: "approve", attempt: 1, approved: true, by: "dave", comment: nil, requestID: "r-clerk")
+            try TestKeys.serverSigner.sign(&byClerk, as: clerk, now: nowMillis())
+            try await forge(engine, byClerk, kind: .taskDecided, instance: first)
+            // A credit manager's decision on the second loan, captured and written again after it expired.
+            var expired = TestKeys.serverSigner
+            expired.validity = -(TrustedKeys.clockLeeway + 60_000)
+            var replayed = DecisionMessage(instanceID: second, taskID: "\(second)/approve/1", step: "approve", attempt: 1, approved: true, by: "carol", comment: nil, requestID: "r-old")
+            try expired.sign(&replayed, as: .person("carol", "credit_manager"), now: nowMillis())
+            try await forge(engine, replayed, kind: .taskDecided, instance: second)
+            let letters = try await waitForDeadLetters(engine, count: 2).map(\.reason)
+            #expect(letters.contains { $0.contains("forbidden: the task is for role:credit_manager; dave (roles: clerk) does not hold it") }, "\(letters)")
+            #expect(letters.contains { $0.contains("expired") }, "\(letters)")
+            #expect(try await engine.client.tasks().filter { $0.status == .open }.count == 2)
 
-        // The credit manager's own decision counts.
-        let task = try #require(try await engine.client.tasks().first { $0.task?.instanceID == first })
-        let closed = try await engine.client.decideAndWait(taskID: task.taskID, approve: true, as: .person("carol", "credit_manager"), comment: "fine")
-        #expect(closed.status == .approved && closed.decidedBy == "carol")
-        #expect(try await engine.wait(first, for: [.completed]).status == .completed)
-        await engine.shutdown()
+            // The credit manager's own decision counts.
+            let task = try #require(try await engine.client.tasks().first { $0.task?.instanceID == first })
+            let closed = try await engine.client.decideAndWait(taskID: task.taskID, approve: true, as: .person("carol", "credit_manager"), comment: "fine")
+            #expect(closed.status == .approved && closed.decidedBy == "carol")
+            #expect(try await engine.wait(first, for: [.completed]).status == .completed)
+        }
     }
 
     @Test func theCommandLineSignsOperatorActionsOnlyWithAnOperatorsOwnKey() async throws {
-        let engine = try await Engine()
-        _ = try await engine.register("""
-            workflow_id: held
-            steps:
-              - { id: approve, type: human_task, assignee: role:credit_manager }
-            """)
-        engine.startCoordinator()
-        let id = try await engine.start("held", id: "held-1")
-        _ = try await engine.wait(id, for: [.waiting])
-        // With the server's key the command line refuses: that key may act for anyone.
-        let withServerKey = try BatonProcess(
-            ["instances", "cancel", id, "--reason", "test", "--log-level", "error"], namespace: engine.names.namespace,
-            environment: ["BATON_SIGNING_KEY": TestKeys.directory.appendingPathComponent("signing.key").path])
-        #expect(await withServerKey.exitStatus() != 0)
-        #expect(withServerKey.output.contains("is a server's"), "\(withServerKey.output)")
-        // With the operator's own key it is signed as them, and applied.
-        let cancelled = try await engine.baton(["instances", "cancel", id, "--reason", "a duplicate"])
-        #expect(cancelled.status == 0, "\(cancelled.output)")
-        let state = try await engine.wait(id, for: [.cancelled])
-        #expect(state.reason?.contains("a duplicate") == true, "\(state.reason ?? "")")
-        await engine.shutdown()
+        try await withEngine { engine in
+            _ = try await engine.register("""
+                workflow_id: held
+                steps:
+                  - { id: approve, type: human_task, assignee: role:credit_manager }
+                """)
+            engine.startCoordinator()
+            let id = try await engine.start("held", id: "held-1")
+            _ = try await engine.wait(id, for: [.waiting])
+            // With the server's key the command line refuses: that key may act for anyone.
+            let withServerKey = try BatonProcess(
+                ["instances", "cancel", id, "--reason", "test", "--log-level", "error"], namespace: engine.names.namespace,
+                environment: ["BATON_SIGNING_KEY": TestKeys.directory.appendingPathComponent("signing.key").path])
+            #expect(await withServerKey.exitStatus() != 0)
+            #expect(withServerKey.output.contains("is a server's"), "\(withServerKey.output)")
+            // With the operator's own key it is signed as them, and applied.
+            let cancelled = try await engine.baton(["instances", "cancel", id, "--reason", "a duplicate"])
+            #expect(cancelled.status == 0, "\(cancelled.output)")
+            let state = try await engine.wait(id, for: [.cancelled])
+            #expect(state.reason?.contains("a duplicate") == true, "\(state.reason ?? "")")
+        }
     }
 
     @Test func decisionsThroughTheServerCountForTheTasksRoleTheEscalatedRoleAndAdmins() async throws {

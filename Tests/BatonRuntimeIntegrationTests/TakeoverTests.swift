@@ -57,58 +57,58 @@ extension OneAtATime {
         }
 
         @Test func heartbeatingStepsSurviveTheirCoordinatorKilledAndAStaleOrEarlyFiringChangesNothing() async throws {
-            let engine = try await Engine(partitions: 4)
-            _ = try await engine.register(Self.beat)
-            let runs = Recorder<String>()
-            startWorker(engine, runs: runs, seconds: 30)
-            let first = try await warmCoordinator(engine)
-            defer { first.kill9() }
-            let second = try engine.process(["coordinator"])
-            defer { second.kill9() }
-            // The second joined and took its share: the first owns the rest, with instances on them.
-            _ = try await second.waitForLine("took partition", timeout: .seconds(60))
-            let ids = try await (0..<24).asyncMap { try await engine.start("beat", id: "long-\($0)") }
-            try await waitUntil("every step to run", timeout: .seconds(60)) { Set(runs.all).count >= 25 }
+            try await withEngine(partitions: 4) { engine in
+                _ = try await engine.register(Self.beat)
+                let runs = Recorder<String>()
+                startWorker(engine, runs: runs, seconds: 30)
+                let first = try await warmCoordinator(engine)
+                defer { first.kill9() }
+                let second = try engine.process(["coordinator"])
+                defer { second.kill9() }
+                // The second joined and took its share: the first owns the rest, with instances on them.
+                _ = try await second.waitForLine("took partition", timeout: .seconds(60))
+                let ids = try await (0..<24).asyncMap { try await engine.start("beat", id: "long-\($0)") }
+                try await waitUntil("every step to run", timeout: .seconds(60)) { Set(runs.all).count >= 25 }
 
-            // Firings nobody should act on: one for a due time the heartbeats have moved since, one for the
-            // time the timer is armed for but before it (as a coordinator whose clock runs ahead would write).
-            for id in ids.prefix(4) {
-                func heartbeatTimer() -> ArmedTimer? { engine.watcher.state(id)?.timers.first { $0.key.kind == .heartbeat } }
-                try await waitUntil("\(id) to have a heartbeat timer", timeout: .seconds(30)) { heartbeatTimer() != nil }
-                let armed = try #require(heartbeatTimer())
-                for dueAt in [armed.dueAt - 2_000, armed.dueAt] {
-                    try await engine.client.sendEvent(TimerMessage(instanceID: id, timer: armed.key, dueAt: dueAt), kind: .timerFired, instanceID: id)
+                // Firings nobody should act on: one for a due time the heartbeats have moved since, one for the
+                // time the timer is armed for but before it (as a coordinator whose clock runs ahead would write).
+                for id in ids.prefix(4) {
+                    func heartbeatTimer() -> ArmedTimer? { engine.watcher.state(id)?.timers.first { $0.key.kind == .heartbeat } }
+                    try await waitUntil("\(id) to have a heartbeat timer", timeout: .seconds(30)) { heartbeatTimer() != nil }
+                    let armed = try #require(heartbeatTimer())
+                    for dueAt in [armed.dueAt - 2_000, armed.dueAt] {
+                        try await engine.client.sendEvent(TimerMessage(instanceID: id, timer: armed.key, dueAt: dueAt), kind: .timerFired, instanceID: id)
+                    }
                 }
-            }
 
-            first.kill9()
-            #expect(await engine.watcher.wait(for: Set(ids), toBe: [.completed, .failed, .suspended], timeout: .seconds(120)))
-            try await expectEachRanOnceAndCompleted(engine, ids, runs: runs)
-            #expect(second.output.contains("applied the events queued when the partition was taken"), "the new owner held its timers")
-            await engine.shutdown()
+                first.kill9()
+                #expect(await engine.watcher.wait(for: Set(ids), toBe: [.completed, .failed, .suspended], timeout: .seconds(120)))
+                try await expectEachRanOnceAndCompleted(engine, ids, runs: runs)
+                #expect(second.output.contains("applied the events queued when the partition was taken"), "the new owner held its timers")
+            }
         }
 
         @Test func heartbeatingStepsSurviveTheirCoordinatorFrozenForFortySeconds() async throws {
-            let engine = try await Engine(partitions: 2)
-            _ = try await engine.register(Self.beat)
-            let runs = Recorder<String>()
-            startWorker(engine, runs: runs, seconds: 60)
-            let frozen = try await warmCoordinator(engine)
-            defer {
+            try await withEngine(partitions: 2) { engine in
+                _ = try await engine.register(Self.beat)
+                let runs = Recorder<String>()
+                startWorker(engine, runs: runs, seconds: 60)
+                let frozen = try await warmCoordinator(engine)
+                defer {
+                    frozen.signal(SIGCONT)
+                    frozen.kill9()
+                }
+                let ids = try await (0..<12).asyncMap { try await engine.start("beat", id: "long-\($0)") }
+                try await waitUntil("every step to run", timeout: .seconds(60)) { Set(runs.all).count >= 13 }
+                frozen.signal(SIGSTOP)
+                let other = try engine.process(["coordinator"])
+                defer { other.kill9() }
+                // The fault is the freeze itself, forty seconds long; the other takes the partitions meanwhile.
+                try await Task.sleep(for: .seconds(40))
                 frozen.signal(SIGCONT)
-                frozen.kill9()
+                #expect(await engine.watcher.wait(for: Set(ids), toBe: [.completed, .failed, .suspended], timeout: .seconds(120)))
+                try await expectEachRanOnceAndCompleted(engine, ids, runs: runs)
             }
-            let ids = try await (0..<12).asyncMap { try await engine.start("beat", id: "long-\($0)") }
-            try await waitUntil("every step to run", timeout: .seconds(60)) { Set(runs.all).count >= 13 }
-            frozen.signal(SIGSTOP)
-            let other = try engine.process(["coordinator"])
-            defer { other.kill9() }
-            // The fault is the freeze itself, forty seconds long; the other takes the partitions meanwhile.
-            try await Task.sleep(for: .seconds(40))
-            frozen.signal(SIGCONT)
-            #expect(await engine.watcher.wait(for: Set(ids), toBe: [.completed, .failed, .suspended], timeout: .seconds(120)))
-            try await expectEachRanOnceAndCompleted(engine, ids, runs: runs)
-            await engine.shutdown()
         }
     }
 }
@@ -122,62 +122,62 @@ extension OneAtATime {
     struct TakeoverLagTests {
         @Test func overdueTimersFireOnceWhenTheNewOwnerReachesItsAssignmentMark() async throws {
             let lag = Int(ProcessInfo.processInfo.environment["BATON_TAKEOVER_LAG"] ?? "") ?? 5_000
-            let engine = try await Engine(partitions: 2)
-            _ = try await engine.register(TakeoverTests.beat)
-            _ = try await engine.register("""
-                workflow_id: stall
-                steps: [{ id: stuck, type: stall, timeout: 4s, retry: { max_attempts: 1 } }]
-                """)
-            _ = try await engine.register("""
-                workflow_id: queued
-                steps: [{ id: approve, type: human_task, assignee: "role:ops", timeout: 48h }]
-                """)
-            let runs = Recorder<String>()
-            TakeoverTests().startWorker(engine, runs: runs, seconds: 40)
-            engine.startWorker("stall", concurrency: 16) { ctx in
-                runs.add("\(ctx.instanceID)/\(ctx.attempt)")
-                try await Task.sleep(for: .seconds(600))  // a service that never answers
-                return [:]
-            }
-            let first = try await TakeoverTests().warmCoordinator(engine)
-            defer { first.kill9() }
-            let long = try await (0..<12).asyncMap { try await engine.start("beat", id: "long-\($0)") }
-            let stalled = try await (0..<12).asyncMap { try await engine.start("stall", id: "stalled-\($0)") }
-            // Their step timeouts are armed (4 s from the start reports) and not due yet when the coordinator dies.
-            try await waitUntil("every stalled step to be reported started", timeout: .seconds(60)) {
-                stalled.allSatisfy { engine.watcher.state($0)?.steps[0].units.first?.heartbeatAt != nil }
-            }
-            try await waitUntil("every long step to run", timeout: .seconds(60)) { runs.all.filter { $0.hasPrefix("long") }.count >= 12 }
-            first.kill9()
-            let killed = ContinuousClock.now
-            for i in 0..<lag {
-                try await engine.client.start(workflowID: "queued", input: [:], instanceID: "queued-\(i)", partitions: engine.partitions, wait: false)
-            }
-            try await engine.client.flush()
-            // The outage itself: long enough for every stalled timeout and heartbeat timer to be overdue.
-            try await Task.sleep(until: killed + .seconds(8))
-            let second = try engine.process(["coordinator"])
-            defer { second.kill9() }
+            try await withEngine(partitions: 2) { engine in
+                _ = try await engine.register(TakeoverTests.beat)
+                _ = try await engine.register("""
+                    workflow_id: stall
+                    steps: [{ id: stuck, type: stall, timeout: 4s, retry: { max_attempts: 1 } }]
+                    """)
+                _ = try await engine.register("""
+                    workflow_id: queued
+                    steps: [{ id: approve, type: human_task, assignee: "role:ops", timeout: 48h }]
+                    """)
+                let runs = Recorder<String>()
+                TakeoverTests().startWorker(engine, runs: runs, seconds: 40)
+                engine.startWorker("stall", concurrency: 16) { ctx in
+                    runs.add("\(ctx.instanceID)/\(ctx.attempt)")
+                    try await Task.sleep(for: .seconds(600))  // a service that never answers
+                    return [:]
+                }
+                let first = try await TakeoverTests().warmCoordinator(engine)
+                defer { first.kill9() }
+                let long = try await (0..<12).asyncMap { try await engine.start("beat", id: "long-\($0)") }
+                let stalled = try await (0..<12).asyncMap { try await engine.start("stall", id: "stalled-\($0)") }
+                // Their step timeouts are armed (4 s from the start reports) and not due yet when the coordinator dies.
+                try await waitUntil("every stalled step to be reported started", timeout: .seconds(60)) {
+                    stalled.allSatisfy { engine.watcher.state($0)?.steps[0].units.first?.heartbeatAt != nil }
+                }
+                try await waitUntil("every long step to run", timeout: .seconds(60)) { runs.all.filter { $0.hasPrefix("long") }.count >= 12 }
+                first.kill9()
+                let killed = ContinuousClock.now
+                for i in 0..<lag {
+                    try await engine.client.start(workflowID: "queued", input: [:], instanceID: "queued-\(i)", partitions: engine.partitions, wait: false)
+                }
+                try await engine.client.flush()
+                // The outage itself: long enough for every stalled timeout and heartbeat timer to be overdue.
+                try await Task.sleep(until: killed + .seconds(8))
+                let second = try engine.process(["coordinator"])
+                defer { second.kill9() }
 
-            #expect(await engine.watcher.wait(for: Set(stalled + long), toBe: [.completed, .failed, .suspended], timeout: .seconds(420)))
-            _ = try await second.waitForLine("applied the events queued when the partition was taken", timeout: .seconds(10))
-            try await TakeoverTests().expectEachRanOnceAndCompleted(engine, long, runs: runs)
-            for id in stalled {
-                let state = engine.watcher.state(id)
-                #expect(state?.steps[0].error?.contains("timed out after 4s") == true, "\(id): \(state?.status.rawValue ?? "") \(state?.reason ?? "")")
+                #expect(await engine.watcher.wait(for: Set(stalled + long), toBe: [.completed, .failed, .suspended], timeout: .seconds(420)))
+                _ = try await second.waitForLine("applied the events queued when the partition was taken", timeout: .seconds(10))
+                try await TakeoverTests().expectEachRanOnceAndCompleted(engine, long, runs: runs)
+                for id in stalled {
+                    let state = engine.watcher.state(id)
+                    #expect(state?.steps[0].error?.contains("timed out after 4s") == true, "\(id): \(state?.status.rawValue ?? "") \(state?.reason ?? "")")
+                }
+                #expect(runs.all.filter { $0.hasPrefix("stalled") }.count == 12, "each stalled step ran once")
+                // Each overdue timeout fired once, behind the queued starts (past the assignment mark).
+                let events = try await engine.records(engine.names.events)
+                var lastQueued: [Int32: Int64] = [:]
+                for m in events where m.keyString?.hasPrefix("queued-") == true { lastQueued[m.partition] = max(lastQueued[m.partition] ?? -1, m.offset) }
+                for id in stalled {
+                    let firings = events.filter { $0.keyString == id && $0.header(WireHeaders.kind).map { String(decoding: $0, as: UTF8.self) } == "timer.fired" }
+                    #expect(firings.count == 1, "\(id): \(firings.count) firings")
+                    for f in firings { #expect(f.offset > lastQueued[f.partition] ?? -1, "\(id) fired at offset \(f.offset), before the queued starts ended") }
+                }
+                #expect(await engine.watcher.wait(for: Set((0..<lag).map { "queued-\($0)" }), toBe: [.waiting], timeout: .seconds(120)), "every queued start taken")
             }
-            #expect(runs.all.filter { $0.hasPrefix("stalled") }.count == 12, "each stalled step ran once")
-            // Each overdue timeout fired once, behind the queued starts (past the assignment mark).
-            let events = try await engine.records(engine.names.events)
-            var lastQueued: [Int32: Int64] = [:]
-            for m in events where m.keyString?.hasPrefix("queued-") == true { lastQueued[m.partition] = max(lastQueued[m.partition] ?? -1, m.offset) }
-            for id in stalled {
-                let firings = events.filter { $0.keyString == id && $0.header(WireHeaders.kind).map { String(decoding: $0, as: UTF8.self) } == "timer.fired" }
-                #expect(firings.count == 1, "\(id): \(firings.count) firings")
-                for f in firings { #expect(f.offset > lastQueued[f.partition] ?? -1, "\(id) fired at offset \(f.offset), before the queued starts ended") }
-            }
-            #expect(await engine.watcher.wait(for: Set((0..<lag).map { "queued-\($0)" }), toBe: [.waiting], timeout: .seconds(120)), "every queued start taken")
-            await engine.shutdown()
         }
     }
 }

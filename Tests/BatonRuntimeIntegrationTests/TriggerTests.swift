@@ -129,27 +129,22 @@ struct Shop {
 
     /// Runs `body` with a fresh engine and business topic; stops everything it started, also when it fails.
     static func run(partitions: Int, topicPartitions: Int? = nil, kafka: KafkaClientConfiguration = TestKafka.client, _ body: (Shop) async throws -> Void) async throws {
-        let engine = try await Engine(partitions: partitions, kafka: kafka)
-        let topic = TestKafka.uniqueName("orders")
-        let producer: KafkaProducer
-        do {
-            let admin = try KafkaAdmin(configuration: kafka, logger: TestKafka.logger)
-            if let error = try await admin.createTopics([NewTopic(name: topic, partitions: topicPartitions ?? partitions, replicationFactor: 1)])[topic] ?? nil { throw error }
-            producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: engine.kafka), logger: TestKafka.logger)
-        } catch {
-            await engine.shutdown()
-            throw error
-        }
-        let shop = Shop(engine: engine, topic: topic, producer: producer)
-        do { try await body(shop) } catch {
+        try await withEngine(partitions: partitions, kafka: kafka) { engine in
+            let topic = TestKafka.uniqueName("orders")
+            do {  // the admin client is let go once the topic is made
+                let admin = try KafkaAdmin(configuration: kafka, logger: TestKafka.logger)
+                if let error = try await admin.createTopics([NewTopic(name: topic, partitions: topicPartitions ?? partitions, replicationFactor: 1)])[topic] ?? nil { throw error }
+            }
+            let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: engine.kafka), logger: TestKafka.logger)
+            let shop = Shop(engine: engine, topic: topic, producer: producer)
+            do { try await body(shop) } catch {
+                await shop.triggers.stopAll()
+                await producer.close()
+                throw error
+            }
             await shop.triggers.stopAll()
             await producer.close()
-            await engine.shutdown()
-            throw error
         }
-        await shop.triggers.stopAll()
-        await producer.close()
-        await engine.shutdown()
     }
 
     let triggers = TriggerServices()
