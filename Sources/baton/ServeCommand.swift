@@ -205,15 +205,17 @@ struct APIClient {
         guard (200..<300).contains(status) else {
             let message = "\(method.rawValue) \(path): \(status) \(json["detail"]?.stringValue ?? json["title"]?.stringValue ?? response.status.reasonPhrase)"
             // The same exit status as the command without a server (docs/api.md, "Exit status").
-            guard let kind = Self.kind(of: status) else { throw CLIFailure(message) }
+            let code = json["type"]?.stringValue.flatMap { type in ProblemCode.allCases.first { $0.uri == type } }
+            guard let kind = Self.kind(of: status, code) else { throw CLIFailure(message) }
             throw CLIFailure(ClientError(kind, message))
         }
         return (Int(response.status.code), json)
     }
 
-    /// What a problem's status means to the command line.
-    static func kind(of status: Int) -> ClientError.Kind? {
-        switch status {
+    /// What a problem means to the command line: its code where that says more than its status.
+    static func kind(of status: Int, _ code: ProblemCode?) -> ClientError.Kind? {
+        if code == .unknownWorkflow { return .notFound }
+        return switch status {
         case 400, 413, 415, 422: .invalid
         case 401, 403: .refused
         case 404: .notFound
