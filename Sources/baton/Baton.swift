@@ -81,8 +81,8 @@ struct ConnectionOptions: ParsableArguments {
         valueName: "duration"))
     var fetchWait: String?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .error
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: error; info for the coordinator, workers, triggers and conformance workers, notice for serve).")
+    var logLevel: Logger.Level?
 
     @Option(help: ArgumentHelp(
         "Whether coordinators and workers read a partition again when its offsets jump: auto (on Tansu, which shows later records first), on, off (default: $BATON_GAP_REREADS, else auto).",
@@ -95,10 +95,12 @@ struct ConnectionOptions: ParsableArguments {
     var resolvedBrokers: KafkaBrokers { brokers.map(KafkaBrokers.init) ?? .fromEnvironment(environment) }
     var resolvedNamespace: String { namespace ?? environment["BATON_NAMESPACE"] ?? "baton" }
 
-    func makeLogger(_ label: String) -> Logger {
+    /// A logger at `--log-level`, else at `level`: what the command logs when nobody asked (a one-shot command
+    /// only its errors, a service what it does).
+    func makeLogger(_ label: String, default level: Logger.Level = .error) -> Logger {
         bootstrapLogging()
         var logger = Logger(label: label)
-        logger.logLevel = logLevel
+        logger.logLevel = logLevel ?? level
         return logger
     }
 
@@ -118,7 +120,7 @@ struct ConnectionOptions: ParsableArguments {
 
     /// The options that pass these settings on to a child process.
     var childArguments: [String] {
-        var arguments = ["--brokers", resolvedBrokers.bootstrapServers, "--log-level", logLevel.rawValue, "--timeout", String(timeout)]
+        var arguments = ["--brokers", resolvedBrokers.bootstrapServers, "--log-level", (logLevel ?? .error).rawValue, "--timeout", String(timeout)]
         if let path = resolvedKafkaConfig { arguments += ["--kafka-config", path] }
         if let wait = resolvedFetchWait { arguments += ["--fetch-wait", wait] }
         arguments += ["--gap-rereads", resolvedGapRereads.rawValue]

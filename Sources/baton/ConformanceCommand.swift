@@ -123,8 +123,7 @@ struct ConformanceWorkerCommand: AsyncParsableCommand {
         guard let pool = pool ?? connection.environment["BATON_POOL"].flatMap({ $0.isEmpty ? nil : $0 }) else {
             throw CLIFailure("no pool: give --pool, or set BATON_POOL")
         }
-        var logger = connection.makeLogger("baton.conformance-worker")
-        if connection.logLevel == .error { logger.logLevel = .info }
+        let logger = connection.makeLogger("baton.conformance-worker", default: .info)
         var configuration = WorkerConfiguration(client: try connection.clientConfiguration, names: connection.names, pool: pool)
         configuration.gapRereads = connection.resolvedGapRereads
         configuration.concurrency = concurrency

@@ -64,8 +64,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
-        var logger = connection.makeLogger("baton.coordinator")
-        if connection.logLevel == .error { logger.logLevel = .info }
+        let logger = connection.makeLogger("baton.coordinator", default: .info)
         guard let retention = Millis.parse(retention), retention.value > 0 else {
             throw CLIFailure("--retention: '\(self.retention)' is not a duration such as 7d, 12h or 30m")
         }
@@ -105,8 +104,7 @@ struct WorkersCommand: AsyncParsableCommand {
     @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
-        var logger = connection.makeLogger("baton.workers")
-        if connection.logLevel == .error { logger.logLevel = .info }
+        let logger = connection.makeLogger("baton.workers", default: .info)
         let pools = pool.isEmpty ? ExampleWorkers.handlers.keys.sorted() : pool
         let monitored = try monitoring.bootstrap(serviceName: "baton-workers", logger: logger)
         var workers: [StepWorker] = []

@@ -44,8 +44,7 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var monitoring: MonitoringOptions
 
     func run() async throws {
-        var logger = connection.makeLogger("baton.serve")
-        if connection.logLevel == .error { logger.logLevel = .notice }
+        let logger = connection.makeLogger("baton.serve", default: .notice)
         let authPath = auth ?? ProcessInfo.processInfo.environment["BATON_AUTH_FILE"] ?? "baton-auth.yaml"
         let file: AuthFile
         do { file = try AuthFile.load(authPath) } catch let error as AuthError { throw CLIFailure("\(error.description) (create it with `baton auth add-user`)") }

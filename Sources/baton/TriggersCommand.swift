@@ -39,8 +39,7 @@ struct TriggersCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logger = connection.makeLogger("baton.triggers")
-        if connection.logLevel == .error { logger.logLevel = .info }
+        let logger = connection.makeLogger("baton.triggers", default: .info)
         var configuration = TriggerConfiguration(client: try membership.apply(to: connection.clientConfiguration), names: connection.names)
         configuration.maxBatch = maxBatch
         configuration.sessionTimeout = .milliseconds(Millis.parse(sessionTimeout)?.value ?? 10_000)

@@ -2,6 +2,7 @@ import ArgumentParser
 import BatonCore
 import BatonTestSupport
 import Foundation
+import Logging
 import Testing
 
 @testable import baton
@@ -31,6 +32,18 @@ import Testing
         let nested = try run(["topics", "frobnicate", "--help"])
         #expect(nested.status == 64)
         #expect(nested.output.contains("'frobnicate' is not a command of 'baton topics'"))
+    }
+
+    /// Services log what they do unless told otherwise; an explicit `--log-level error` is kept (it used to be
+    /// taken for the default and raised to info).
+    @Test func aServiceLogsAtInfoUnlessALevelIsGiven() throws {
+        let unset = try ConnectionOptions.parse([])
+        #expect(unset.makeLogger("t", default: .info).logLevel == .info)
+        #expect(unset.makeLogger("t").logLevel == .error, "a one-shot command logs its errors only")
+        let quiet = try ConnectionOptions.parse(["--log-level", "error"])
+        #expect(quiet.makeLogger("t", default: .info).logLevel == .error)
+        let loud = try ConnectionOptions.parse(["--log-level", "debug"])
+        #expect(loud.makeLogger("t", default: .notice).logLevel == .debug)
     }
 
     @Test func knownCommandsAndHelpStillWork() throws {
