@@ -181,10 +181,71 @@ final class OwnedPartition {
     /// The instances of a partition as committed transactions left them. Snapshots are kept as read (the last
     /// of each instance) and decoded once at the end.
     static func rebuild(_ partition: Int32, committed: Int64, context: CoordinatorContext) async throws -> Rebuilt {
+        let started = ContinuousClock.now
+        var reading = try await read(partition, committed: committed, context: context, started: started)
+        let read = ContinuousClock.now
+        context.metrics.rebuildRecords.increment(by: reading.records)
+        let rebuilt = assemble(reading, partition: partition, context: context)
+        context.logger.info(
+            "took partition",
+            metadata: [
+                "partition": "\(partition)", "instances": "\(rebuilt.instances.count)", "mailboxes": "\(rebuilt.mailboxes.count)",
+                "records": "\(reading.records)", "uncommitted": "\(reading.uncommitted)",
+                "ms": "\((ContinuousClock.now - started).inMilliseconds)", "read_ms": "\((read - started).inMilliseconds)",
+            ])
+        context.metrics.rebuildDuration.record(duration: ContinuousClock.now - started)
+        // The snapshots as read and their decoded forms were a multiple of what is kept.
+        reading = RebuildReading(partitionCount: 0)
+        ProcessMemory.releaseFreed()
+        return rebuilt
+    }
+
+    /// What a rebuild read of a partition's state, outputs and mailboxes: the last record of each key.
+    struct RebuildReading {
+        var partitionCount: Int
+        /// The last snapshot of each instance, as read: decoded once, at the end. (Decoding after each poll,
+        /// while librdkafka fetches more, was slower here: the broker and the decoding share the cores.)
+        var snapshots: [String: (value: Data, offset: Int64)] = [:]
+        var outputs: [String: OutputRecord] = [:]
+        var mailboxes: [String: Mailbox] = [:]
+        var records = 0
+        /// Records of transactions that never committed (past the group's committed offset), left out.
+        var uncommitted = 0
+
+        mutating func take(_ m: KafkaMessage, committed: Int64, names: TopicNames, logger: Logger) {
+            records += 1
+            guard let key = m.keyString else { return }
+            if let header = m.header(WireHeaders.eventsOffset), let offset = Int64(String(decoding: header, as: UTF8.self)), offset > max(committed, 0) {
+                uncommitted += 1
+                return
+            }
+            if m.topic == names.state {
+                snapshots[key] = m.value.map { ($0, m.offset) }
+            } else if m.topic == names.mailboxes {
+                guard let value = m.value else {
+                    mailboxes[key] = nil
+                    return
+                }
+                do { mailboxes[key] = try Wire.decode(MailboxSnapshot.self, from: value).mailbox } catch {
+                    logger.error("skipping an unreadable mailbox record", metadata: ["offset": "\(m.partition)/\(m.offset)", "error": "\(error)"])
+                }
+            } else {
+                guard let value = m.value else {
+                    outputs[key] = nil
+                    return
+                }
+                do { outputs[key] = try OutputRecord.fastDecode(value) ?? Wire.decode(OutputRecord.self, from: value) } catch {
+                    logger.error("skipping an unreadable output record", metadata: ["offset": "\(m.partition)/\(m.offset)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// Reads the partition of the state, outputs and mailboxes topics to its end (read_committed), reporting its
+    /// progress.
+    static func read(_ partition: Int32, committed: Int64, context: CoordinatorContext, started: ContinuousClock.Instant) async throws -> RebuildReading {
         let names = context.configuration.names
         let logger = context.logger
-        let clock = ContinuousClock()
-        let started = clock.now
         var readerConfiguration = KafkaConsumerConfiguration(client: context.configuration.client, groupID: nil)
         readerConfiguration.reportPartitionEOF = true
         readerConfiguration.isolationLevel = .readCommitted
@@ -198,109 +259,68 @@ final class OwnedPartition {
             for topic in [names.state, names.outputs, names.mailboxes] where metadata.topics[topic] == nil {
                 throw KafkaError(code: .unknownTopicOrPartition, message: "topic \(topic) does not exist; run `baton topics apply` first")
             }
-            let partitionCount = metadata.topics[names.events]?.partitionCount ?? 0
+            var reading = RebuildReading(partitionCount: metadata.topics[names.events]?.partitionCount ?? 0)
             let sources = [TopicPartition(names.state, partition), TopicPartition(names.outputs, partition), TopicPartition(names.mailboxes, partition)]
             try reader.assign(sources.map { TopicPartitionOffset($0, offset: TopicPartitionOffset.beginning) })
             var remaining = Set(sources)
-            /// The last snapshot of each instance, as read: decoded once, at the end. (Decoding after each poll,
-            /// while librdkafka fetches more, was slower here: the broker and the decoding share the cores.)
-            var snapshots: [String: (value: Data, offset: Int64)] = [:]
-            var outputs: [String: OutputRecord] = [:]
-            var mailboxes: [String: Mailbox] = [:]
-            var records = 0
-            var uncommitted = 0
             var lastReport = started
             while !remaining.isEmpty {
                 for event in try await reader.poll(maxEvents: 5000, timeout: .milliseconds(100)) {
                     switch event {
-                    case .message(let m):
-                        records += 1
-                        guard let key = m.keyString else { continue }
-                        if let header = m.header(WireHeaders.eventsOffset), let offset = Int64(String(decoding: header, as: UTF8.self)), offset > max(committed, 0) {
-                            uncommitted += 1
-                            continue
-                        }
-                        if m.topic == names.state {
-                            guard let value = m.value else {
-                                snapshots[key] = nil
-                                continue
-                            }
-                            snapshots[key] = (value, m.offset)
-                        } else if m.topic == names.mailboxes {
-                            guard let value = m.value else {
-                                mailboxes[key] = nil
-                                continue
-                            }
-                            do { mailboxes[key] = try Wire.decode(MailboxSnapshot.self, from: value).mailbox } catch {
-                                logger.error("skipping an unreadable mailbox record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
-                            }
-                        } else {
-                            guard let value = m.value else {
-                                outputs[key] = nil
-                                continue
-                            }
-                            do { outputs[key] = try OutputRecord.fastDecode(value) ?? Wire.decode(OutputRecord.self, from: value) } catch {
-                                logger.error("skipping an unreadable output record", metadata: ["offset": "\(partition)/\(m.offset)", "error": "\(error)"])
-                            }
-                        }
+                    case .message(let m): reading.take(m, committed: committed, names: names, logger: logger)
                     case .partitionEOF(let tp, _): remaining.remove(tp)
                     case .error(let error): logger.warning("rebuilding partition \(partition): \(error)")
                     default: break
                     }
                 }
-                if clock.now - lastReport >= context.configuration.progressInterval {
-                    lastReport = clock.now
+                if ContinuousClock.now - lastReport >= context.configuration.progressInterval {
+                    lastReport = .now
                     logger.info(
-                        "rebuilding partition", metadata: ["partition": "\(partition)", "records": "\(records)", "instances": "\(snapshots.count)", "s": "\((clock.now - started).seconds)"])
+                        "rebuilding partition",
+                        metadata: [
+                            "partition": "\(partition)", "records": "\(reading.records)", "instances": "\(reading.snapshots.count)",
+                            "s": "\((ContinuousClock.now - started).seconds)",
+                        ])
                 }
             }
             await reader.close()
-            let read = clock.now
-            context.metrics.rebuildRecords.increment(by: records)
-            var byInstance: [String: [OutputRecord]] = [:]
-            for record in outputs.values { byInstance[record.instanceID, default: []].append(record) }
-            var rebuilt = Rebuilt(instances: InstanceStore(), mailboxes: mailboxes, partitionCount: partitionCount, timers: [], counts: [:])
-            for (key, mailbox) in mailboxes {
-                if let due = mailbox.nextExpiry { rebuilt.timers.append(TimerEntry(dueAt: due, instanceID: key, key: TimerKey(kind: .mailbox))) }
-            }
-            for (id, snapshot) in snapshots {
-                var state: InstanceState
-                do { state = try StateCodec.decode(snapshot.value) } catch {
-                    logger.error("skipping an unreadable state record", metadata: ["offset": "\(partition)/\(snapshot.offset)", "error": "\(error)"])
-                    continue
-                }
-                let workflow = context.registry.workflow(state.workflowID, version: state.version)
-                if let workflow {
-                    let stored = (byInstance[id] ?? []).compactMap { r in
-                        workflow.index[r.step].map { StoredOutput(step: $0, item: r.item, attempt: r.attempt, output: r.output) }
-                    }
-                    state.restore(outputs: stored, workflow: workflow)
-                } else {
-                    logger.error("instance \(id) runs \(state.workflowID) v\(state.version), which is not registered; its outputs are not restored")
-                }
-                state = Saga.armingRetention(state, workflow: workflow, settings: context.settings)
-                for timer in state.timers { rebuilt.timers.append(TimerEntry(dueAt: timer.dueAt, instanceID: id, key: timer.key)) }
-                rebuilt.counts[Rebuilt.StatusKey(workflowID: state.workflowID, status: state.status), default: 0] += 1
-                rebuilt.instances.insert(state)
-            }
-            logger.info(
-                "took partition",
-                metadata: [
-                    "partition": "\(partition)", "instances": "\(rebuilt.instances.count)", "mailboxes": "\(rebuilt.mailboxes.count)", "records": "\(records)",
-                    "uncommitted": "\(uncommitted)",
-                    "ms": "\((clock.now - started).inMilliseconds)", "read_ms": "\((read - started).inMilliseconds)",
-                ])
-            context.metrics.rebuildDuration.record(duration: clock.now - started)
-            snapshots = [:]
-            outputs = [:]
-            byInstance = [:]
-            // The snapshots as read and their decoded forms were a multiple of what is kept.
-            ProcessMemory.releaseFreed()
-            return rebuilt
+            return reading
         } catch {
             await reader.close()
             throw error
         }
+    }
+
+    /// The instances as read: each snapshot decoded with its outputs put back and its retention armed, their
+    /// timers and the mailboxes' expiries, and the counts by workflow and status.
+    static func assemble(_ reading: RebuildReading, partition: Int32, context: CoordinatorContext) -> Rebuilt {
+        var byInstance: [String: [OutputRecord]] = [:]
+        for record in reading.outputs.values { byInstance[record.instanceID, default: []].append(record) }
+        var rebuilt = Rebuilt(instances: InstanceStore(), mailboxes: reading.mailboxes, partitionCount: reading.partitionCount, timers: [], counts: [:])
+        for (key, mailbox) in reading.mailboxes {
+            if let due = mailbox.nextExpiry { rebuilt.timers.append(TimerEntry(dueAt: due, instanceID: key, key: TimerKey(kind: .mailbox))) }
+        }
+        for (id, snapshot) in reading.snapshots {
+            var state: InstanceState
+            do { state = try StateCodec.decode(snapshot.value) } catch {
+                context.logger.error("skipping an unreadable state record", metadata: ["offset": "\(partition)/\(snapshot.offset)", "error": "\(error)"])
+                continue
+            }
+            let workflow = context.registry.workflow(state.workflowID, version: state.version)
+            if let workflow {
+                let stored = (byInstance[id] ?? []).compactMap { r in
+                    workflow.index[r.step].map { StoredOutput(step: $0, item: r.item, attempt: r.attempt, output: r.output) }
+                }
+                state.restore(outputs: stored, workflow: workflow)
+            } else {
+                context.logger.error("instance \(id) runs \(state.workflowID) v\(state.version), which is not registered; its outputs are not restored")
+            }
+            state = Saga.armingRetention(state, workflow: workflow, settings: context.settings)
+            for timer in state.timers { rebuilt.timers.append(TimerEntry(dueAt: timer.dueAt, instanceID: id, key: timer.key)) }
+            rebuilt.counts[Rebuilt.StatusKey(workflowID: state.workflowID, status: state.status), default: 0] += 1
+            rebuilt.instances.insert(state)
+        }
+        return rebuilt
     }
 
     func release() async {
@@ -395,336 +415,7 @@ final class OwnedPartition {
         return failed
     }
 
-    // MARK: Processing
-
-    /// Applies a batch of events and writes everything that results in one transaction with the consumed
-    /// offsets. On failure nothing of it happened: the instances are restored. Records the broker refused in an
-    /// earlier try of the same batch (`refused`) are left out, and their instances fail (see `goOnWithout`);
-    /// a record over the size limit is treated the same way before it is sent.
-    func process(_ messages: [KafkaMessage], now: Timestamp, refused: [RecordOrigin: String]) async throws {
-        var originals: [String: InstanceState?] = [:]
-        /// Instances kept encoded that this batch decoded: kept encoded again once it is over, if they still only wait.
-        var thawed: [String] = []
-        defer { for id in thawed { instances.settle(id) } }
-        var effects: [String: [SagaEffect]] = [:]
-        var deadLetters: [OutgoingRecord] = []
-        /// Mailboxes this batch changed, as they were before it, and what they must do.
-        var mailboxOriginals: [String: Mailbox?] = [:]
-        var mailboxEffects: [String: [MailboxEffect]] = [:]
-        /// Records delivered to attempts that could no longer take them, going back to their mailboxes.
-        var returned: [OutgoingRecord] = []
-        var observed = BatchObservations()
-        /// Timer firings this batch read back (applied or not): no longer in flight.
-        var firingsBack: [TimerEntry] = []
-        let tracer = context.tracer
-        /// Spans of this batch, ended once its transaction is over; the span of each instance's last event.
-        var spans: [any Span] = []
-        var eventSpans: [String: any Span] = [:]
-        var ended = false
-        func endSpans(_ error: (any Error)?) {
-            guard !ended else { return }
-            ended = true
-            for span in spans {
-                if let error {
-                    span.recordError(error)
-                    span.setStatus(SpanStatus(code: .error, message: "the transaction failed"))
-                }
-                span.end()
-            }
-        }
-        defer { endSpans(nil) }
-
-        func deadLetter(_ m: KafkaMessage, _ why: DeadLetterReason, _ reason: String) {
-            logger.warning("dead letter", metadata: ["offset": "\(m.partition)/\(m.offset)", "reason": "\(reason)"])
-            deadLetters.append(OutgoingRecord(record: deadLetterRecord(m, code: why, reason: reason, topic: names.deadletter), origin: .deadLetter(offset: m.offset)))
-            observed.deadLetters.append(why)
-        }
-
-        func apply(_ id: String, _ transition: Transition, workflow: Workflow, event: SagaEvent?) {
-            let before = instances[id]
-            if originals[id] == nil { originals[id] = .some(before) }
-            instances[id] = transition.state
-            effects[id, default: []] += transition.effects
-            observed.applied(workflow, event: event, before: before, after: transition.state, effects: transition.effects, dispatches: dispatches, now: now)
-        }
-
-        /// The span of processing an event: a child of the context its record carries (the worker's span of a
-        /// result), else of the instance's own (kept in its state since its start).
-        /// Instances whose trace is not sampled (W3C flags `00`): no span is made for them (none would be
-        /// recorded); their trace context is passed on to the commands as it is, so the workers do not trace
-        /// them either.
-        var unsampled: [String: [KafkaHeader]] = [:]
-
-        func startSpan(_ m: KafkaMessage, _ name: String, instance id: String, stored: [String: String]?) -> (any Span)? {
-            guard let tracer else { return nil }
-            if let passOn = TraceHeaders.unsampled(TraceHeaders.traceparent(of: m) ?? stored?[TraceHeaders.traceparent]) {
-                unsampled[id] = [passOn]
-                return nil
-            }
-            let parent = tracer.context(from: m.headers) ?? tracer.context(from: stored) ?? .topLevel
-            let span = tracer.startAnySpan(name, context: parent, ofKind: .consumer)
-            span.kafka(m.topic, partition: m.partition, offset: m.offset, operation: "process")
-            span.attributes["baton.instance_id"] = id
-            spans.append(span)
-            eventSpans[id] = span
-            return span
-        }
-
-        for m in messages {
-            guard let value = m.value else {
-                deadLetter(m, .unreadable, "a record without a value")
-                continue
-            }
-            let record: DecodedEvent
-            do { record = try EventMessage.decodeRecord(value) } catch {
-                deadLetter(m, .unreadable, error.reason)
-                continue
-            }
-            let decoded = record.message
-            let id = decoded.instanceID
-            /// A record delivered to an instance that cannot take it goes back to its mailbox (for another attempt).
-            func giveBack(_ event: SagaEvent, _ why: String) -> Bool {
-                guard case .eventReceived(_, _, let mailbox, let record) = event else { return false }
-                logger.debug("a delivered record goes back to its mailbox", metadata: ["instance": "\(id)", "mailbox": "\(mailbox)", "reason": "\(why)"])
-                let message = MailboxRecordMessage(kind: .eventReturned, mailbox: mailbox, event: record)
-                returned.append(
-                    OutgoingRecord(
-                        record: ProducerRecord(
-                            topic: names.events, partition: KafkaPartitioner.partition(forKey: mailbox, partitionCount: partitionCount), key: Data(mailbox.utf8),
-                            value: Wire.encode(message), headers: Wire.headers(.eventReturned)),
-                        origin: .mailbox(mailbox)))
-                observed.ignored += 1
-                return true
-            }
-            switch decoded {
-            case .mailbox(let key, let event):
-                let home = KafkaPartitioner.partition(forKey: key, partitionCount: partitionCount)
-                guard home == partition else {
-                    deadLetter(m, .wrongPartition, "mailbox \(key) belongs on partition \(home) (murmur2 of its key), not \(partition)")
-                    continue
-                }
-                let before = mailboxes[key]
-                let transition = Mailbox.apply(before ?? Mailbox(key: key), event, now: now)
-                if case .ignored(let why) = transition.outcome {
-                    logger.debug("mailbox event ignored", metadata: ["mailbox": "\(key)", "reason": "\(why)"])
-                    observed.ignored += 1
-                    continue
-                }
-                observed.applied += 1
-                if mailboxOriginals[key] == nil { mailboxOriginals[key] = .some(before) }
-                mailboxes[key] = transition.mailbox.isEmpty ? nil : transition.mailbox
-                mailboxEffects[key, default: []] += transition.effects
-            case .start(let start):
-                let home = KafkaPartitioner.partition(forKey: id, partitionCount: partitionCount)
-                guard home == partition else {
-                    deadLetter(m, .wrongPartition, "instance \(id) belongs on partition \(home) (murmur2 of its key), not \(partition)")
-                    continue
-                }
-                if let existing = instances[id] {
-                    if existing.isSameStart(workflowID: start.workflowID, version: start.version, input: start.input) {
-                        logger.debug("duplicate start ignored", metadata: ["instance": "\(id)", "request": "\(start.requestID ?? "")"])
-                        observed.ignored += 1
-                    } else {
-                        deadLetter(
-                            m, .conflict,
-                            "conflict: instance '\(id)' exists already (\(existing.workflowID) v\(existing.version), \(existing.status.rawValue)) and was started with another workflow, version or input; this start (request \(start.requestID ?? "none")) was refused"
-                        )
-                    }
-                    continue
-                }
-                var workflow = context.registry.workflow(start.workflowID, version: start.version)
-                if workflow == nil {
-                    try await context.registry.catchUp(within: .seconds(2))
-                    workflow = context.registry.workflow(start.workflowID, version: start.version)
-                }
-                guard let workflow else {
-                    deadLetter(m, .unknownWorkflow, "unknown workflow '\(start.workflowID)'\(start.version.map { " version \($0)" } ?? ""): register it first")
-                    continue
-                }
-                var transition = Saga.start(workflow, instanceID: id, input: start.input, now: now, request: start.requestID, settings: context.settings)
-                if let tracer, let span = startSpan(m, "start \(workflow.id)", instance: id, stored: nil) {
-                    span.attributes["baton.workflow"] = workflow.id
-                    // The instance's trace: every step of it joins this one, however long it runs.
-                    transition.state.trace = tracer.carrier(of: span.context)
-                } else if let passOn = unsampled[id] {
-                    // Started in a trace its sender does not sample: the instance stays out of it.
-                    transition.state.trace = Dictionary(passOn.compactMap { h in h.value.map { (h.key, String(decoding: $0, as: UTF8.self)) } }) { a, _ in a }
-                }
-                apply(id, transition, workflow: workflow, event: nil)
-            case .event(_, let event):
-                instances.thaw(id)
-                thawed.append(id)
-                guard let state = instances[id] else {
-                    if giveBack(event, "unknown instance") { continue }
-                    deadLetter(m, .unknownInstance, "unknown instance '\(id)' on \(m.topic)[\(m.partition)]")
-                    continue
-                }
-                guard let workflow = context.registry.workflow(state.workflowID, version: state.version) else {
-                    deadLetter(m, .unknownWorkflow, "the definition \(state.workflowID)@\(state.version) of instance '\(id)' is not registered")
-                    continue
-                }
-                if let step = event.step, workflow.index[step] == nil {
-                    deadLetter(m, .unknownStep, "instance '\(id)': no step '\(step)' in \(workflow.id) v\(workflow.version)")
-                    continue
-                }
-                if case .timerFired(let key, let dueAt?) = event {
-                    firingsBack.append(TimerEntry(dueAt: dueAt, instanceID: id, key: key))
-                    // A coordinator fires a timer when its clock has reached the due time, and the record carries
-                    // that clock's time (CreateTime), whatever the clocks of others say. A firing written earlier
-                    // than the time it is for was not written by a coordinator that fired it: it changes nothing,
-                    // however late it is read (behind a takeover, when the timer looks due).
-                    if let written = m.timestamp, written < dueAt {
-                        logger.warning(
-                            "ignored a timer firing written before the time it is for (not a coordinator's firing: forged, or its writer's clock is wrong)",
-                            metadata: ["instance": "\(id)", "timer": "\(key)", "due_at": "\(dueAt)", "written_at": "\(written)", "offset": "\(m.partition)/\(m.offset)"])
-                        observed.ignored += 1
-                        continue
-                    }
-                }
-                // Who sent it, and may they: a signed person with the right role, a worker with its command's token.
-                if let refusal = configuration.security.admit(
-                    record.credentials, event, instanceID: id, state: state, workflow: workflow, appendedAt: m.timestamp ?? now)
-                {
-                    deadLetter(m, DeadLetterReason(refusal.code), "refused: \(refusal)")
-                    continue
-                }
-                let span = startSpan(m, event.spanName(workflow), instance: id, stored: state.trace)
-                if let span {
-                    span.attributes["baton.workflow"] = workflow.id
-                    if let step = event.step { span.attributes["baton.step"] = step }
-                }
-                let transition = Saga.apply(workflow, to: state, event: event, now: now, settings: context.settings)
-                // A delivered record the attempt cannot take goes back to its mailbox, whatever the reason.
-                if case .ignored(let reason) = transition.outcome, giveBack(event, "\(reason)") { continue }
-                switch transition.outcome {
-                case .ignored(.unknown(let what)):
-                    // About a step or attempt the instance does not have: the sender is broken; keep it for a person.
-                    deadLetter(m, .unknownStep, "instance '\(id)': \(what)")
-                    span?.setStatus(SpanStatus(code: .error, message: "dead-lettered: \(what)"))
-                    continue
-                case .ignored(let reason):
-                    // Duplicates, superseded attempts, commands that do not fit the status: expected, and harmless.
-                    logger.debug("event ignored", metadata: ["instance": "\(id)", "reason": "\(reason)"])
-                    span?.attributes["baton.ignored"] = "\(reason)"
-                    observed.ignored += 1
-                    continue
-                case .applied:
-                    break
-                }
-                apply(id, transition, workflow: workflow, event: event)
-            }
-        }
-
-        do {
-            // Each instance's records, checked against the broker's limit; an instance with a record that cannot
-            // be written goes on without it.
-            var outgoing: [OutgoingRecord] = []
-            var purged = Set<String>()
-            let committedOffset = messages.last.map { String($0.offset + 1) } ?? ""
-            for id in originals.keys.sorted() {
-                var instanceEffects = effects[id] ?? []
-                var dropped = Set<RecordOrigin>()
-                var records: [OutgoingRecord] = []
-                for round in 0..<6 {
-                    records = self.records(for: id, effects: instanceEffects, original: originals[id] ?? nil, now: now, eventsOffset: committedOffset)
-                        .filter { !dropped.contains($0.origin) }
-                    let bad = records.compactMap { r -> (RecordOrigin, String)? in
-                        if let why = refused[r.origin] { return (r.origin, why) }
-                        let size = r.size
-                        return size > configuration.maxRecordBytes ? (r.origin, "\(size) bytes, more than the limit of \(configuration.maxRecordBytes)") : nil
-                    }
-                    guard let (origin, why) = bad.first else { break }
-                    if round == 5 {
-                        // Not even the reduced snapshot fits: write nothing of the instance rather than stop the partition.
-                        logger.critical("an instance's records cannot be written even reduced; they are left out", metadata: ["instance": "\(id)", "record": "\(origin)", "reason": "\(why)"])
-                        records.removeAll { r in refused[r.origin] != nil || r.size > configuration.maxRecordBytes }
-                        break
-                    }
-                    // A snapshot that cannot be written is replaced by the reduced one of the abandoned instance.
-                    if case .snapshot = origin {} else { dropped.insert(origin) }
-                    instanceEffects += goOnWithout(origin, why: why, instanceID: id, now: now, escalate: round >= 3)
-                }
-                outgoing += records
-                if instanceEffects.contains(.purge) { purged.insert(id) }
-            }
-            outgoing += deadLetters
-            outgoing += returned
-            outgoing += mailboxRecords(mailboxOriginals.keys.sorted(), effects: mailboxEffects, eventsOffset: committedOffset, refused: refused)
-
-            let pools = Set(outgoing.compactMap { r -> String? in if case .command = r.origin { r.record.topic } else { nil } })
-            try await context.commandTopics.ensure(pools)
-            for i in outgoing.indices {
-                if case .command(let id, let step, let item, let attempt, let compensation) = outgoing[i].origin {
-                    outgoing[i].record.partition = context.commandTopics.partition(for: outgoing[i].record.topic, eventsPartition: partition)
-                    if let passOn = unsampled[id], eventSpans[id] == nil {
-                        outgoing[i].record.headers += passOn
-                    } else if let tracer {
-                        // The command's span: a child of the event's that caused it; the worker's span is its child.
-                        let parent = eventSpans[id]?.context ?? tracer.context(from: instances[id]?.trace) ?? .topLevel
-                        let span = tracer.startAnySpan("\(compensation ? "compensate" : "send") \(step)", context: parent, ofKind: .producer)
-                        span.kafka(outgoing[i].record.topic, partition: outgoing[i].record.partition, operation: "send")
-                        span.updateAttributes { a in
-                            a["baton.instance_id"] = id
-                            a["baton.step"] = step
-                            a["baton.attempt"] = attempt
-                            if let item { a["baton.item"] = item }
-                        }
-                        tracer.inject(span.context, into: &outgoing[i].record.headers, using: KafkaHeadersInjector())
-                        spans.append(span)
-                    }
-                }
-            }
-            try await commit(outgoing, messages: messages)
-            for id in purged {
-                instances[id] = nil
-                fired[id] = nil
-            }
-        } catch {
-            for (id, original) in originals {
-                instances[id] = original
-                instances.settle(id)
-            }
-            for (key, original) in mailboxOriginals { mailboxes[key] = original }
-            endSpans(error)
-            throw error
-        }
-        for (id, original) in originals where original?.status != instances[id]?.status {
-            observed.statusChanges.append((original, instances[id]))
-        }
-        observed.record(into: metrics, dispatches: &dispatches)
-        metrics.batchEvents.record(messages.count)
-        if let last = messages.last { nextOffset = last.offset + 1 }
-        for key in mailboxOriginals.keys {
-            fired[key] = nil
-            schedule(mailbox: key)
-            for effect in mailboxEffects[key] ?? [] {
-                switch effect {
-                case .deliver: metrics.mailboxRecords("delivered").increment()
-                case .dropped(let record, let reason):
-                    logger.info("a kept record was dropped unused", metadata: ["mailbox": "\(key)", "record": "\(record.id)", "reason": "\(reason)"])
-                    metrics.mailboxRecords("dropped").increment()
-                case .expired: break
-                }
-            }
-        }
-        if !returned.isEmpty { metrics.mailboxRecords("returned").increment(by: returned.count) }
-        // A firing read back is no longer in flight, applied or not: a timer still armed (its firing was ignored
-        // as not yet due, say after the clock went back) is scheduled again, to fire when it is due.
-        for entry in firingsBack where fired[entry.instanceID]?.remove(entry) != nil {
-            if fired[entry.instanceID]?.isEmpty == true { fired[entry.instanceID] = nil }
-            if originals[entry.instanceID] == nil, let state = instances[entry.instanceID] { schedule(state) }
-        }
-        for id in originals.keys {
-            guard let state = instances[id] else { continue }
-            if let pending = fired[id] {
-                let stillArmed = pending.filter { entry in state.timers.contains { $0.key == entry.key && $0.dueAt == entry.dueAt } }
-                fired[id] = stillArmed.isEmpty ? nil : stillArmed
-            }
-            schedule(state)
-            instances.settle(id)
-        }
-        reportGauges()
-    }
+    // MARK: Writing
 
     /// Writes the records and the consumed offsets in one transaction. If it fails because the broker refused
     /// some records, throws `RecordsRefused` naming them.
