@@ -54,10 +54,16 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")],
             swiftSettings: strict
         ),
+        // Kafka records as values (topic, partition, key, value, headers) and the trace context they carry. Pure.
+        .target(
+            name: "BatonRecords",
+            dependencies: [.product(name: "Tracing", package: "swift-distributed-tracing")],
+            swiftSettings: strict
+        ),
         // The only module that touches C: a Swift 6 wrapper over librdkafka.
         .target(
             name: "BatonKafka",
-            dependencies: ["CRdKafka", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CRdKafka", "BatonRecords", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Declared engine topics and `topics apply`. The specs (`topics/` is a link to Specs/) are built into the
@@ -76,12 +82,23 @@ let package = Package(
         ),
         // The wire protocol: what every record on every engine topic looks like. Pure.
         // Signatures of authority records (Ed25519) and result tokens (HMAC) through swift-crypto.
-        .target(name: "BatonWire", dependencies: ["BatonCore", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        .target(name: "BatonWire", dependencies: ["BatonCore", "BatonRecords", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        // The coordinator's batch as a plan with no I/O: an events partition's instances and mailboxes, and what a
+        // batch of events changes and writes. No Kafka client, no async API.
+        .target(
+            name: "BatonPlanning",
+            dependencies: [
+                "BatonCore", "BatonWire", "BatonRecords",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: strict
+        ),
         // The saga coordinator: events in, commands, state and effects out, in Kafka transactions.
         .target(
             name: "BatonCoordinator",
             dependencies: [
-                "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime",
+                "BatonCore", "BatonKafka", "BatonWire", "BatonTopics", "BatonRuntime", "BatonPlanning",
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -266,7 +283,7 @@ let package = Package(
         .testTarget(
             name: "BatonUnitTests",
             dependencies: [
-                "baton", "BatonClient", "BatonCoordinator", "BatonCore", "BatonKafka", "BatonMonitoring", "BatonOperatorTools", "BatonRuntime",
+                "baton", "BatonClient", "BatonCoordinator", "BatonCore", "BatonKafka", "BatonMonitoring", "BatonOperatorTools", "BatonPlanning", "BatonRuntime",
                 "BatonServer", "BatonTestSupport", "BatonWire", "BatonWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

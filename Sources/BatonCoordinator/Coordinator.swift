@@ -213,26 +213,3 @@ public final class Coordinator: Service, Sendable {
         logger.info("coordinator stopped")
     }
 }
-
-extension SagaEvent {
-    /// What a span of applying the event is called: the kind of event and its step.
-    func spanName(_ workflow: Workflow) -> String {
-        switch self {
-        case .stepCompleted(let step, _, _, _): "step.completed \(step)"
-        case .stepFailed(let step, _, _, _, _): "step.failed \(step)"
-        case .compensationCompleted(let step, _, _): "compensation.completed \(step)"
-        case .compensationFailed(let step, _, _, _): "compensation.failed \(step)"
-        case .taskDecided(let step, _, _, _, _, _, _, _): "task.decided \(step)"
-        case .taskClaimed(let step, _, _, _, _, _): "task.claimed \(step)"
-        case .heartbeat(let step, _, _, _): "step.heartbeat \(step)"
-        case .timerFired(let key, _):
-            "timer \(key.kind.rawValue)\(key.step.flatMap { workflow.steps.indices.contains($0) ? " \(workflow.steps[$0].id)" : nil } ?? "")"
-        case .cancel: "operator cancel"
-        case .resume: "operator resume"
-        case .retry: "operator retry"
-        case .skip(let step, _, _, _): "operator skip \(step)"
-        case .eventReceived(let step, _, _, _): "event.received \(step)"
-        case .signal(let name, _, _, _): "signal \(name)"
-        }
-    }
-}

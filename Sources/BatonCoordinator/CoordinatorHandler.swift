@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonPlanning
 import BatonRuntime
 import BatonWire
 import CoreMetrics

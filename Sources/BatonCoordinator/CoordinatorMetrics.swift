@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonPlanning
 import BatonRuntime
 import CoreMetrics
 import Foundation
@@ -97,74 +98,8 @@ final class CoordinatorMetrics: Sendable {
     }
 }
 
-/// What a batch did, recorded once its transaction committed (a batch that is tried again counts once).
-struct BatchObservations {
-    enum StepOutcome: String { case completed, failed, retried, timedOut = "timed_out" }
-
-    var started: [String] = []
-    /// Instances whose status the batch changed (filled in once it committed, from where it began and ended).
-    var statusChanges: [(before: InstanceState?, after: InstanceState?)] = []
-    var attempts: [(workflow: String, step: String, outcome: StepOutcome, duration: Duration?)] = []
-    var compensations: [(workflow: String, step: String, completed: Bool)] = []
-    var tasks: [(workflow: String, step: String, outcome: String)] = []
-    var alerts: [Alert.Severity] = []
-    var applied = 0
-    var ignored = 0
-    var deadLetters: [DeadLetterReason] = []
-    /// Commands sent, and attempts whose results came, for `Dispatches` once the batch is committed.
-    var sent: [(Dispatches.Key, Timestamp)] = []
-    var answered: [Dispatches.Key] = []
-
-    /// The time from an attempt's command to its result, when the command was sent since the partition was taken.
-    mutating func duration(_ dispatches: Dispatches, _ instance: String, _ step: String, _ item: Int?, _ attempt: Int, now: Timestamp) -> Duration? {
-        let key = Dispatches.Key(instance: instance, step: step, item: item, attempt: attempt)
-        answered.append(key)
-        return (sent.last { $0.0 == key }?.1 ?? dispatches.sentAt[key]).map { .milliseconds(max(0, now - $0)) }
-    }
-
-    /// Reads what an applied transition did: outcomes of attempts, compensations, tasks, alerts.
-    mutating func applied(_ workflow: Workflow, event: SagaEvent?, before: InstanceState?, after: InstanceState, effects: [SagaEffect], dispatches: Dispatches, now: Timestamp) {
-        applied += 1
-        let id = after.instanceID
-        if before == nil { started.append(workflow.id) }
-        switch event {
-        case .stepCompleted(let step, let item, let attempt, _):
-            attempts.append((workflow.id, step, .completed, duration(dispatches, id, step, item, attempt, now: now)))
-        case .stepFailed(let step, let item, let attempt, _, _):
-            let index = workflow.index[step]
-            let retried = effects.contains { effect in
-                if case .armTimer(let key, _) = effect, key.kind == .retry, key.step == index, key.item == item { return true }
-                return false
-            }
-            attempts.append((workflow.id, step, retried ? .retried : .failed, duration(dispatches, id, step, item, attempt, now: now)))
-        case .timerFired(let key, _) where key.kind == .stepTimeout || key.kind == .heartbeat:
-            if let s = key.step, workflow.steps.indices.contains(s) {
-                let step = workflow.steps[s].id
-                attempts.append((workflow.id, step, .timedOut, duration(dispatches, id, step, key.item, key.attempt, now: now)))
-            }
-        case .compensationCompleted(let step, _, _):
-            compensations.append((workflow.id, step, true))
-        case .compensationFailed(let step, _, _, _):
-            compensations.append((workflow.id, step, false))
-        default:
-            break
-        }
-        for effect in effects {
-            switch effect {
-            case .dispatch(let command):
-                sent.append((Dispatches.Key(instance: id, step: command.step, item: command.item, attempt: command.attempt), now))
-            case .createTask(let task):
-                tasks.append((workflow.id, task.step, "created"))
-            case .closeTask(let task, let resolution, _):
-                tasks.append((workflow.id, task.step, resolution.rawValue))
-            case .alert(let alert):
-                alerts.append(alert.severity)
-            default:
-                break
-            }
-        }
-    }
-
+extension BatchObservations {
+    /// Counts what the batch did once it committed; moves what it sent and answered into `dispatches`.
     func record(into metrics: CoordinatorMetrics, dispatches: inout Dispatches) {
         for key in answered { dispatches.sentAt[key] = nil }
         for (key, at) in sent { dispatches.sent(key, at: at) }
@@ -207,24 +142,4 @@ struct BatchObservations {
         if ignored > 0 { metrics.events("ignored").increment(by: ignored) }
         if !deadLetters.isEmpty { metrics.events("dead_lettered").increment(by: deadLetters.count) }
         for reason in deadLetters { metrics.deadLetters.record(reason) }
-    }
-}
-
-/// When each running attempt's command was sent (for the step duration: command sent to result applied).
-/// In memory only: attempts sent before the partition was taken are not timed.
-struct Dispatches {
-    struct Key: Hashable {
-        var instance: String
-        var step: String
-        var item: Int?
-        var attempt: Int
-    }
-    var sentAt: [Key: Timestamp] = [:]
-    /// At most this many are remembered (attempts whose results never come are forgotten, not kept forever).
-    static let capacity = 200_000
-
-    mutating func sent(_ key: Key, at now: Timestamp) {
-        if sentAt.count >= Self.capacity { sentAt.removeAll(keepingCapacity: true) }
-        sentAt[key] = now
-    }
-}
+    }}

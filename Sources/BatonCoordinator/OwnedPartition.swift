@@ -1,5 +1,6 @@
 import BatonCore
 import BatonKafka
+import BatonPlanning
 import BatonRuntime
 import BatonWire
 import Foundation
@@ -8,89 +9,6 @@ import Logging
 import Metrics
 import Tracing
 
-struct TimerEntry: Comparable, Hashable {
-    var dueAt: Timestamp
-    var instanceID: String
-    var key: TimerKey
-
-    static func < (a: TimerEntry, b: TimerEntry) -> Bool {
-        if a.dueAt != b.dueAt { return a.dueAt < b.dueAt }
-        if a.instanceID != b.instanceID { return a.instanceID < b.instanceID }
-        return a.key.order < b.key.order
-    }
-}
-
-extension TimerKey {
-    /// A total order without building strings (a heap compares often).
-    var order: (Int, Int, Int, Int) {
-        let rank: Int =
-            switch kind {
-            case .retry: 0
-            case .stepTimeout: 1
-            case .taskTimeout: 2
-            case .compensationRetry: 3
-            case .compensationTimeout: 4
-            case .workflowTimeout: 5
-            case .heartbeat: 6
-            case .retention: 7
-            case .mailbox: 8
-            }
-        return (rank, step ?? -1, item ?? -1, attempt)
-    }
-}
-
-/// Where a record of a transaction comes from: what to do when the broker refuses it.
-enum RecordOrigin: Hashable, CustomStringConvertible {
-    case snapshot(String)
-    case output(String, step: String, item: Int?)
-    case command(String, step: String, item: Int?, attempt: Int, compensation: Bool)
-    case task(String, taskID: String)
-    case alert(String)
-    case notification(String)
-    case deadLetter(offset: Int64)
-    case tombstone(String)
-    /// An event wait's subscription (or its end), sent to its mailbox.
-    case subscription(String, step: String, attempt: Int)
-    /// A mailbox's snapshot, a record it delivers, or a record given back to it.
-    case mailbox(String)
-
-    var instanceID: String? {
-        switch self {
-        case .snapshot(let id), .output(let id, _, _), .command(let id, _, _, _, _), .task(let id, _), .alert(let id), .notification(let id), .tombstone(let id),
-            .subscription(let id, _, _):
-            id
-        case .deadLetter, .mailbox: nil
-        }
-    }
-
-    var description: String {
-        switch self {
-        case .snapshot: "the state snapshot"
-        case .output(_, let step, let item): "the output of '\(step)'\(item.map { " item \($0)" } ?? "")"
-        case .command(_, let step, let item, let attempt, let compensation):
-            "the \(compensation ? "compensation " : "")command for attempt \(attempt) of '\(step)'\(item.map { " item \($0)" } ?? "")"
-        case .task(_, let taskID): "the task record \(taskID)"
-        case .alert: "an alert"
-        case .notification: "a notification"
-        case .deadLetter(let offset): "the dead letter of events offset \(offset)"
-        case .tombstone: "a tombstone"
-        case .subscription(_, let step, let attempt): "the event subscription of attempt \(attempt) of '\(step)'"
-        case .mailbox(let key): "a record of mailbox \(key)"
-        }
-    }
-}
-
-/// A record to write in a transaction, with where it comes from.
-struct OutgoingRecord {
-    var record: ProducerRecord
-    var origin: RecordOrigin
-
-    /// What the record weighs against the broker's limit (key, value, headers, and a batch's overhead).
-    var size: Int {
-        (record.key?.count ?? 0) + (record.value?.count ?? 0) + record.headers.reduce(0) { $0 + $1.key.utf8.count + ($1.value?.count ?? 0) + 8 } + 64
-    }
-}
-
 /// One events partition this coordinator owns: its instances, their timers, and its transactional producer.
 /// Only its runner's task uses it.
 final class OwnedPartition {
@@ -98,9 +16,8 @@ final class OwnedPartition {
     let context: CoordinatorContext
     let producer: KafkaProducer
     let partitionCount: Int
-    var instances: InstanceStore
-    /// The mailboxes whose key is on this partition: records from business topics and the attempts waiting for them.
-    var mailboxes: [String: Mailbox]
+    /// Its instances and mailboxes, and how a batch changes them.
+    var book: PartitionBook
     var timers = Heap<TimerEntry>()
     var scheduled = Set<TimerEntry>()
     /// Timers sent to the events topic and not yet seen back, by instance.
@@ -126,8 +43,13 @@ final class OwnedPartition {
         self.context = context
         self.producer = producer
         self.partitionCount = rebuilt.partitionCount
-        self.instances = rebuilt.instances
-        self.mailboxes = rebuilt.mailboxes
+        let configuration = context.configuration
+        let registry = context.registry
+        let rules = PlanningRules(
+            partition: partition, partitionCount: rebuilt.partitionCount, names: configuration.names, identity: configuration.identity,
+            settings: context.settings, security: configuration.security, maxRecordBytes: configuration.maxRecordBytes, logger: context.logger,
+            tracer: context.tracer, definitions: { id, version in registry.workflow(id, version: version) })
+        self.book = PartitionBook(rules: rules, instances: rebuilt.instances, mailboxes: rebuilt.mailboxes)
         self.nextOffset = nextOffset
         scheduled = Set(rebuilt.timers)
         timers = Heap(scheduled)
@@ -326,7 +248,7 @@ final class OwnedPartition {
     func release() async {
         await producer.close(timeout: .seconds(1))
         // What this partition counted is now another coordinator's to count.
-        instances.forEachStatus { workflowID, status in metrics.count(workflowID: workflowID, status: status, by: -1) }
+        book.instances.forEachStatus { workflowID, status in metrics.count(workflowID: workflowID, status: status, by: -1) }
         metrics.partitionsOwned.decrement()
         metrics.timers(String(partition)).record(0)
         metrics.lag.forget(TopicPartition(names.events, partition))
@@ -356,7 +278,7 @@ final class OwnedPartition {
 
     /// A mailbox's expiry timer, when it has something that expires.
     func schedule(mailbox key: String) {
-        guard let due = mailboxes[key]?.nextExpiry else { return }
+        guard let due = book.mailboxes[key]?.nextExpiry else { return }
         let entry = TimerEntry(dueAt: due, instanceID: key, key: TimerKey(kind: .mailbox))
         if fired[key]?.contains(entry) != true, scheduled.insert(entry).inserted { timers.insert(entry) }
     }
@@ -368,8 +290,8 @@ final class OwnedPartition {
             timers.removeMin()
             scheduled.remove(next)
             if next.key.kind == .mailbox {
-                if mailboxes[next.instanceID]?.nextExpiry == next.dueAt { due.append(next) }
-            } else if instances[next.instanceID]?.timers.contains(where: { $0.key == next.key && $0.dueAt == next.dueAt }) == true {
+                if book.mailboxes[next.instanceID]?.nextExpiry == next.dueAt { due.append(next) }
+            } else if book.instances[next.instanceID]?.timers.contains(where: { $0.key == next.key && $0.dueAt == next.dueAt }) == true {
                 due.append(next)
             }
         }
@@ -445,171 +367,6 @@ final class OwnedPartition {
                 "ms": "\(t.total.inMilliseconds)", "produce_ms": "\(t.produce.inMilliseconds)",
                 "offsets_ms": "\(t.offsets.inMilliseconds)", "commit_ms": "\(t.commit.inMilliseconds)",
             ])
-    }
-
-    /// An instance one of whose records cannot be written: the effects that let it go on without it. A command
-    /// that cannot be sent fails its attempt for good (the failure path runs: compensations, alert); a
-    /// compensation's fails that compensation attempt (it is retried, then the instance is suspended with a
-    /// critical alert); an alert or notification is dropped. Anything else (the snapshot, an output, a task), or
-    /// an instance that keeps producing records that cannot be written (`escalate`), ends the instance at once
-    /// as failed, with a snapshot reduced to fit.
-    func goOnWithout(_ origin: RecordOrigin, why: String, instanceID id: String, now: Timestamp, escalate: Bool) -> [SagaEffect] {
-        logger.error("a record cannot be written; its instance goes on without it", metadata: ["instance": "\(id)", "record": "\(origin)", "reason": "\(why)"])
-        guard let state = instances[id], let workflow = context.registry.workflow(state.workflowID, version: state.version) else { return [] }
-        var event: SagaEvent?
-        switch origin {
-        case .command(_, let step, let item, let attempt, let compensation) where !escalate:
-            let error = "\(origin) cannot be written: \(why)"
-            event = compensation
-                ? .compensationFailed(step: step, item: item, attempt: attempt, error: error)
-                : .stepFailed(step: step, item: item, attempt: attempt, error: error, retryable: false)
-        case .alert, .notification, .deadLetter, .tombstone, .mailbox:
-            return []
-        case .subscription:
-            // The attempt waits without its subscription: it times out and takes its failure path.
-            return []
-        default:
-            break
-        }
-        if let event {
-            let transition = Saga.apply(workflow, to: state, event: event, now: now, settings: context.settings)
-            if case .applied = transition.outcome {
-                instances[id] = transition.state
-                return transition.effects
-            }
-        }
-        let reason = "stopped by the coordinator: \(origin) cannot be written (\(why))"
-        let transition = Saga.abandon(workflow, state, reason: reason, now: now, settings: context.settings)
-        instances[id] = transition.state.minimized
-        return transition.effects
-    }
-
-    /// The records an instance's changes in this batch become: its snapshot (or tombstones, when purged), the
-    /// outputs added since `original`, and one record for each effect that writes one.
-    func records(for id: String, effects: [SagaEffect], original: InstanceState?, now: Timestamp, eventsOffset: String) -> [OutgoingRecord] {
-        let key = Data(id.utf8)
-        let stateHeaders = [KafkaHeader(key: WireHeaders.eventsOffset, string: eventsOffset), KafkaHeader(key: WireHeaders.coordinator, string: configuration.identity)]
-        var out: [OutgoingRecord] = []
-        guard let state = instances[id] else { return [] }
-        let workflow = context.registry.workflow(state.workflowID, version: state.version)
-        if effects.contains(.purge) {
-            // Everything stored for the instance goes: its snapshot, its outputs, its tasks.
-            let source = original ?? state
-            out.append(OutgoingRecord(record: ProducerRecord(topic: names.state, partition: partition, key: key, value: nil, headers: stateHeaders), origin: .tombstone(id)))
-            for o in source.storedOutputs {
-                let step = workflow.map { $0.steps[o.step].id } ?? String(o.step)
-                out.append(
-                    OutgoingRecord(
-                        record: ProducerRecord(
-                            topic: names.outputs, partition: partition, key: Data(OutputRecord.key(instanceID: id, step: step, item: o.item).utf8), value: nil, headers: stateHeaders),
-                        origin: .tombstone(id)))
-            }
-            if let workflow {
-                for (s, step) in workflow.steps.enumerated() where step.isHumanTask {
-                    for attempt in stride(from: 1, through: source.steps[s].units.map(\.attempt).max() ?? 0, by: 1) {
-                        let taskID = "\(id)/\(step.id)/\(attempt)"
-                        out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(taskID.utf8), value: nil), origin: .tombstone(id)))
-                    }
-                }
-            }
-            return out
-        }
-        out.append(
-            OutgoingRecord(
-                record: ProducerRecord(topic: names.state, partition: partition, key: key, value: StateCodec.encodeSnapshot(state), headers: stateHeaders),
-                origin: .snapshot(id)))
-        for o in state.outputsAdded(since: original) {
-            let step = workflow.map { $0.steps[o.step].id } ?? String(o.step)
-            let record = OutputRecord(instanceID: id, step: step, item: o.item, attempt: o.attempt, output: o.output)
-            out.append(
-                OutgoingRecord(
-                    record: ProducerRecord(topic: names.outputs, partition: partition, key: Data(record.key.utf8), value: Wire.encode(record), headers: stateHeaders + Wire.headers(.output)),
-                    origin: .output(id, step: step, item: o.item)))
-        }
-        for effect in effects {
-            switch effect {
-            case .dispatch(let command), .compensate(let command):
-                let message = CommandMessage(command, replyTo: ReplyTo(topic: names.events, partition: partition), token: configuration.security.token(for: command))
-                out.append(
-                    OutgoingRecord(
-                        record: ProducerRecord(topic: names.commands(command.pool), key: key, value: Wire.encode(message), headers: Wire.headers(message.kind)),
-                        origin: .command(id, step: command.step, item: command.item, attempt: command.attempt, compensation: command.isCompensation)))
-            case .createTask(let task), .updateTask(let task):
-                let r = TaskRecord(taskID: task.taskID, status: .open, task: task, decidedBy: nil, partition: partition, at: now)
-                out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(task.taskID.utf8), value: Wire.encode(r), headers: Wire.headers(.task)), origin: .task(id, taskID: task.taskID)))
-            case .closeTask(let task, let resolution, let by):
-                let r = TaskRecord(taskID: task.taskID, status: TaskRecord.Status(resolution), task: task, decidedBy: by, partition: partition, at: now)
-                out.append(OutgoingRecord(record: ProducerRecord(topic: names.tasks, key: Data(task.taskID.utf8), value: Wire.encode(r), headers: Wire.headers(.task)), origin: .task(id, taskID: task.taskID)))
-            case .notify(let notification):
-                let r = NotificationRecord(notification: notification, at: now)
-                out.append(OutgoingRecord(record: ProducerRecord(topic: names.notifications, key: key, value: Wire.encode(r), headers: Wire.headers(.notification)), origin: .notification(id)))
-            case .alert(let alert):
-                let r = AlertRecord(alert: AlertMessage(alert), at: now)
-                out.append(OutgoingRecord(record: ProducerRecord(topic: names.alerts, key: key, value: Wire.encode(r), headers: Wire.headers(.alert)), origin: .alert(id)))
-            case .subscribe(let subscription), .unsubscribe(let subscription):
-                let kind: Wire.Kind = if case .subscribe = effect { .eventSubscribed } else { .eventUnsubscribed }
-                let message = SubscriptionMessage(kind: kind, subscription: subscription)
-                out.append(
-                    OutgoingRecord(
-                        record: ProducerRecord(
-                            topic: names.events, partition: KafkaPartitioner.partition(forKey: subscription.mailbox, partitionCount: partitionCount),
-                            key: Data(subscription.mailbox.utf8), value: Wire.encode(message), headers: Wire.headers(message.kind)),
-                        origin: .subscription(id, step: subscription.step, attempt: subscription.attempt)))
-            case .armTimer, .cancelTimer, .completed, .failed, .suspended, .cancelled, .purge:
-                break
-            }
-        }
-        return out
-    }
-}
-
-extension OwnedPartition {
-    /// The records of the mailboxes a batch changed: each one's snapshot on the mailboxes topic (a tombstone once
-    /// it is empty) and the records it delivers to waiting attempts. One that cannot be written (larger than the
-    /// broker takes, or refused) is left out with an error: the attempts it was for time out and take their
-    /// failure path.
-    func mailboxRecords(_ keys: [String], effects: [String: [MailboxEffect]], eventsOffset: String, refused: [RecordOrigin: String]) -> [OutgoingRecord] {
-        let headers = [KafkaHeader(key: WireHeaders.eventsOffset, string: eventsOffset), KafkaHeader(key: WireHeaders.coordinator, string: configuration.identity)]
-        var out: [OutgoingRecord] = []
-        for key in keys {
-            let value = mailboxes[key].map { Wire.encode(MailboxSnapshot(mailbox: $0)) }
-            out.append(
-                OutgoingRecord(
-                    record: ProducerRecord(topic: names.mailboxes, partition: partition, key: Data(key.utf8), value: value, headers: headers + (value == nil ? [] : Wire.headers(.mailbox))),
-                    origin: .mailbox(key)))
-            for effect in effects[key] ?? [] {
-                switch effect {
-                case .deliver(let subscription, let record):
-                    let message = EventReceivedMessage(instanceID: subscription.instanceID, step: subscription.step, attempt: subscription.attempt, mailbox: key, event: record)
-                    out.append(
-                        OutgoingRecord(
-                            record: ProducerRecord(
-                                topic: names.events, partition: KafkaPartitioner.partition(forKey: subscription.instanceID, partitionCount: partitionCount),
-                                key: Data(subscription.instanceID.utf8), value: Wire.encode(message), headers: Wire.headers(.eventReceived)),
-                            origin: .mailbox(key)))
-                case .dropped, .expired:
-                    break
-                }
-            }
-        }
-        return out.filter { r in
-            let why = refused[r.origin] ?? (r.size > configuration.maxRecordBytes ? "\(r.size) bytes, more than the limit of \(configuration.maxRecordBytes)" : nil)
-            guard let why else { return true }
-            logger.error("a mailbox record cannot be written; it is left out", metadata: ["record": "\(r.origin)", "reason": "\(why)"])
-            return false
-        }
-    }
-}
-
-extension TaskRecord.Status {
-    init(_ resolution: TaskResolution) {
-        switch resolution {
-        case .approved: self = .approved
-        case .rejected: self = .rejected
-        case .timedOut: self = .timedOut
-        case .escalated: self = .escalated
-        case .cancelled: self = .cancelled
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 import BatonKafka
 import BatonRuntime
+import BatonWire
 import CoreMetrics
 import Metrics
 

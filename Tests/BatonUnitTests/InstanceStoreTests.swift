@@ -1,5 +1,6 @@
 @testable import BatonCoordinator
 @testable import BatonCore
+import BatonPlanning
 import Foundation
 import Testing
 

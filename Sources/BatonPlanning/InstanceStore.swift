@@ -5,16 +5,16 @@ import Foundation
 /// a person, for an operator, or for its retention to end once finished) is kept in the compact binary form of
 /// `StateBinary`, a fraction of the decoded size, and decoded again when an event or a timer touches it. A coordinator holds
 /// every instance of its partitions until its retention ends, and most of them wait.
-struct InstanceStore {
+public struct InstanceStore: Sendable {
     private var live: [String: InstanceState] = [:]
     private var idle: [String: Data] = [:]
 
-    init() {}
+    public init() {}
 
-    var count: Int { live.count + idle.count }
+    public var count: Int { live.count + idle.count }
 
     /// Whether an instance in `status` is kept encoded between events.
-    static func keepsEncoded(_ status: InstanceStatus) -> Bool {
+    public static func keepsEncoded(_ status: InstanceStatus) -> Bool {
         switch status {
         case .running, .compensating: false
         case .waiting, .suspended, .completed, .failed, .cancelled: true
@@ -22,7 +22,7 @@ struct InstanceStore {
     }
 
     /// The instance's state, decoded if it was kept encoded (it stays encoded: `thaw` keeps it decoded).
-    subscript(id: String) -> InstanceState? {
+    public subscript(id: String) -> InstanceState? {
         get {
             if let state = live[id] { return state }
             return idle[id].map { Self.decode($0, id) }
@@ -35,20 +35,20 @@ struct InstanceStore {
 
     /// Decodes an instance kept encoded, ahead of changes to it, so that it is decoded once however often it is
     /// read until it settles again.
-    mutating func thaw(_ id: String) {
+    public mutating func thaw(_ id: String) {
         guard let bytes = idle.removeValue(forKey: id) else { return }
         live[id] = Self.decode(bytes, id)
     }
 
     /// Keeps the instance encoded if it now only waits.
-    mutating func settle(_ id: String) {
+    public mutating func settle(_ id: String) {
         guard let state = live[id], Self.keepsEncoded(state.status) else { return }
         live[id] = nil
         idle[id] = StateBinary.encode(state)
     }
 
     /// Adds an instance as it was rebuilt.
-    mutating func insert(_ state: InstanceState) {
+    public mutating func insert(_ state: InstanceState) {
         if Self.keepsEncoded(state.status) {
             idle[state.instanceID] = StateBinary.encode(state)
         } else {
@@ -57,7 +57,7 @@ struct InstanceStore {
     }
 
     /// The workflow and status of every instance, without decoding the encoded ones whole.
-    func forEachStatus(_ body: (_ workflowID: String, _ status: InstanceStatus) -> Void) {
+    public func forEachStatus(_ body: (_ workflowID: String, _ status: InstanceStatus) -> Void) {
         for state in live.values { body(state.workflowID, state.status) }
         for (id, bytes) in idle {
             // Our own encoding: the front always reads (else the whole of it fails to decode, and that stops).
