@@ -9,6 +9,9 @@ import Synchronization
 /// Follows the state topic and keeps the latest committed state of every instance: for waiting on
 /// instances, for `baton watch`, for the benchmark. Only snapshots from committed transactions are read
 /// (read_committed). Unless `light`, it follows the outputs topic too and puts each instance's outputs back.
+///
+/// It follows while its `run()` runs, on a task its owner starts and cancels; `watching(client:names:logger:light:_:)`
+/// does both around a body.
 public final class InstanceWatcher: Sendable {
     struct Seen {
         var states: [String: InstanceState] = [:]
@@ -25,7 +28,6 @@ public final class InstanceWatcher: Sendable {
     let consumer: KafkaConsumer
     let registry: DefinitionRegistry?
     let names: TopicNames
-    let task: Mutex<Task<Void, Never>?> = Mutex(nil)
     let logger: Logger
     /// Keeps only each instance's status (no full decode): for watching many instances cheaply.
     let light: Bool
@@ -44,25 +46,44 @@ public final class InstanceWatcher: Sendable {
             partitions += (0..<Int32(t.partitionCount)).map { TopicPartitionOffset(topic, $0, offset: TopicPartitionOffset.beginning) }
         }
         try consumer.assign(partitions)
-        let t = Task { [self] in await follow() }
-        task.withLock { $0 = t }
+    }
+
+    /// Runs `body` with a watcher that follows the topics meanwhile, then stops following and closes it (also
+    /// when `body` throws).
+    public static func watching<T: Sendable>(
+        client: KafkaClientConfiguration, names: TopicNames, logger: Logger, light: Bool = false, _ body: (InstanceWatcher) async throws -> T
+    ) async throws -> T {
+        let watcher = try await InstanceWatcher(client: client, names: names, logger: logger, light: light)
+        do {
+            let result = try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await watcher.run() }
+                defer { group.cancelAll() }
+                return try await body(watcher)
+            }
+            await watcher.close()
+            return result
+        } catch {
+            await watcher.close()
+            throw error
+        }
     }
 
     /// Why the watcher stopped following, when it stopped on an error (a closed or failed consumer).
     public var failure: String? { stopped.withLock { $0 } }
     let stopped = Mutex<String?>(nil)
 
-    func follow() async {
+    /// Follows the topics until its task is cancelled. When reading fails for good (librdkafka retries what it
+    /// can itself), it logs and records why (`failure`; `wait` then answers at once) and throws it.
+    public func run() async throws {
         while !Task.isCancelled {
             let events: [KafkaConsumerEvent]
             do {
                 events = try await consumer.poll(maxEvents: 5000, timeout: .milliseconds(50))
             } catch {
                 if Task.isCancelled { return }
-                // The consumer failed for good (librdkafka retries what it can itself): say so, and make `wait` answer.
                 logger.error("instance watcher stopped: reading \(names.state) failed", metadata: ["error": "\(error)"])
                 stopped.withLock { $0 = "\(error)" }
-                return
+                throw error
             }
             let now = WallClock.millis()
             var decoded: [(String, InstanceStatus, InstanceState?)] = []
@@ -137,9 +158,8 @@ public final class InstanceWatcher: Sendable {
         return false
     }
 
+    /// Closes its consumer and registry, once `run()` has ended.
     public func close() async {
-        task.withLock { $0?.cancel() }
-        await task.withLock { $0 }?.value
         await consumer.close()
         await registry?.close()
     }

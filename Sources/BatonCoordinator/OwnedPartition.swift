@@ -109,7 +109,7 @@ final class OwnedPartition {
         context.metrics.rebuildRecords.increment(by: reading.records)
         let rebuilt = assemble(reading, partition: partition, context: context)
         context.logger.info(
-            "took partition",
+            "rebuilt partition",
             metadata: [
                 "partition": "\(partition)", "instances": "\(rebuilt.instances.count)", "mailboxes": "\(rebuilt.mailboxes.count)",
                 "records": "\(reading.records)", "uncommitted": "\(reading.uncommitted)",

@@ -88,113 +88,113 @@ struct Bench: AsyncParsableCommand {
             await client.close()
             return
         }
-        let watcher = try await InstanceWatcher(client: clientConfiguration, names: names, logger: logger, light: true)
+        try await InstanceWatcher.watching(client: clientConfiguration, names: names, logger: logger, light: true) { watcher in
 
-        let children = ChildProcesses()
+            let children = ChildProcesses()
 
-        children.stopOnInterrupt()
-        try children.ensureKeys()
-        let common = ["--namespace", namespace] + connection.childArguments + (metrics ? ["--metrics-port", "0"] : []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? [])
-        var coordinatorProcesses: [Process] = []
-        for i in 0..<coordinators { coordinatorProcesses.append(try children.spawn("coordinator-\(i)", ["coordinator"] + common)) }
-        let workerProcess = try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
-        print("namespace \(namespace); \(coordinators) coordinator(s) and the example workers running (logs in \(children.logDirectory.path))")
-        fflush(nil)  // every stream: a script or test that runs the bench waits for this line
+            children.stopOnInterrupt()
+            try children.ensureKeys()
+            let common = ["--namespace", namespace] + connection.childArguments + (metrics ? ["--metrics-port", "0"] : []) + (otlpEndpoint.map { ["--otlp-endpoint", $0] } ?? [])
+            var coordinatorProcesses: [Process] = []
+            for i in 0..<coordinators { coordinatorProcesses.append(try children.spawn("coordinator-\(i)", ["coordinator"] + common)) }
+            let workerProcess = try children.spawn("workers", ["example-workers", "--pool", "service_call", "--pool", "notification", "--concurrency", "256"] + common)
+            print("namespace \(namespace); \(coordinators) coordinator(s) and the example workers running (logs in \(children.logDirectory.path))")
+            fflush(nil)  // every stream: a script or test that runs the bench waits for this line
 
-        // Warm up until the whole pipeline answers: groups joined, partitions taken.
-        let holding = self.workflow == .hold
-        let reached: Set<InstanceStatus> = holding ? [.waiting] : [.completed, .failed]
-        let warm = (0..<20).map { "warmup-\($0)" }
-        for id in warm { try await client.start(workflowID: workflow.id, input: [:], instanceID: id, partitions: partitions) }
-        guard await watcher.wait(for: Set(warm), toBe: holding ? [.waiting] : [.completed], timeout: .seconds(120)) else {
+            // Warm up until the whole pipeline answers: groups joined, partitions taken.
+            let holding = self.workflow == .hold
+            let reached: Set<InstanceStatus> = holding ? [.waiting] : [.completed, .failed]
+            let warm = (0..<20).map { "warmup-\($0)" }
+            for id in warm { try await client.start(workflowID: workflow.id, input: [:], instanceID: id, partitions: partitions) }
+            guard await watcher.wait(for: Set(warm), toBe: holding ? [.waiting] : [.completed], timeout: .seconds(120)) else {
+                children.stopAll()
+                throw CLIFailure("the warm-up instances did not complete within 120 s; see the logs in \(children.logDirectory.path)")
+            }
+            let residentBefore = coordinatorProcesses.compactMap(ChildProcesses.residentBytes).reduce(0, +)
+
+            print("offering \(instances) instances of \(workflow.id) (\(steps) steps) \(rate > 0 ? "at \(rate)/s" : "as fast as possible")")
+            // CPU time of each process over the run: the engine's, this client's, and the broker's when it runs here.
+            let cpuMeter = CPUMeter(
+                coordinatorProcesses.enumerated().map { ("coordinator-\($0.offset)", $0.element.processIdentifier) }
+                    + [("workers", workerProcess.processIdentifier), ("bench client", ProcessInfo.processInfo.processIdentifier)],
+                brokers: clientConfiguration.brokers.bootstrapServers)
+            var sentAt: [String: Int64] = [:]
+            sentAt.reserveCapacity(instances)
+            let clock = ContinuousClock()
+            let began = clock.now
+            let firstSend = nowMillis()
+            for i in 0..<instances {
+                if let hung, i == instances / 2 {
+                    try await client.start(workflowID: hung.workflow.id, input: ["order_id": .string(hung.id)], instanceID: hung.id, partitions: partitions, wait: false)
+                }
+                if rate > 0 {
+                    let due = began + .milliseconds(Int64(i) * 1000 / Int64(rate))
+                    if due > clock.now { try await Task.sleep(until: due, clock: clock) }
+                }
+                let id = "b\(i)-\(UUID().uuidString.prefix(8))"
+                sentAt[id] = nowMillis()
+                try await client.start(workflowID: workflow.id, input: ["order_id": .string(id)], instanceID: id, partitions: partitions, wait: false)
+            }
+            try await client.flush()
+            let offeredFor = clock.now - began
+            let ids = Array(sentAt.keys)
+            let progress = Mutex(0)
+            /// The workers' largest resident memory seen over the run (sampled every 2 s).
+            let workerResident = Mutex(0)
+            let done = await withProgress(every: .seconds(2)) {
+                if let bytes = ChildProcesses.residentBytes(workerProcess) { workerResident.withLock { $0 = max($0, bytes) } }
+                let count = ids.count { (holding ? watcher.waitingSeenAt($0) : watcher.finishedSeenAt($0)) != nil }
+                let last = progress.withLock { last in defer { last = count }; return last }
+                return "progress: \(count) of \(ids.count) \(holding ? "waiting" : "finished") (\((count - last) / 2)/s)"
+            } _: {
+                await watcher.wait(for: Set(ids), toBe: reached, timeout: .seconds(deadline))
+            }
+            func reachedAt(_ id: String) -> Int64? { holding ? watcher.waitingSeenAt(id) : watcher.finishedSeenAt(id) }
+            let stragglers = Set(sentAt.keys.filter { reachedAt($0) == nil })
+            let wall = clock.now - began
+            let cpu = cpuMeter.report(over: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
+            let breakdown = metrics
+                ? Self.breakdown(coordinator: await Self.scrape(children.log("coordinator-0")), workers: await Self.scrape(children.log("workers"))) : nil
+            var hungReport: String?
+            if let hung { hungReport = try await measureHung(hung.id, watcher: watcher, client: client, names: names) }
+            let held = holding ? try await measureHeld(sentAt.count + warm.count, coordinators: coordinatorProcesses, residentBefore: residentBefore, children: children, common: common) : nil
             children.stopAll()
-            throw CLIFailure("the warm-up instances did not complete within 120 s; see the logs in \(children.logDirectory.path)")
-        }
-        let residentBefore = coordinatorProcesses.compactMap(ChildProcesses.residentBytes).reduce(0, +)
+            // Audited once nothing moves any more: what a group committed then is final.
+            let report = audit ? try await OffsetAudit.run(client: client, instanceIDs: stragglers, logger: logger) : nil
+            await client.close()
 
-        print("offering \(instances) instances of \(workflow.id) (\(steps) steps) \(rate > 0 ? "at \(rate)/s" : "as fast as possible")")
-        // CPU time of each process over the run: the engine's, this client's, and the broker's when it runs here.
-        let cpuMeter = CPUMeter(
-            coordinatorProcesses.enumerated().map { ("coordinator-\($0.offset)", $0.element.processIdentifier) }
-                + [("workers", workerProcess.processIdentifier), ("bench client", ProcessInfo.processInfo.processIdentifier)],
-            brokers: clientConfiguration.brokers.bootstrapServers)
-        var sentAt: [String: Int64] = [:]
-        sentAt.reserveCapacity(instances)
-        let clock = ContinuousClock()
-        let began = clock.now
-        let firstSend = nowMillis()
-        for i in 0..<instances {
-            if let hung, i == instances / 2 {
-                try await client.start(workflowID: hung.workflow.id, input: ["order_id": .string(hung.id)], instanceID: hung.id, partitions: partitions, wait: false)
+            let finished = sentAt.keys.compactMap { id in reachedAt(id).map { (id, $0) } }
+            let unfinished = sentAt.keys.filter { reachedAt($0) == nil }.sorted()
+            for id in unfinished.prefix(10) {
+                print("not finished: \(id) (last seen: \(watcher.status(id)?.rawValue ?? "never"))")
             }
-            if rate > 0 {
-                let due = began + .milliseconds(Int64(i) * 1000 / Int64(rate))
-                if due > clock.now { try await Task.sleep(until: due, clock: clock) }
-            }
-            let id = "b\(i)-\(UUID().uuidString.prefix(8))"
-            sentAt[id] = nowMillis()
-            try await client.start(workflowID: workflow.id, input: ["order_id": .string(id)], instanceID: id, partitions: partitions, wait: false)
-        }
-        try await client.flush()
-        let offeredFor = clock.now - began
-        let ids = Array(sentAt.keys)
-        let progress = Mutex(0)
-        /// The workers' largest resident memory seen over the run (sampled every 2 s).
-        let workerResident = Mutex(0)
-        let done = await withProgress(every: .seconds(2)) {
-            if let bytes = ChildProcesses.residentBytes(workerProcess) { workerResident.withLock { $0 = max($0, bytes) } }
-            let count = ids.count { (holding ? watcher.waitingSeenAt($0) : watcher.finishedSeenAt($0)) != nil }
-            let last = progress.withLock { last in defer { last = count }; return last }
-            return "progress: \(count) of \(ids.count) \(holding ? "waiting" : "finished") (\((count - last) / 2)/s)"
-        } _: {
-            await watcher.wait(for: Set(ids), toBe: reached, timeout: .seconds(deadline))
-        }
-        func reachedAt(_ id: String) -> Int64? { holding ? watcher.waitingSeenAt(id) : watcher.finishedSeenAt(id) }
-        let stragglers = Set(sentAt.keys.filter { reachedAt($0) == nil })
-        let wall = clock.now - began
-        let cpu = cpuMeter.report(over: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
-        let breakdown = metrics
-            ? Self.breakdown(coordinator: await Self.scrape(children.log("coordinator-0")), workers: await Self.scrape(children.log("workers"))) : nil
-        var hungReport: String?
-        if let hung { hungReport = try await measureHung(hung.id, watcher: watcher, client: client, names: names) }
-        let held = holding ? try await measureHeld(sentAt.count + warm.count, coordinators: coordinatorProcesses, residentBefore: residentBefore, children: children, common: common) : nil
-        children.stopAll()
-        // Audited once nothing moves any more: what a group committed then is final.
-        let report = audit ? try await OffsetAudit.run(client: client, instanceIDs: stragglers, logger: logger) : nil
-        await watcher.close()
-        await client.close()
-
-        let finished = sentAt.keys.compactMap { id in reachedAt(id).map { (id, $0) } }
-        let unfinished = sentAt.keys.filter { reachedAt($0) == nil }.sorted()
-        for id in unfinished.prefix(10) {
-            print("not finished: \(id) (last seen: \(watcher.status(id)?.rawValue ?? "never"))")
-        }
-        let latencies = finished.map { Double($0.1 - sentAt[$0.0]!) }.sorted()
-        guard let lastFinish = finished.map(\.1).max(), !latencies.isEmpty else { throw CLIFailure("no instance finished") }
-        let seconds = Double(lastFinish - firstSend) / 1000
-        let completed = sentAt.keys.filter { watcher.status($0) == .completed }.count
-        func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int((p * Double(latencies.count)).rounded(.up)) - 1)] }
-        print(String(format: "offered %d in %.2f s (%.0f/s); %d of them finished%@", instances, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18,
-                     Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
-        print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
-        print(String(format: "latency start-to-\(holding ? "waiting" : "finish"): p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
-        let failed = sentAt.keys.filter { watcher.status($0) == .failed }.count
-        let suspended = sentAt.keys.filter { watcher.status($0) == .suspended }.count
-        print("outcomes: \(completed) completed, \(failed) failed, \(suspended) suspended, \(unfinished.count) not finished")
-        print(String(format: "workers: at most %.0f MB resident over the run", Double(workerResident.withLock { $0 }) / 1e6))
-        print(cpu)
-        if let breakdown { print(breakdown) }
-        if let held { print(held) }
-        if let hungReport { print(hungReport) }
-        if let report {
-            let reread = children.logLines(containing: "the broker showed later records before earlier ones").count
-            print("audit: \(reread) out-of-order read(s) seen (and read again) by the coordinators")
-            if report.entries.isEmpty {
-                print("audit: every instance finished")
-            } else {
-                for (finding, count) in report.counts.sorted(by: { $0.value > $1.value }) { print("audit: \(count) \(finding.rawValue)") }
-                for entry in report.entries.prefix(20) { print("audit:   \(entry)") }
-                throw ExitCode(1)
+            let latencies = finished.map { Double($0.1 - sentAt[$0.0]!) }.sorted()
+            guard let lastFinish = finished.map(\.1).max(), !latencies.isEmpty else { throw CLIFailure("no instance finished") }
+            let seconds = Double(lastFinish - firstSend) / 1000
+            let completed = sentAt.keys.filter { watcher.status($0) == .completed }.count
+            func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int((p * Double(latencies.count)).rounded(.up)) - 1)] }
+            print(String(format: "offered %d in %.2f s (%.0f/s); %d of them finished%@", instances, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18,
+                         Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
+            print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
+            print(String(format: "latency start-to-\(holding ? "waiting" : "finish"): p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
+            let failed = sentAt.keys.filter { watcher.status($0) == .failed }.count
+            let suspended = sentAt.keys.filter { watcher.status($0) == .suspended }.count
+            print("outcomes: \(completed) completed, \(failed) failed, \(suspended) suspended, \(unfinished.count) not finished")
+            print(String(format: "workers: at most %.0f MB resident over the run", Double(workerResident.withLock { $0 }) / 1e6))
+            print(cpu)
+            if let breakdown { print(breakdown) }
+            if let held { print(held) }
+            if let hungReport { print(hungReport) }
+            if let report {
+                let reread = children.logLines(containing: "the broker showed later records before earlier ones").count
+                print("audit: \(reread) out-of-order read(s) seen (and read again) by the coordinators")
+                if report.entries.isEmpty {
+                    print("audit: every instance finished")
+                } else {
+                    for (finding, count) in report.counts.sorted(by: { $0.value > $1.value }) { print("audit: \(count) \(finding.rawValue)") }
+                    for entry in report.entries.prefix(20) { print("audit:   \(entry)") }
+                    throw ExitCode(1)
+                }
             }
         }
     }
@@ -237,7 +237,7 @@ extension Bench {
     }
 
     /// With `count` instances held: the coordinators' resident memory per instance, then a new coordinator's
-    /// rebuild of them (time, records and instances per second, from its "took partition" lines) and its memory.
+    /// rebuild of them (time, records and instances per second, from its "rebuilt partition" lines) and its memory.
     func measureHeld(_ count: Int, coordinators: [Process], residentBefore: Int, children: ChildProcesses, common: [String]) async throws -> String {
         let residentAfter = coordinators.compactMap(ChildProcesses.residentBytes).reduce(0, +)
         var lines = [String(format: "memory: %.0f MB resident with %d instances held, %.0f MB before: %.0f bytes per held instance",
@@ -249,7 +249,7 @@ extension Bench {
         var took: [(ms: Int, instances: Int, records: Int)] = []
         while took.count < partitions, clock.now - started < .seconds(3600) {
             try await Task.sleep(for: .milliseconds(200))  // polling a child's log file: no event to wait on
-            took = children.log("coordinator-rebuild").split(separator: "\n").filter { $0.contains("took partition") }.compactMap { line in
+            took = children.log("coordinator-rebuild").split(separator: "\n").filter { $0.contains("rebuilt partition") }.compactMap { line in
                 func field(_ name: String) -> Int? { line.split(separator: " ").first { $0.hasPrefix("\(name)=") }.flatMap { Int($0.dropFirst(name.count + 1)) } }
                 guard let ms = field("ms"), let instances = field("instances"), let records = field("records") else { return nil }
                 return (ms, instances, records)

@@ -32,50 +32,50 @@ struct Demo: AsyncParsableCommand {
         } catch let errors as DefinitionErrors {
             throw CLIFailure(errors.description)
         }
-        let watcher = try await InstanceWatcher(client: connection.clientConfiguration, names: names, logger: logger)
-        let children = ChildProcesses()
-        children.stopOnInterrupt()
-        try children.ensureKeys()
-        let common = ["--namespace", namespace] + connection.childArguments
-        try children.spawn("coordinator", ["coordinator"] + common)
-        try children.spawn("workers", ["example-workers"] + common)
-        print("namespace \(namespace): a coordinator and the example workers are running (logs in \(children.logDirectory.path))")
+        try await InstanceWatcher.watching(client: connection.clientConfiguration, names: names, logger: logger) { watcher in
+            let children = ChildProcesses()
+            children.stopOnInterrupt()
+            try children.ensureKeys()
+            let common = ["--namespace", namespace] + connection.childArguments
+            try children.spawn("coordinator", ["coordinator"] + common)
+            try children.spawn("workers", ["example-workers"] + common)
+            print("namespace \(namespace): a coordinator and the example workers are running (logs in \(children.logDirectory.path))")
 
-        var ids: [String] = []
-        for i in 1...(orders + 1) {
-            let declined = i == orders + 1
-            let order = declined ? "order-\(i)-fail-charge" : "order-\(i)"
-            let input: JSON = [
-                "order_id": .string(order), "items": [["sku": "book", "qty": .number(Double(i))]], "amount": .number(Double(20 * i)),
-                "currency": "EUR", "email": .string("customer\(i)@example.com"), "address": "1 Main Street",
-            ]
-            ids.append(try await client.start(workflowID: workflow.id, input: input, instanceID: order))
-            print("started \(order)\(declined ? " (its card will be declined)" : "")")
-        }
-        let ended: Set<InstanceStatus> = [.completed, .failed, .suspended, .cancelled]
-        let orderIDs = ids
-        let finished = await withProgress(every: .seconds(1)) {
-            let statuses = orderIDs.map { watcher.status($0) }
-            let done = statuses.count { $0.map(ended.contains) ?? false }
-            return done == orderIDs.count ? nil : "waiting for the orders: \(done) of \(orderIDs.count) done (\(statuses.compactMap { $0?.rawValue }.joined(separator: ", ")))"
-        } _: {
-            await watcher.wait(for: Set(orderIDs), toBe: ended, timeout: .seconds(120))
-        }
-        print("")
-        for id in ids {
-            if let state = watcher.state(id) {
-                print(StatusReport.render(InstanceView(state, workflow: workflow)))
-            } else {
-                print("\(id): no state seen")
+            var ids: [String] = []
+            for i in 1...(orders + 1) {
+                let declined = i == orders + 1
+                let order = declined ? "order-\(i)-fail-charge" : "order-\(i)"
+                let input: JSON = [
+                    "order_id": .string(order), "items": [["sku": "book", "qty": .number(Double(i))]], "amount": .number(Double(20 * i)),
+                    "currency": "EUR", "email": .string("customer\(i)@example.com"), "address": "1 Main Street",
+                ]
+                ids.append(try await client.start(workflowID: workflow.id, input: input, instanceID: order))
+                print("started \(order)\(declined ? " (its card will be declined)" : "")")
+            }
+            let ended: Set<InstanceStatus> = [.completed, .failed, .suspended, .cancelled]
+            let orderIDs = ids
+            let finished = await withProgress(every: .seconds(1)) {
+                let statuses = orderIDs.map { watcher.status($0) }
+                let done = statuses.count { $0.map(ended.contains) ?? false }
+                return done == orderIDs.count ? nil : "waiting for the orders: \(done) of \(orderIDs.count) done (\(statuses.compactMap { $0?.rawValue }.joined(separator: ", ")))"
+            } _: {
+                await watcher.wait(for: Set(orderIDs), toBe: ended, timeout: .seconds(120))
             }
             print("")
+            for id in ids {
+                if let state = watcher.state(id) {
+                    print(StatusReport.render(InstanceView(state, workflow: workflow)))
+                } else {
+                    print("\(id): no state seen")
+                }
+                print("")
+            }
+            let alerts = try await alertsFor(client: client, names: names)
+            for alert in alerts { print("alert to the on-call: [\(alert.alert.severity.rawValue)] \(alert.alert.instanceID ?? "engine"): \(alert.alert.message)") }
+            children.stopAll()
+            await client.close()
+            if !finished { throw CLIFailure("not every order finished within 120 s; see the logs in \(children.logDirectory.path)") }
         }
-        let alerts = try await alertsFor(client: client, names: names)
-        for alert in alerts { print("alert to the on-call: [\(alert.alert.severity.rawValue)] \(alert.alert.instanceID ?? "engine"): \(alert.alert.message)") }
-        children.stopAll()
-        await watcher.close()
-        await client.close()
-        if !finished { throw CLIFailure("not every order finished within 120 s; see the logs in \(children.logDirectory.path)") }
     }
 
     func alertsFor(client: BatonClient, names: TopicNames) async throws -> [AlertRecord] {

@@ -89,10 +89,10 @@ extension OneAtATime {
 
                 // The state rebuilt from the topics equals what the live view saw last.
                 second.terminate()
-                let rebuilt = try await InstanceWatcher(client: TestKafka.client, names: engine.names, logger: TestKafka.logger)
-                #expect(await rebuilt.wait(for: Set(ids), toBe: [.completed, .failed], timeout: .seconds(30)))
-                for id in ids { #expect(rebuilt.state(id) == engine.watcher.state(id)) }
-                await rebuilt.close()
+                try await InstanceWatcher.watching(client: TestKafka.client, names: engine.names, logger: TestKafka.logger) { rebuilt in
+                    #expect(await rebuilt.wait(for: Set(ids), toBe: [.completed, .failed], timeout: .seconds(30)))
+                    for id in ids { #expect(rebuilt.state(id) == engine.watcher.state(id)) }
+                }
             }
         }
 

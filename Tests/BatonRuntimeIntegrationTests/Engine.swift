@@ -19,6 +19,8 @@ final class Engine: Sendable {
     let names: TopicNames
     let client: BatonClient
     let watcher: InstanceWatcher
+    /// The watcher following the topics, until `shutdown` cancels it.
+    let watching: Task<Void, any Error>
     let partitions: Int
     /// The broker it talks to: the shared one, or a test's own (`PrivateBroker`).
     let kafka: KafkaClientConfiguration
@@ -37,7 +39,9 @@ final class Engine: Sendable {
         let applier = TopicApplier(admin: try KafkaAdmin(configuration: kafka, logger: TestKafka.logger), namespace: names.namespace, replicationFactor: 1, logger: TestKafka.logger)
         _ = try await applier.apply(specs)
         client = try BatonClient(client: kafka, names: names, signer: TestKeys.serverSigner, logger: TestKafka.logger)
-        watcher = try await InstanceWatcher(client: kafka, names: names, logger: TestKafka.logger)
+        let watcher = try await InstanceWatcher(client: kafka, names: names, logger: TestKafka.logger)
+        self.watcher = watcher
+        watching = Task { try await watcher.run() }
     }
 
     var coordinatorConfiguration: CoordinatorConfiguration {
@@ -133,6 +137,8 @@ final class Engine: Sendable {
             return !closed
         }
         guard first else { return }
+        watching.cancel()
+        _ = await watching.result
         await watcher.close()
         await client.close()
     }
