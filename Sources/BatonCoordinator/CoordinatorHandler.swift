@@ -116,23 +116,15 @@ struct CoordinatorHandler: PartitionHandler {
         context.clockCheck.tick(now: configuration.clock())
     }
 
-    /// Counts rebalances (when partitions change hands: a cooperative rebalance assigns nothing to a member that
-    /// keeps its own), and takes the last record of each events partition read as a clock sample when it was the
-    /// partition's end.
-    func handled(_ events: [KafkaConsumerEvent], consumer: KafkaConsumer) {
-        let topic = configuration.names.events
-        var lastRead: [Int32: KafkaMessage] = [:]
-        for event in events {
-            switch event {
-            case .assigned(let partitions) where !partitions.isEmpty: context.metrics.rebalances("assigned").increment()
-            case .revoked(let partitions, _) where !partitions.isEmpty: context.metrics.rebalances("revoked").increment()
-            case .message(let m) where m.topic == topic: lastRead[m.partition] = m
-            default: break
-            }
-        }
+    /// Counts rebalances (when partitions change hands), and takes the last record of each events partition read
+    /// as a clock sample when it was the partition's end.
+    func handled(_ round: PollRound, consumer: KafkaConsumer) {
+        if round.assigned > 0 { context.metrics.rebalances("assigned").increment(by: round.assigned) }
+        if round.revoked > 0 { context.metrics.rebalances("revoked").increment(by: round.revoked) }
+        guard !round.lastRead.isEmpty else { return }
         let now = configuration.clock()
-        for (p, m) in lastRead {
-            if let high = consumer.cachedHighWatermark(TopicPartition(topic, p)), m.offset + 1 >= high { context.clockCheck.sample(m, now: now) }
+        for (tp, m) in round.lastRead {
+            if let high = consumer.cachedHighWatermark(tp), m.offset + 1 >= high { context.clockCheck.sample(m, now: now) }
         }
     }
 }

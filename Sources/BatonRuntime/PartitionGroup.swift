@@ -41,17 +41,19 @@ public struct PartitionGroup<Handler: PartitionHandler>: Sendable {
             let polled = ContinuousClock.now
             handler.polled(at: polled, since: polled - lastPoll)
             lastPoll = polled
-            for event in events { await handle(event, &members, group: &group) }
-            handler.handled(events, consumer: consumer)
+            var round = PollRound()
+            for event in events { await handle(event, &members, &round, group: &group) }
+            handler.handled(round, consumer: consumer)
             await tend(&members)
             if await !handler.roundEnded() { break }
         }
         await end(&members)
     }
 
-    func handle(_ event: KafkaConsumerEvent, _ members: inout Members, group: inout ThrowingDiscardingTaskGroup<any Error>) async {
+    func handle(_ event: KafkaConsumerEvent, _ members: inout Members, _ round: inout PollRound, group: inout ThrowingDiscardingTaskGroup<any Error>) async {
         switch event {
         case .assigned(let partitions):
+            if !partitions.isEmpty { round.assigned += 1 }
             readiness.joined()
             for tp in partitions where handler.handles(tp) {
                 if let old = members.runners.removeValue(forKey: tp) {
@@ -67,6 +69,7 @@ public struct PartitionGroup<Handler: PartitionHandler>: Sendable {
                 group.addTask { await runner.run() }
             }
         case .revoked(let partitions, let lost):
+            if !partitions.isEmpty { round.revoked += 1 }
             for tp in partitions { readiness.released(tp) }
             // Each runner ends its transaction (commit or abort) before the partition is let go; the loop waits for
             // that, but not so long that the group takes this member for dead.
@@ -86,6 +89,7 @@ public struct PartitionGroup<Handler: PartitionHandler>: Sendable {
             guard let runner = members.runners[m.topicPartition] else { return }
             handler.delivered(m)
             runner.inbox.deliver(m)
+            round.lastRead[m.topicPartition] = m
         case .error(let error):
             handler.consumerError(error)
         case .partitionEOF(let tp, let offset):

@@ -50,8 +50,8 @@ public protocol PartitionHandler: Sendable {
     func took(_ batch: [KafkaMessage])
     /// A poll returned (before its events are handed out); `since` is how long since the poll before.
     func polled(at instant: ContinuousClock.Instant, since: Duration)
-    /// A poll's events were handed out.
-    func handled(_ events: [KafkaConsumerEvent], consumer: KafkaConsumer)
+    /// A poll's events were handed out; `round` sums them up.
+    func handled(_ round: PollRound, consumer: KafkaConsumer)
     /// The consumer reported an error that it retries itself.
     func consumerError(_ error: KafkaError)
     /// Called after each round of the poll loop; false ends it (the service subscribes to other topics).
@@ -67,10 +67,22 @@ extension PartitionHandler {
     public func delivered(_ message: KafkaMessage) {}
     public func took(_ batch: [KafkaMessage]) {}
     public func polled(at instant: ContinuousClock.Instant, since: Duration) {}
-    public func handled(_ events: [KafkaConsumerEvent], consumer: KafkaConsumer) {}
+    public func handled(_ round: PollRound, consumer: KafkaConsumer) {}
     public func consumerError(_ error: KafkaError) { logger.warning("consumer: \(error)") }
     public func roundEnded() async -> Bool { true }
     public var stopsWithinTimeout: Bool { true }
+}
+
+/// What one poll of the group loop handed out, gathered in the pass that hands it out.
+public struct PollRound: Sendable {
+    /// How many times partitions were assigned to this member, or taken from it (a cooperative rebalance that moves
+    /// none of this member's partitions is not counted).
+    public var assigned = 0
+    public var revoked = 0
+    /// The last record read of each partition this member owns.
+    public var lastRead: [TopicPartition: KafkaMessage] = [:]
+
+    public init() {}
 }
 
 /// Alert severities a partition runner uses (the wire's `Alert.Severity` is mapped by the handler).

@@ -62,7 +62,7 @@ public final class PartitionRunner<Handler: PartitionHandler>: Sendable {
                 logger.info("took partition", metadata: ["partition": "\(tp)", "committed": "\(handler.nextOffset(partition).map(String.init) ?? "none")"])
                 return partition
             } catch {
-                if await failed(&episode, "cannot take \(handler.describe(tp))", error) { return nil }
+                if await failed(&episode, "cannot take \(handler.describe(tp))", error).stopped { return nil }
             }
         }
         return nil
@@ -99,7 +99,9 @@ public final class PartitionRunner<Handler: PartitionHandler>: Sendable {
                 case .takeAnew(let reason):
                     retake = reason
                 case .backOff:
-                    if await failed(&episode, "cannot commit \(handler.describe(tp))", error, retake: &retake) { return .stopped }
+                    let failure = await failed(&episode, "cannot commit \(handler.describe(tp))", error)
+                    if failure.stopped { return .stopped }
+                    retake = failure.retake
                 }
                 if let reason = retake {
                     logger.error("\(handler.describe(tp)) lost its producer: \(reason); taking the partition anew")
@@ -123,13 +125,9 @@ public final class PartitionRunner<Handler: PartitionHandler>: Sendable {
         return gaps
     }
 
-    /// Records a failure, alerts when due, and waits before the next try. True when the runner was stopped meanwhile.
-    func failed(_ episode: inout RetryEpisode<ContinuousClock>, _ what: String, _ error: any Error) async -> Bool {
-        var retake: String?
-        return await failed(&episode, what, error, retake: &retake)
-    }
-
-    func failed(_ episode: inout RetryEpisode<ContinuousClock>, _ what: String, _ error: any Error, retake: inout String?) async -> Bool {
+    /// Records a failure, alerts when due, and waits before the next try. Whether the runner was stopped meanwhile,
+    /// and why to take the partition anew when failures went on past `RetryPolicy.retakeAfterFailures`.
+    func failed(_ episode: inout RetryEpisode<ContinuousClock>, _ what: String, _ error: any Error) async -> (stopped: Bool, retake: String?) {
         let failure = episode.failed()
         logger.warning(
             "\(what); trying again", metadata: ["partition": "\(tp)", "try": "\(failure.count)", "in_ms": "\(failure.delay.inMilliseconds)", "error": "\(error)"])
@@ -139,9 +137,8 @@ public final class PartitionRunner<Handler: PartitionHandler>: Sendable {
                 "\(settings.name) \(what): \(failure.count) tries failed over \(failure.failingFor.inMilliseconds / 1000) s; the last: \(error)")
             episode.alertDelivered(delivered)
         }
-        if failure.retake { retake = "\(failure.count) failures in a row; the last: \(error)" }
         await inbox.waitForWork(atMost: failure.delay, wakeOnMessages: false)
-        return inbox.isStopping
+        return (inbox.isStopping, failure.retake ? "\(failure.count) failures in a row; the last: \(error)" : nil)
     }
 
     /// It worked: after failures, say so; after an alert, the on-call hears that it is over.
