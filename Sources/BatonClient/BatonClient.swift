@@ -21,7 +21,13 @@ public final class BatonClient: Sendable {
     /// sent from here: they go through `baton serve`, which signs them for the person who signed in.
     public let signer: AuthoritySigner?
 
-    public init(client: KafkaClientConfiguration, names: TopicNames, signer: AuthoritySigner? = nil, logger: Logger) throws {
+    /// Holds starts while the coordinators are too far behind (`StartAdmissionSettings`).
+    let admission: StartAdmission
+
+    public init(
+        client: KafkaClientConfiguration, names: TopicNames, signer: AuthoritySigner? = nil, admission: StartAdmissionSettings? = nil, logger: Logger
+    ) throws {
+        self.admission = StartAdmission(settings: try admission ?? .fromEnvironment(), names: names, client: client, logger: logger)
         self.client = client
         self.names = names
         self.signer = signer
@@ -32,7 +38,13 @@ public final class BatonClient: Sendable {
         admin = try KafkaAdmin(configuration: client, logger: logger)
     }
 
-    public func close() async { await producer.close() }
+    public func close() async {
+        await admission.close()
+        await producer.close()
+    }
+
+    /// How often starts waited for the coordinators to catch up, and for how long (`StartAdmissionSettings`).
+    public var startWaits: StartWaits { admission.waits }
 
     /// A record that acts for a person, made for the signer's identity (`principal`, or the one its key is
     /// bound to) and signed.
@@ -78,6 +90,7 @@ public final class BatonClient: Sendable {
         let count: Int
         if let partitions { count = partitions } else { count = try await partitionCount(names.events) }
         let partition = KafkaPartitioner.partition(forKey: instanceID, partitionCount: count)
+        if kind == .start { try await admission.admit(partition: partition, of: count) }
         let record = ProducerRecord(topic: names.events, partition: partition, key: Data(instanceID.utf8), value: value, headers: headers(kind))
         if wait { try await producer.send(record) } else { try await producer.enqueue(record) }
     }

@@ -204,6 +204,24 @@ public final class KafkaConsumer: Sendable {
         if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "resume \(partitions)") }
     }
 
+    /// Each partition's first offset and its end (the high watermark), as its leader answers a ListOffsets
+    /// request now. On Tansu the end can lag behind a batch just produced (docs/kafka-compatibility.md, gap 3):
+    /// good for an estimate such as a lag, not for reading to the end.
+    public func watermarks(_ partitions: [TopicPartition], timeout: Duration = .seconds(5)) async throws -> [TopicPartition: (low: Int64, high: Int64)] {
+        let client = self.client  // kept alive by the call, which may outlive a cancelled wait
+        return try await runBlocking {
+            var result: [TopicPartition: (low: Int64, high: Int64)] = [:]
+            for tp in partitions {
+                var low: Int64 = 0
+                var high: Int64 = 0
+                let err = rd_kafka_query_watermark_offsets(client.handle, tp.topic, tp.partition, &low, &high, Int32(timeout.milliseconds))
+                if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "watermarks of \(tp)") }
+                result[tp] = (low, high)
+            }
+            return result
+        }
+    }
+
     /// The high watermark last seen in a fetch response (see docs: more reliable than a ListOffsets query on some brokers).
     public func cachedHighWatermark(_ partition: TopicPartition) -> Int64? {
         var low: Int64 = 0

@@ -7,6 +7,11 @@ public struct ClientSettingsError: Error, CustomStringConvertible {
     public var source: String
     public var reason: String
     public var description: String { "\(source): \(reason)" }
+
+    public init(source: String, reason: String) {
+        self.source = source
+        self.reason = reason
+    }
 }
 
 extension KafkaClientConfiguration {

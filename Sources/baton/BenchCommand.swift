@@ -175,6 +175,12 @@ struct Bench: AsyncParsableCommand {
             func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int((p * Double(latencies.count)).rounded(.up)) - 1)] }
             print(String(format: "offered %d in %.2f s (%.0f/s); %d of them finished%@", instances, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18,
                          Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
+            let waits = client.startWaits
+            if waits.count > 0 || waits.refused > 0 {
+                print(
+                    "starts held for the coordinators (BATON_START_MAX_DELAY): \(waits.count), \(waits.total.inMilliseconds / 1000) s in all, the longest \(waits.longest.inMilliseconds) ms; \(waits.refused) refused"
+                )
+            }
             print(String(format: "throughput: %.0f workflows/s, %.0f steps/s (%d completed) over %.2f s", Double(finished.count) / seconds, Double(finished.count * steps) / seconds, completed, seconds))
             print(String(format: "latency start-to-\(holding ? "waiting" : "finish"): p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms", percentile(0.50), percentile(0.95), percentile(0.99), latencies.last!))
             let failed = sentAt.keys.filter { watcher.status($0) == .failed }.count
