@@ -494,9 +494,13 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
 
     public var kind: Kind
     public var description: String
-    public init(_ kind: Kind, _ description: String) {
+    /// Refused for load, not for what it asked (a start held for busy coordinators): sending the same again after
+    /// this is right. `baton serve` answers it as `Retry-After`.
+    public var retryAfter: Duration?
+    public init(_ kind: Kind, _ description: String, retryAfter: Duration? = nil) {
         self.kind = kind
         self.description = description
+        self.retryAfter = retryAfter
     }
 
     /// The status `baton` exits with (`Kind.exitCode`).

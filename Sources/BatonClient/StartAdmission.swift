@@ -113,6 +113,8 @@ final class StartAdmission: Sendable {
         var reading = false
         var consumer: KafkaConsumer?
         var failing = false
+        /// Whether a start asked before.
+        var asked = false
         var waits = StartWaits()
     }
     private let state = Mutex(State())
@@ -130,6 +132,9 @@ final class StartAdmission: Sendable {
     /// `maxWait` and the coordinators are still too far behind.
     func admit(partition: Int32, of partitions: Int) async throws {
         guard settings.maxDelay != nil else { return }
+        // The first start of a client goes without a reading: one reading cannot tell a rate, and a one-off start
+        // (`baton start`) should not pay for a consumer of the coordinators' group.
+        guard state.withLock({ s in defer { s.asked = true }; return s.asked }) else { return }
         let began = ContinuousClock.now
         while true {
             await readIfDue(partitions: partitions)
@@ -145,8 +150,8 @@ final class StartAdmission: Sendable {
                 state.withLock { $0.waits.refused += 1 }
                 throw ClientError(
                     .unavailable,
-                    "the engine is busy: the coordinators are \(lag) events (about \(behind.inMilliseconds / 1000) s) behind on \(names.events) partition \(partition), more than the \(settings.maxDelay.map { "\($0.inMilliseconds) ms" } ?? "") a start waits for (BATON_START_MAX_DELAY); this start waited \(waited.inMilliseconds / 1000) s and was not sent: send it again later"
-                )
+                    "the engine is busy: the coordinators are \(lag) events (about \(behind.inMilliseconds / 1000) s) behind on \(names.events) partition \(partition), more than the \(settings.maxDelay.map { "\($0.inMilliseconds) ms" } ?? "") a start waits for (BATON_START_MAX_DELAY); this start waited \(waited.inMilliseconds / 1000) s and was not sent: send it again later",
+                    retryAfter: max(.seconds(1), behind))
             }
             // Waiting for the lag to come down: the next reading is due after `interval`.
             try await Task.sleep(for: settings.interval)

@@ -90,7 +90,9 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             throw problem
         } catch let error as ClientError {
             // A client call a route made: its kind decides the status (the table in docs/api.md).
-            throw Problem(HTTPResponse.Status(code: error.httpStatus), error.kind.problemType, error.description)
+            var problem = Problem(HTTPResponse.Status(code: error.httpStatus), error.kind.problemType, error.description)
+            if let after = error.retryAfter { problem.headers[.retryAfter] = String(max(1, after.components.seconds + (after.components.attoseconds > 0 ? 1 : 0))) }
+            throw problem
         } catch let error as HTTPError {
             switch error.status {
             case .notFound: throw Problem(.notFound, .notFound, "no route \(request.method.rawValue) \(request.uri.path)\(idEncodingHint(request.uri.path))")

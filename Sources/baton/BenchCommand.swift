@@ -133,7 +133,16 @@ struct Bench: AsyncParsableCommand {
                 }
                 let id = "b\(i)-\(UUID().uuidString.prefix(8))"
                 sentAt[id] = nowMillis()
-                try await client.start(workflowID: workflow.id, input: ["order_id": .string(id)], instanceID: id, partitions: partitions, wait: false)
+                // Refused after waiting for coordinators that stay behind (BATON_START_MAX_WAIT): sent again, as a
+                // client would; the count is in the report.
+                while true {
+                    do {
+                        try await client.start(workflowID: workflow.id, input: ["order_id": .string(id)], instanceID: id, partitions: partitions, wait: false)
+                        break
+                    } catch let error as ClientError where error.retryAfter != nil {
+                        continue
+                    }
+                }
             }
             try await client.flush()
             let offeredFor = clock.now - began

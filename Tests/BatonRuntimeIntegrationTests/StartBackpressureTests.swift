@@ -62,6 +62,7 @@ struct StartBackpressureTests {
             let (id, waited, error) = try #require(refused, "no start was held within 20 s: \(sent.count) were sent")
             #expect((1...12).contains(sent.count), "starts went at once until the client had a second of readings: \(sent)")
             #expect(error.kind == .unavailable)
+            #expect(error.retryAfter.map { $0 >= .seconds(1) } == true, "refused for load: the same start may be sent again")
             #expect(error.description.contains("behind on \(engine.names.events) partition 0") && error.description.contains("was not sent"), "\(error)")
             #expect(waited >= .seconds(3), "the start waited its BATON_START_MAX_WAIT before it was refused")
             #expect(held.startWaits.refused == 1)
