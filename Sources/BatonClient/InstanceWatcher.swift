@@ -23,7 +23,21 @@ public final class InstanceWatcher: Sendable {
         var finishedSeenAt: [String: Int64] = [:]
         /// When each instance was first seen waiting for a person.
         var waitingSeenAt: [String: Int64] = [:]
+        /// Instances whose newest snapshot has a completed unit whose output was not read yet, since when (this
+        /// process's clock). The coordinator writes both in one transaction, but the two topics are fetched
+        /// apart: until the output is read, the instance keeps the state published before, so that a waiter never
+        /// sees a step completed without its output.
+        var awaitingOutputs: [String: Int64] = [:]
+
+        mutating func publish(_ id: String, status: InstanceStatus, at now: Int64) {
+            statuses[id] = status
+            if status.isFinished || status == .suspended, finishedSeenAt[id] == nil { finishedSeenAt[id] = now }
+            if status == .waiting, waitingSeenAt[id] == nil { waitingSeenAt[id] = now }
+        }
     }
+    /// How long a snapshot waits for its outputs before it is published without them (an output record that is
+    /// gone: deleted by retention, or written by a foreign producer and skipped).
+    static let outputGrace: Int64 = 5_000
     let seen = Mutex(Seen())
     let consumer: KafkaConsumer
     let registry: DefinitionRegistry?
@@ -100,7 +114,7 @@ public final class InstanceWatcher: Sendable {
                     decoded.append((id, state.status, state))
                 }
             }
-            guard !decoded.isEmpty || !outputs.isEmpty else { continue }
+            guard !decoded.isEmpty || !outputs.isEmpty || seen.withLock({ !$0.awaitingOutputs.isEmpty }) else { continue }
             // A definition registered since: read it before putting outputs back (if reading fails, the outputs of
             // that workflow's instances wait until the next round, and the failure is logged).
             if !outputs.isEmpty {
@@ -114,16 +128,14 @@ public final class InstanceWatcher: Sendable {
                     changed.insert(record.instanceID)
                 }
                 for (id, status, state) in decoded {
-                    s.statuses[id] = status
                     if let state {
                         s.snapshots[id] = state
                         changed.insert(id)
+                    } else {
+                        s.publish(id, status: status, at: now)
                     }
-                    if status.isFinished || status == .suspended, s.finishedSeenAt[id] == nil {
-                        s.finishedSeenAt[id] = now
-                    }
-                    if status == .waiting, s.waitingSeenAt[id] == nil { s.waitingSeenAt[id] = now }
                 }
+                changed.formUnion(s.awaitingOutputs.keys)
                 for id in changed {
                     guard var state = s.snapshots[id] else { continue }
                     if let workflow = registry?.workflow(state.workflowID, version: state.version) {
@@ -131,8 +143,16 @@ public final class InstanceWatcher: Sendable {
                             workflow.index[r.step].map { StoredOutput(step: $0, item: r.item, attempt: r.attempt, output: r.output) }
                         }
                         state.restore(outputs: stored, workflow: workflow)
+                        let missing = state.steps.contains { $0.units.contains { $0.status == .completed && $0.output == nil } }
+                        if missing {
+                            let since = s.awaitingOutputs[id] ?? now
+                            s.awaitingOutputs[id] = since
+                            if now - since < Self.outputGrace { continue }
+                        }
                     }
+                    s.awaitingOutputs[id] = nil
                     s.states[id] = state
+                    s.publish(id, status: state.status, at: now)
                 }
             }
         }
