@@ -29,10 +29,13 @@ public enum Saga {
         return Transition(state: machine.state, effects: machine.effects, outcome: .applied)
     }
 
+    /// Applies `event` at `now`. `writtenAt` is when the event's record was written (its timestamp), when it
+    /// came from a record: a start report arms the run timeout from it, not from when it was applied.
     public static func apply(
-        _ workflow: Workflow, to state: InstanceState, event: SagaEvent, now: Timestamp, settings: SagaSettings = .init()
+        _ workflow: Workflow, to state: InstanceState, event: SagaEvent, now: Timestamp, writtenAt: Timestamp? = nil, settings: SagaSettings = .init()
     ) -> Transition {
         var machine = Machine(workflow: workflow, state: state, now: now, settings: settings)
+        machine.writtenAt = writtenAt
         if let reason = machine.handle(event) {
             return Transition(state: state, effects: [], outcome: .ignored(reason))
         }
@@ -68,6 +71,8 @@ struct Machine {
     let workflow: Workflow
     var state: InstanceState
     let now: Timestamp
+    /// When the event being handled was written, if it came from a record (`Saga.apply`).
+    var writtenAt: Timestamp?
     let settings: SagaSettings
     var effects: [SagaEffect] = []
 
@@ -197,9 +202,14 @@ struct Machine {
             return .stale("attempt \(attempt) of '\(step)' is \(state.steps[s].units[u].status.rawValue), not running")
         }
         if state.steps[s].units[u].heartbeatAt == nil {
-            // The attempt's first heartbeat is its start report: its run timeout counts from now, replacing
-            // the queue timeout (docs/wire-protocol.md, "Reporting the start").
-            arm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt), at: now + steps[s].effectiveTimeout.value)
+            // The attempt's first heartbeat is its start report: its run timeout counts from when the worker sent it
+            // (the record's timestamp), replacing the queue timeout (docs/wire-protocol.md, "Reporting the start").
+            // A report that waited behind other events (a busy partition, a takeover) does not lengthen the run.
+            // Never later than now, and never before the step started: a worker's clock behind the coordinator's
+            // cannot shorten the run by more than that. The heartbeat timeout below still counts from now: a
+            // heartbeat that waited in a queue must not make a live attempt look dead.
+            let reported = min(now, max(writtenAt ?? now, state.steps[s].startedAt ?? now))
+            arm(TimerKey(kind: .stepTimeout, step: s, item: itemIndex(s, u), attempt: attempt), at: reported + steps[s].effectiveTimeout.value)
         }
         state.steps[s].units[u].heartbeatAt = now
         if let details { state.steps[s].units[u].progress = details }

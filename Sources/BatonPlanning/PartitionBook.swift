@@ -226,7 +226,7 @@ public struct PartitionBook: Sendable {
             span.attributes["baton.workflow"] = workflow.id
             if let step = event.step { span.attributes["baton.step"] = step }
         }
-        let transition = Saga.apply(workflow, to: state, event: event, now: plan.now, settings: rules.settings)
+        let transition = Saga.apply(workflow, to: state, event: event, now: plan.now, writtenAt: m.timestamp, settings: rules.settings)
         // A delivered record the attempt cannot take goes back to its mailbox, whatever the reason.
         if case .ignored(let reason) = transition.outcome, giveBack(event, instance: id, "\(reason)", &plan) { return }
         switch transition.outcome {

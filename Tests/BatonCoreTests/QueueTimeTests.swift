@@ -49,6 +49,39 @@ struct QueueTimeTests {
         #expect(!sim.state.timers.contains { $0.key.kind == .stepTimeout })
     }
 
+    /// A start report that waited behind other events (a busy partition, a takeover) is applied late; the run
+    /// timeout still counts from when the worker sent it, so a hung step is not given the queue's time on top.
+    /// The report's time is taken no later than when it is applied and no earlier than the step started (a
+    /// worker's clock behind the coordinator's).
+    @Test func theRunTimeoutCountsFromWhenTheStartReportWasWritten() throws {
+        let start = SagaEvent.heartbeat(step: "validate", item: nil, attempt: 1, details: nil)
+        func due(_ sim: Simulator) -> Timestamp? { sim.state.timers.first { $0.key.kind == .stepTimeout }?.dueAt }
+
+        var late = Simulator(try workflow(Self.plain), at: 1_000)
+        late.send(start, at: 12_000, writtenAt: 5_000)  // written at 5 s, applied 7 s later
+        #expect(due(late) == 35_000)
+        late.advance(to: 35_000)
+        #expect(late.state.steps[0].units[0].error == "timed out after 30s")
+
+        var behind = Simulator(try workflow(Self.plain), at: 1_000)
+        behind.send(start, at: 12_000, writtenAt: -600_000)  // a worker's clock ten minutes behind
+        #expect(due(behind) == 31_000)
+
+        var ahead = Simulator(try workflow(Self.plain), at: 1_000)
+        ahead.send(start, at: 12_000, writtenAt: 900_000)  // a worker's clock ahead
+        #expect(due(ahead) == 42_000)
+
+        // Later heartbeats written long before they are applied move the heartbeat timeout from when they are
+        // applied: a queue must not make a live attempt look dead.
+        var beating = Simulator(try workflow("""
+            workflow_id: busy
+            steps: [{ id: validate, type: svc, timeout: 30s, heartbeat_timeout: 6s }]
+            """), at: 1_000)
+        beating.send(start, at: 12_000, writtenAt: 2_000)
+        #expect(beating.state.timers.first { $0.key.kind == .heartbeat }?.dueAt == 18_000)
+        #expect(due(beating) == 32_000)
+    }
+
     @Test func theQueueTimeoutFiresWhenNoWorkerStartedTheAttempt() throws {
         var sim = Simulator(try workflow(Self.queued))
         #expect(sim.state.timers.contains(ArmedTimer(key: TimerKey(kind: .stepTimeout, step: 0, attempt: 1), dueAt: 120_000)))

@@ -20,9 +20,9 @@ struct Simulator {
     }
 
     @discardableResult
-    mutating func send(_ event: SagaEvent, at time: Timestamp? = nil) -> Transition {
+    mutating func send(_ event: SagaEvent, at time: Timestamp? = nil, writtenAt: Timestamp? = nil) -> Transition {
         if let time { now = time }
-        let t = Saga.apply(workflow, to: state, event: event, now: now)
+        let t = Saga.apply(workflow, to: state, event: event, now: now, writtenAt: writtenAt)
         state = t.state
         effects += t.effects.map { (now, $0) }
         lastOutcome = t.outcome
