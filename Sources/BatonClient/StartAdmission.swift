@@ -16,6 +16,11 @@ import Synchronization
 /// which the coordinators committed it over the last `window`. A partition whose committed offset did not move
 /// over `window` has no coordinator working on it (they are all down, or none started yet): starts are not held
 /// then, they queue in Kafka as they always did, and a coordinator applies them when it takes the partition.
+///
+/// Between half the limit and the limit, starts are paced rather than let through at once: at what the
+/// coordinators get through (their commit rate over the events each start of this client brought to the
+/// partition), up to twice that when the queue is short. Without pacing, the starts held while the partition was
+/// behind would all go together the moment it was not, and put it further behind than before.
 public struct StartAdmissionSettings: Sendable, Equatable {
     /// Starts wait while the coordinators are further behind than this on the instance's partition; nil: never.
     public var maxDelay: Duration?
@@ -67,12 +72,21 @@ struct PartitionLoad: Sendable {
         var committed: Int64
         /// The partition's end.
         var end: Int64
+        /// How many starts this client had let through to the partition.
+        var admitted: Int64 = 0
     }
     /// Oldest first, spanning at most the window (and the one sample just before it).
     private(set) var samples: [Sample] = []
+    /// The records the partition grew by for each start this client let through, over the last window in which
+    /// it let enough through to tell (at least `minimumStarts`): the results, heartbeats and firings a start brings,
+    /// and the records of other clients and triggers, which this client's pace then makes room for.
+    private(set) var recordsPerStart: Double?
+    static let minimumStarts: Int64 = 20
 
     enum Verdict: Equatable {
         case admit
+        /// Let starts through at most this many per second.
+        case pace(perSecond: Double)
         /// Behind by `lag` records, which the coordinators commit in about `behind`.
         case hold(lag: Int64, behind: Duration)
     }
@@ -81,6 +95,9 @@ struct PartitionLoad: Sendable {
         samples.append(sample)
         // Keep one sample at or before the window's start, so that the rate spans the whole window.
         while samples.count > 2, samples[1].at <= sample.at - window { samples.removeFirst() }
+        if let first = samples.first, sample.admitted - first.admitted >= Self.minimumStarts {
+            recordsPerStart = max(1, Double(sample.end - first.end) / Double(sample.admitted - first.admitted))
+        }
     }
 
     func verdict(maxDelay: Duration?, window: Duration) -> Verdict {
@@ -92,10 +109,29 @@ struct PartitionLoad: Sendable {
         let committed = last.committed - first.committed
         // Not moving (or moved back: the partition was reset): no coordinator works on it; queue as in an outage.
         guard committed > 0 else { return .admit }
-        let span = (last.at - first.at).components
-        let seconds = Double(span.seconds) + Double(span.attoseconds) / 1e18
-        let behind = Duration.milliseconds(Int64(Double(lag) / (Double(committed) / seconds) * 1000))
-        return behind > maxDelay ? .hold(lag: lag, behind: behind) : .admit
+        let rate = Double(committed) / (last.at - first.at).inSeconds
+        let behind = Double(lag) / rate
+        let limit = maxDelay.inSeconds
+        if behind > limit { return .hold(lag: lag, behind: .milliseconds(Int64(behind * 1000))) }
+        guard behind > limit / 2, let recordsPerStart else { return .admit }
+        // What the coordinators get through, in starts per second: twice that at half the limit, once at the limit.
+        return .pace(perSecond: rate / recordsPerStart * (2 - behind / limit))
+    }
+}
+
+/// Paced starts, one every 1/rate seconds: a start takes the next free turn when it comes within `horizon`
+/// (and sleeps until it), and otherwise waits and asks again, when the rate may have changed. Waiting starts are
+/// not woken for every turn.
+struct StartPace: Sendable {
+    /// The next free turn.
+    var next: ContinuousClock.Instant
+
+    /// Takes the next free turn if it comes within `horizon`: how long until it (zero: now); nil when it is further.
+    mutating func take(rate: Double, horizon: Duration, now: ContinuousClock.Instant) -> Duration? {
+        let turn = max(next, now)
+        guard turn - now <= horizon else { return nil }
+        next = turn + .microseconds(max(1, Int64(1_000_000 / rate)))
+        return turn - now
     }
 }
 
@@ -116,6 +152,9 @@ final class StartAdmission: Sendable {
         /// Whether a start asked before.
         var asked = false
         var waits = StartWaits()
+        /// Starts let through, by partition (the samples carry them, to tell the records each brings).
+        var admitted: [Int32: Int64] = [:]
+        var paces: [Int32: StartPace] = [:]
     }
     private let state = Mutex(State())
 
@@ -139,21 +178,44 @@ final class StartAdmission: Sendable {
         while true {
             await readIfDue(partitions: partitions)
             // While the lag cannot be read, starts are not held (the start itself then meets the brokers' state).
-            let verdict = state.withLock { s in s.failing ? .admit : s.loads[partition]?.verdict(maxDelay: settings.maxDelay, window: settings.window) ?? .admit }
-            guard case .hold(let lag, let behind) = verdict else {
-                let waited = ContinuousClock.now - began
-                if waited > settings.interval / 2 { state.withLock { $0.waits.record(waited) } }
+            let now = ContinuousClock.now
+            // A start goes now (admit), after its turn (pace), or waits and asks again.
+            let (verdict, turn) = state.withLock { s -> (PartitionLoad.Verdict, Duration?) in
+                let verdict = s.failing ? .admit : s.loads[partition]?.verdict(maxDelay: settings.maxDelay, window: settings.window) ?? .admit
+                let turn: Duration? =
+                    switch verdict {
+                    case .admit: .zero
+                    case .pace(let rate): s.paces[partition, default: StartPace(next: now)].take(rate: rate, horizon: settings.interval, now: now)
+                    case .hold: nil
+                    }
+                if verdict == .admit { s.paces[partition] = nil }
+                if let turn {
+                    s.admitted[partition, default: 0] += 1
+                    let waited = now + turn - began
+                    if waited > settings.interval / 2 { s.waits.record(waited) }
+                }
+                return (verdict, turn)
+            }
+            if let turn {
+                if turn > .zero { try await Task.sleep(for: turn) }
                 return
             }
-            let waited = ContinuousClock.now - began
+            let waited = now - began
             if waited >= settings.maxWait {
                 state.withLock { $0.waits.refused += 1 }
+                let why =
+                    switch verdict {
+                    case .hold(let lag, let behind):
+                        "the coordinators are \(lag) events (about \(behind.inMilliseconds / 1000) s) behind on \(names.events) partition \(partition), more than the \(settings.maxDelay.map { "\($0.inMilliseconds) ms" } ?? "") a start waits for (BATON_START_MAX_DELAY)"
+                    case .pace(let rate):
+                        "starts to \(names.events) partition \(partition) go at \(Int(rate.rounded(.up))) a second, what the coordinators get through, and more are waiting"
+                    case .admit: "starts are waiting"
+                    }
                 throw ClientError(
-                    .unavailable,
-                    "the engine is busy: the coordinators are \(lag) events (about \(behind.inMilliseconds / 1000) s) behind on \(names.events) partition \(partition), more than the \(settings.maxDelay.map { "\($0.inMilliseconds) ms" } ?? "") a start waits for (BATON_START_MAX_DELAY); this start waited \(waited.inMilliseconds / 1000) s and was not sent: send it again later",
-                    retryAfter: max(.seconds(1), behind))
+                    .unavailable, "the engine is busy: \(why); this start waited \(waited.inMilliseconds / 1000) s and was not sent: send it again later",
+                    retryAfter: { if case .hold(_, let behind) = verdict { max(.seconds(1), behind) } else { .seconds(1) } }())
             }
-            // Waiting for the lag to come down: the next reading is due after `interval`.
+            // Waiting for the lag to come down, or for a turn within reach: the next reading is due after `interval`.
             try await Task.sleep(for: settings.interval)
         }
     }
@@ -187,7 +249,8 @@ final class StartAdmission: Sendable {
                 for tp in tps {
                     guard let mark = marks[tp] else { continue }
                     let committed = offsets[tp.partition].flatMap { $0 >= 0 ? $0 : nil } ?? mark.low
-                    s.loads[tp.partition, default: PartitionLoad()].add(.init(at: at, committed: committed, end: mark.high), window: settings.window)
+                    s.loads[tp.partition, default: PartitionLoad()].add(
+                        .init(at: at, committed: committed, end: mark.high, admitted: s.admitted[tp.partition] ?? 0), window: settings.window)
                 }
                 if s.failing { logger.notice("reading the coordinators' lag works again") }
                 s.failing = false

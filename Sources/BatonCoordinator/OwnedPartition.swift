@@ -201,7 +201,7 @@ final class OwnedPartition {
                         "rebuilding partition",
                         metadata: [
                             "partition": "\(partition)", "records": "\(reading.records)", "instances": "\(reading.snapshots.count)",
-                            "s": "\((ContinuousClock.now - started).seconds)",
+                            "s": "\((ContinuousClock.now - started).inSeconds)",
                         ])
                 }
             }
@@ -368,8 +368,4 @@ final class OwnedPartition {
                 "offsets_ms": "\(t.offsets.inMilliseconds)", "commit_ms": "\(t.commit.inMilliseconds)",
             ])
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -146,6 +146,9 @@ extension Duration {
     /// Whole milliseconds, rounded down, at least 0.
     public var inMilliseconds: Int { milliseconds }
 
+    /// In seconds, with fractions (negative for a negative duration).
+    public var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+
     var milliseconds: Int {
         let (seconds, attoseconds) = components
         return max(0, Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000))

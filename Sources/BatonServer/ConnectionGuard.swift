@@ -1,5 +1,6 @@
 import BatonClient
 import BatonCore
+import BatonKafka
 import HummingbirdCore
 import Logging
 import NIOCore
@@ -226,7 +227,7 @@ final class ConnectionGuardState {
     }
 
     static func seconds(_ d: Duration) -> String {
-        let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        let s = d.inSeconds
         return s == s.rounded() ? "\(Int(s)) s" : "\(s) s"
     }
 }

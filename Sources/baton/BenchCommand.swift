@@ -161,7 +161,7 @@ struct Bench: AsyncParsableCommand {
             func reachedAt(_ id: String) -> Int64? { holding ? watcher.waitingSeenAt(id) : watcher.finishedSeenAt(id) }
             let stragglers = Set(sentAt.keys.filter { reachedAt($0) == nil })
             let wall = clock.now - began
-            let cpu = cpuMeter.report(over: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
+            let cpu = cpuMeter.report(over: wall.inSeconds)
             let breakdown = metrics
                 ? Self.breakdown(coordinator: await Self.scrape(children.log("coordinator-0")), workers: await Self.scrape(children.log("workers"))) : nil
             var hungReport: String?
@@ -182,8 +182,8 @@ struct Bench: AsyncParsableCommand {
             let seconds = Double(lastFinish - firstSend) / 1000
             let completed = sentAt.keys.filter { watcher.status($0) == .completed }.count
             func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int((p * Double(latencies.count)).rounded(.up)) - 1)] }
-            print(String(format: "offered %d in %.2f s (%.0f/s); %d of them finished%@", instances, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18,
-                         Double(instances) / max(0.001, Double(offeredFor.components.seconds) + Double(offeredFor.components.attoseconds) / 1e18), finished.count, done ? "" : " (deadline reached)"))
+            print(String(format: "offered %d in %.2f s (%.0f/s); %d of them finished%@", instances, offeredFor.inSeconds,
+                         Double(instances) / max(0.001, offeredFor.inSeconds), finished.count, done ? "" : " (deadline reached)"))
             let waits = client.startWaits
             if waits.count > 0 || waits.refused > 0 {
                 print(
@@ -276,7 +276,7 @@ extension Bench {
         let records = took.map(\.records).reduce(0, +)
         lines.append(String(format: "rebuild: %d instances from %d records in %.2f s (slowest of %d partitions; %.0f instances/s, %.0f records/s); process up and rebuilt in %.2f s",
                             instances, records, Double(slowest) / 1000, took.count, Double(instances) / max(0.001, Double(slowest) / 1000),
-                            Double(records) / max(0.001, Double(slowest) / 1000), Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18))
+                            Double(records) / max(0.001, Double(slowest) / 1000), wall.inSeconds))
         if let rebuilt = ChildProcesses.residentBytes(fresh) {
             lines.append(String(format: "memory after the rebuild: %.0f MB resident, %.0f bytes per held instance (all in)", Double(rebuilt) / 1e6, Double(rebuilt) / Double(max(1, instances))))
         }

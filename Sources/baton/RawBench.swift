@@ -145,6 +145,6 @@ struct RawBench {
         await reader.close()
         await plainProducer.close()
         for producer in transactional { await producer.close() }
-        return Report(records: total, bytes: bytes, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        return Report(records: total, bytes: bytes, seconds: elapsed.inSeconds)
     }
 }

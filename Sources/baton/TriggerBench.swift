@@ -95,7 +95,7 @@ struct TriggerBench: AsyncParsableCommand {
                 await watcher.wait(for: Set(ids), toBe: [.completed], timeout: .seconds(deadline))
             }
             let wall = clock.now - began
-            let cpu = cpuMeter.report(over: Double(wall.components.seconds) + Double(wall.components.attoseconds) / 1e18)
+            let cpu = cpuMeter.report(over: wall.inSeconds)
             children.stopAll()
             await producer.close()
 
@@ -117,7 +117,7 @@ struct TriggerBench: AsyncParsableCommand {
 
             guard let firstProduced = produced.values.min(), let lastStarted = started.values.max() else { throw CLIFailure("no instance started") }
             let seconds = Double(lastStarted - firstProduced) / 1000
-            let producedSeconds = Double(producedFor.components.seconds) + Double(producedFor.components.attoseconds) / 1e18
+            let producedSeconds = producedFor.inSeconds
             let latencies = ids.compactMap { id -> Double? in
                 guard let p = produced[id], let c = commanded[id] else { return nil }
                 return Double(c - p)

@@ -55,6 +55,48 @@ import Testing
         #expect(behind == .seconds(990))
     }
 
+    /// Readings with how many starts this client had let through: (seconds, committed, end, admitted).
+    func load(admitted samples: [(Double, Int64, Int64, Int64)]) -> PartitionLoad {
+        var load = PartitionLoad()
+        for (at, committed, end, admitted) in samples {
+            load.add(.init(at: t0 + .milliseconds(Int64(at * 1000)), committed: committed, end: end, admitted: admitted), window: window)
+        }
+        return load
+    }
+
+    @Test func betweenHalfTheLimitAndTheLimitStartsGoAtWhatTheCoordinatorsGetThrough() {
+        // 1,500 records committed a second; each of the 500 starts let through brought 8 records (4,000 over 2 s):
+        // the coordinators get through 187.5 starts a second. 1,500 behind: 1 s.
+        let l = load(admitted: [(0, 0, 500, 0), (1, 1500, 2500, 250), (2, 3000, 4500, 500)])
+        #expect(l.recordsPerStart == 8)
+        func pace(_ limit: Duration) -> Double? {
+            if case .pace(let rate) = l.verdict(maxDelay: limit, window: window) { rate } else { nil }
+        }
+        // Right at the limit: as fast as they get through; at 80% of it, a little faster (the queue drains less).
+        #expect(pace(.seconds(1)).map { abs($0 - 187.5) < 0.001 } == true)
+        #expect(pace(.milliseconds(1250)).map { abs($0 - 187.5 * 1.2) < 0.001 } == true)
+        // At half the limit or less, no pace at all; past the limit, held.
+        #expect(l.verdict(maxDelay: .seconds(2), window: window) == .admit)
+        #expect(l.verdict(maxDelay: .milliseconds(500), window: window) == .hold(lag: 1500, behind: .seconds(1)))
+    }
+
+    @Test func withoutEnoughStartsToTellWhatEachBringsNothingIsPaced() {
+        let l = load(admitted: [(0, 0, 500, 0), (1, 1000, 2500, 5), (2, 2000, 3500, 10)])
+        #expect(l.recordsPerStart == nil)
+        #expect(l.verdict(maxDelay: .seconds(2), window: window) == .admit)
+    }
+
+    @Test func pacedStartsTakeTurnsWithinReachAndTheRestAskAgain() {
+        var pace = StartPace(next: t0)
+        // 10 a second, turns within half a second taken: now, +100 ms, ... +500 ms; the seventh is out of reach.
+        let turns = (0..<7).map { _ in pace.take(rate: 10, horizon: .milliseconds(500), now: t0) }
+        #expect(turns == [.zero, .milliseconds(100), .milliseconds(200), .milliseconds(300), .milliseconds(400), .milliseconds(500), nil])
+        // Nothing is saved up while no start asked: after a minute idle, one goes now and the next waits its turn.
+        let later = t0 + .seconds(60)
+        #expect(pace.take(rate: 10, horizon: .milliseconds(500), now: later) == .zero)
+        #expect(pace.take(rate: 10, horizon: .milliseconds(500), now: later) == .milliseconds(100))
+    }
+
     @Test func settingsComeFromTheEnvironmentOrSayWhatIsWrong() throws {
         #expect(try StartAdmissionSettings.fromEnvironment([:]) == StartAdmissionSettings())
         #expect(try StartAdmissionSettings.fromEnvironment(["BATON_START_MAX_DELAY": "0"]).maxDelay == nil)
