@@ -30,10 +30,10 @@ extension OneAtATime {
             engine.startCoordinator()
             let metrics = TestMetrics()
             let ran = Recorder<String>()
-            // Two slots, 250 ms a command: 8 commands a second. 60 at once: the last waits about 7 s, three times
+            // Two slots, 100 ms a command: 20 commands a second. 120 at once: the last waits about 6 s, three times
             // its step's timeout, in the queue.
             engine.startWorker("busy", concurrency: 2, configure: { $0.metricsFactory = metrics }) { ctx in
-                try await Task.sleep(for: .milliseconds(250))
+                try await Task.sleep(for: .milliseconds(100))
                 ran.add(ctx.instanceID)
                 return [:]
             }
@@ -44,7 +44,7 @@ extension OneAtATime {
                 return [:]
             }
             var ids: [String] = []
-            for i in 0..<60 { ids.append(try await engine.start("busy", id: "busy-\(i)")) }
+            for i in 0..<120 { ids.append(try await engine.start("busy", id: "busy-\(i)")) }
             let hung = try await engine.start("hung", id: "hung")
 
             // While they wait, they wait in Kafka: the group's lag grows, the worker holds at most its prefetch (2).
@@ -59,7 +59,7 @@ extension OneAtATime {
                 let state = try await engine.wait(id, for: [.completed, .failed, .suspended])
                 #expect(state.status == .completed, "\(id): \(state.reason ?? "")")
             }
-            #expect(Set(ran.all).count == 60 && ran.all.count == 60, "each command runs once: \(ran.all.count) runs")
+            #expect(Set(ran.all).count == 120 && ran.all.count == 120, "each command runs once: \(ran.all.count) runs")
             let waiting = try metrics.expectGauge("baton_worker_commands_waiting", [("pool", "busy")]).values
             #expect(!waiting.isEmpty && waiting.allSatisfy { $0 <= 2 }, "commands held waiting for a slot: at most \(waiting.max() ?? -1)")
 
@@ -70,13 +70,16 @@ extension OneAtATime {
             let ended = try #require(failed.steps[0].finishedAt)
             #expect(ended - started >= 3_000 && ended - started <= 8_000, "timed out \(ended - started) ms after it started")
 
-            // What the start reports cost: the 250 ms steps ended before their report was due (none sent), the hung one
-            // sent one.
+            // What the start reports cost: the 100 ms steps end before their report is due 500 ms into the run, so they
+            // send none, as a rule: on a machine loaded enough to stretch one of them past 500 ms, that one rightly
+            // reports (a CI run saw 2 of 60 at 250 ms). Without the delay every one of the 120 would. The hung one
+            // sends one.
             let heartbeats = try await engine.records(engine.names.events).compactMap { m -> HeartbeatMessage? in
                 guard let value = m.value, (try? Wire.kind(of: value)) == .stepHeartbeat else { return nil }
                 return try? Wire.decode(HeartbeatMessage.self, from: value)  // a heartbeat that does not decode counts as none
             }
-            #expect(heartbeats.filter { $0.instanceID.hasPrefix("busy-") }.isEmpty)
+            let reported = heartbeats.filter { $0.instanceID.hasPrefix("busy-") }.map(\.instanceID)
+            #expect(reported.count <= 3, "short steps sent start reports: \(reported)")
             #expect(heartbeats.filter { $0.instanceID == hung }.count == 1)
         }
     }
